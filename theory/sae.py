@@ -1,0 +1,131 @@
+"""SAE specification, parameters in the feature basis, and the exact expected loss over states.
+
+Because feature directions are orthonormal, an SAE's behaviour on a feature model is captured by
+its parameters in the feature basis: encoder (k x n), encoder bias (k), decoder rows (k x n) and
+decoder bias (n). Components orthogonal to the features only add loss, so the optimum has none.
+
+    h = ReLU(W_enc (x - b_dec) + b_enc)        (decoder bias applied to the input, as in SAELens)
+    x_hat = W_dec^T h + b_dec
+    loss = E ||x - x_hat||^2 + l1 * E sum_i h_i ||W_dec[i]||
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from theory.features import FeatureModel, NumericFeatureModel, Scalar, _sym
+
+
+@dataclass(frozen=True)
+class SAESpec:
+    """Which SAE: width k, L1 coefficient, tied or untied, with or without a decoder bias."""
+
+    width: int
+    l1: Scalar = 0
+    tied: bool = False
+    decoder_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"width must be a positive integer, got {self.width!r}")
+        l1 = _sym(self.l1, "l1")
+        if l1.is_number and l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {self.l1}")
+
+
+@dataclass(frozen=True)
+class SAEParams:
+    """Numeric SAE parameters in the feature basis (arrays may carry leading batch axes)."""
+
+    encoder: np.ndarray  # (..., k, n)
+    encoder_bias: np.ndarray  # (..., k)
+    decoder: np.ndarray  # (..., k, n)  row i = latent i's decoder direction
+    decoder_bias: np.ndarray  # (..., n)
+
+    def folded(self) -> SAEParams:
+        """Same function with unit-norm decoder rows (encoder rows and bias scaled to match).
+
+        Dead latents (zero decoder) are left as they are."""
+        norms = np.linalg.norm(self.decoder, axis=-1)
+        scale = np.where(norms > 0, norms, 1.0)
+        return SAEParams(
+            self.encoder * scale[..., None],
+            self.encoder_bias * scale,
+            self.decoder / scale[..., None],
+            self.decoder_bias,
+        )
+
+    def to_json(self) -> dict:
+        return {
+            "encoder": self.encoder.tolist(),
+            "encoder_bias": self.encoder_bias.tolist(),
+            "decoder": self.decoder.tolist(),
+            "decoder_bias": self.decoder_bias.tolist(),
+        }
+
+
+def codes(world: NumericFeatureModel, params: SAEParams) -> np.ndarray:
+    """Latent activations on every state: (..., S, k)."""
+    centred = world.states - params.decoder_bias[..., None, :]
+    pre = centred @ np.swapaxes(params.encoder, -1, -2) + params.encoder_bias[..., None, :]
+    return np.maximum(pre, 0.0)
+
+
+def expected_loss(world: NumericFeatureModel, params: SAEParams, l1: float) -> np.ndarray:
+    """Exact expected loss (MSE + decoder-norm-weighted L1), vectorised over leading axes."""
+    h = codes(world, params)
+    x_hat = h @ params.decoder + params.decoder_bias[..., None, :]
+    sq_err = ((world.states - x_hat) ** 2).sum(-1)
+    sparsity = h @ np.linalg.norm(params.decoder, axis=-1)[..., :, None]
+    return (sq_err + l1 * sparsity[..., 0]) @ world.probabilities
+
+
+def symbolic_parameters(spec: SAESpec, n_features: int, prefix: str = "") -> dict[str, sp.Matrix]:
+    """Real sympy symbols for every free parameter of `spec` (tied: the encoder is the decoder)."""
+    k, n = spec.width, n_features
+    dec = sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}d_{i}{j}", real=True))
+    enc = dec if spec.tied else sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}w_{i}{j}", real=True))
+    b_enc = sp.Matrix(k, 1, lambda i, _: sp.Symbol(f"{prefix}c_{i}", real=True))
+    b_dec = (
+        sp.Matrix(n, 1, lambda j, _: sp.Symbol(f"{prefix}b_{j}", real=True))
+        if spec.decoder_bias
+        else sp.zeros(n, 1)
+    )
+    return {"encoder": enc, "encoder_bias": b_enc, "decoder": dec, "decoder_bias": b_dec}
+
+
+def expected_loss_expr(
+    model: FeatureModel,
+    spec: SAESpec,
+    params: dict[str, sp.Matrix] | None = None,
+    active: Sequence[Sequence[bool]] | None = None,
+) -> sp.Expr:
+    """The exact expected loss as a sympy expression.
+
+    Without `active`, ReLU appears as Max(0, .). With `active[i][s]` (latent i fires on state s)
+    the expression is the smooth loss of that activation region, where ReLU is the identity on
+    active states and zero elsewhere.
+    """
+    if model.has_magnitude_noise:
+        raise ValueError("the exact loss needs constant magnitudes; this model has magnitude noise")
+    p = params or symbolic_parameters(spec, model.n_features)
+    W, c, D, b = p["encoder"], p["encoder_bias"], p["decoder"], p["decoder_bias"]
+    l1 = _sym(spec.l1, "l1")
+    norms = [sp.sqrt(sum(D[i, j] ** 2 for j in range(model.n_features))) for i in range(spec.width)]
+    X = model.state_matrix()
+    total = sp.Integer(0)
+    for s, prob in enumerate(model.probabilities):
+        x = X[s, :].T
+        pre = W * (x - b) + c
+        if active is None:
+            h = [sp.Max(0, pre[i]) for i in range(spec.width)]
+        else:
+            h = [pre[i] if active[i][s] else sp.Integer(0) for i in range(spec.width)]
+        x_hat = D.T * sp.Matrix(h) + b
+        err = x - x_hat
+        total += prob * ((err.T * err)[0] + l1 * sum(hi * ni for hi, ni in zip(h, norms, strict=True)))
+    return total
