@@ -1,0 +1,306 @@
+"""The SAE base class: a stack of M independent SAEs held as batched parameters.
+
+Every SAE in the toolkit is a stack, so a sweep trains as one vectorised model (a single SAE is
+M = 1). Shapes: W_enc (M, D, F), b_enc (M, F), W_dec (M, F, D), b_dec (M, D) with D = d_in and
+F = n_latents. Members may be narrower than F: a boolean latent mask (M, F) switches latents off
+(masked latents never fire and get no gradient), so widths 1..4 share one stack.
+
+    pre = W_enc^T (x - b_dec) + b_enc          (decoder bias applied to the input, as in SAELens)
+    h = activation(pre)                         (one subclass per architecture)
+    x_hat = W_dec^T h + b_dec
+    loss_m = reconstruction_m + sparsity_m + aux_m,  total = sum_m loss_m
+
+Summing member losses makes each member's gradient exactly the one it would get alone, and Adam
+is elementwise, so a stack trains every member exactly as separate runs would.
+Every parameter and buffer carries the member axis first, which is what select_members relies on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+
+def per_member(value: float | Sequence[float], n_members: int, what: str) -> list[float]:
+    """A hyperparameter given once or once per member, as a list of n_members numbers >= 0."""
+    values = [value] * n_members if isinstance(value, int | float) else list(value)
+    if len(values) != n_members:
+        raise ValueError(f"{what} needs 1 or {n_members} values (one per member), "
+                         f"got {len(values)}")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{what} values must be finite numbers >= 0, got {v!r}")
+    return [float(v) for v in values]
+
+
+class SAE(nn.Module):
+    """Base class: parameters, encode/decode, the loss skeleton, dead latents, folding, growing.
+
+    Subclasses set `architecture`, implement `activation(pre_MBF)` and usually `sparsity_loss`,
+    and list their per-member hyperparameters in `member_hyperparameters` (config keys whose
+    values are lists of length M).
+    """
+
+    architecture: ClassVar[str] = ""
+    member_hyperparameters: ClassVar[tuple[str, ...]] = ()
+    relu_codes: ClassVar[bool] = False  # codes are ReLU(pre): theory's exact loss applies
+
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        n_members: int = 1,
+        *,
+        widths: Sequence[int] | None = None,
+        decoder_init_norm: float = 0.1,
+        aux_coefficient: float = 0.0,
+        aux_k: int | None = None,
+        dead_after_samples: int = 1_000_000,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("d_in", d_in), ("n_latents", n_latents), ("n_members", n_members)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        widths = [n_latents] * n_members if widths is None else [int(w) for w in widths]
+        if len(widths) != n_members or any(not 1 <= w <= n_latents for w in widths):
+            raise ValueError(
+                f"widths must be {n_members} integers in [1, {n_latents}], got {list(widths)}"
+            )
+        if decoder_init_norm <= 0:
+            raise ValueError(f"decoder_init_norm must be > 0, got {decoder_init_norm}")
+        if aux_coefficient < 0:
+            raise ValueError(f"aux_coefficient must be >= 0, got {aux_coefficient}")
+        if aux_k is not None and aux_k < 1:
+            raise ValueError(f"aux_k must be a positive integer or None, got {aux_k}")
+        if dead_after_samples < 1:
+            raise ValueError(f"dead_after_samples must be >= 1, got {dead_after_samples}")
+        self.config: dict[str, Any] = {
+            "d_in": d_in,
+            "n_latents": n_latents,
+            "n_members": n_members,
+            "widths": widths,
+            "decoder_init_norm": decoder_init_norm,
+            "aux_coefficient": aux_coefficient,
+            "aux_k": aux_k,
+            "dead_after_samples": dead_after_samples,
+        }
+        M, D, F = n_members, d_in, n_latents
+        # Tied initialisation: random decoder rows of norm decoder_init_norm, W_enc = W_dec^T.
+        W_dec = torch.randn(M, F, D, generator=generator)
+        W_dec *= decoder_init_norm / W_dec.norm(dim=-1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.transpose(1, 2).clone())
+        self.b_enc = nn.Parameter(torch.zeros(M, F))
+        self.b_dec = nn.Parameter(torch.zeros(M, D))
+        mask = torch.arange(F) < torch.tensor(widths)[:, None]
+        self.register_buffer("latent_mask", mask)
+        self.register_buffer("samples_since_fired", torch.zeros(M, F, dtype=torch.long))
+        self._narrow = not bool(mask.all())
+
+    # --- shape ---------------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.config["d_in"]
+
+    @property
+    def n_latents(self) -> int:
+        return self.config["n_latents"]
+
+    @property
+    def n_members(self) -> int:
+        return self.config["n_members"]
+
+    def full_config(self) -> dict[str, Any]:
+        """Everything make_sae needs to rebuild this SAE: {"architecture": name, **config}."""
+        return {"architecture": self.architecture, **self.config}
+
+    # --- forward -------------------------------------------------------------------------------
+    def pre_activations(self, x: Tensor) -> Tensor:
+        """W_enc^T (x - b_dec) + b_enc for x (M, B, D) or a shared batch (B, D): (M, B, F)."""
+        M, D, F = self.W_enc.shape
+        if x.dim() == 2:
+            # A shared batch: one (B, D) x (D, M F) matmul instead of M small ones.
+            pre = (x @ self.W_enc.transpose(0, 1).reshape(D, M * F)).view(-1, M, F).transpose(0, 1)
+            pre = pre + (self.b_enc - torch.bmm(self.b_dec[:, None], self.W_enc)[:, 0])[:, None]
+        elif x.dim() == 3 and x.shape[0] == M:
+            pre = torch.baddbmm(self.b_enc[:, None], x - self.b_dec[:, None], self.W_enc)
+        else:
+            raise ValueError(f"inputs must be (B, {D}) or ({M}, B, {D}), got {tuple(x.shape)}")
+        if self._narrow:
+            pre = pre.masked_fill(~self.latent_mask[:, None], float("-inf"))
+        return pre
+
+    def activation(self, pre_MBF: Tensor) -> Tensor:
+        """Codes from pre-activations; masked latents arrive as -inf and must give 0."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Codes (M, B, F) of inputs (M, B, D) or a shared batch (B, D)."""
+        return self.activation(self.pre_activations(x))
+
+    def decode(self, codes_MBF: Tensor) -> Tensor:
+        """Reconstructions (M, B, D)."""
+        return torch.baddbmm(self.b_dec[:, None], codes_MBF, self.W_dec)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    # --- loss ----------------------------------------------------------------------------------
+    def reconstruction_loss(self, x: Tensor, codes_MBF: Tensor) -> tuple[Tensor, Tensor]:
+        """(per-member mean over the batch of ||x - x_hat||^2 summed over dims, x_hat)."""
+        x_hat = self.decode(codes_MBF)
+        return (x - x_hat).square().sum(-1).mean(-1), x_hat
+
+    def sparsity_loss(self, codes_MBF: Tensor, pre_MBF: Tensor) -> Tensor:
+        """Per-member sparsity penalty (M,); none by default (TopK-style SAEs)."""
+        return codes_MBF.new_zeros(codes_MBF.shape[0])
+
+    def decoder_norms(self) -> Tensor:
+        """||W_dec[m, i]||: (M, F)."""
+        return self.W_dec.norm(dim=-1)
+
+    def dead_latents(self) -> Tensor:
+        """(M, F) bool: active latents that have not fired for dead_after_samples samples."""
+        return (self.samples_since_fired >= self.config["dead_after_samples"]) & self.latent_mask
+
+    def aux_loss(self, x: Tensor, x_hat_MBD: Tensor, pre_MBF: Tensor) -> Tensor:
+        """TopK-style aux-k loss: the top aux_k dead latents reconstruct the residual.
+
+        As in OpenAI's TopK SAEs and SAELens: residual e = x - x_hat (no gradient), dead
+        latents' ReLU pre-activations (top aux_k per sample) decode e without b_dec,
+        loss = mean ||e - e_hat||^2 scaled by min(n_dead / aux_k, 1) and aux_coefficient.
+        Zero when nothing is dead."""
+        F = self.n_latents
+        k_aux = min(self.config["aux_k"] or max(self.d_in // 2, 1), F)
+        dead_MF = self.dead_latents()
+        residual = (x - x_hat_MBD).detach()
+        values, index = pre_MBF.masked_fill(~dead_MF[:, None], float("-inf")).topk(k_aux, dim=-1)
+        aux_codes = torch.zeros_like(pre_MBF).scatter(-1, index, values.relu())
+        error = torch.bmm(aux_codes, self.W_dec) - residual
+        scale = (dead_MF.sum(-1) / k_aux).clamp(max=1.0)
+        return self.config["aux_coefficient"] * scale * error.square().sum(-1).mean(-1)
+
+    def loss(self, x: Tensor) -> dict[str, Tensor]:
+        """total (scalar, summed over members) and per-member (M,) mse, sparsity, aux, per_member.
+
+        In training mode this also updates the dead-latent counters."""
+        pre = self.pre_activations(x)
+        codes = self.activation(pre)
+        mse, x_hat = self.reconstruction_loss(x, codes)
+        sparsity = self.sparsity_loss(codes, pre)
+        if self.training:
+            with torch.no_grad():
+                fired_MF = (codes > 0).any(dim=1)
+                self.samples_since_fired.add_(codes.shape[1]).masked_fill_(fired_MF, 0)
+        if self.config["aux_coefficient"] > 0:
+            aux = self.aux_loss(x, x_hat, pre)
+        else:
+            aux = torch.zeros_like(mse)
+        per_member = mse + sparsity + aux
+        return {"total": per_member.sum(), "mse": mse, "sparsity": sparsity, "aux": aux,
+                "per_member": per_member}
+
+    # --- transformations -----------------------------------------------------------------------
+    @torch.no_grad()
+    def fold_decoder_norms(self) -> None:
+        """Rescale to unit decoder rows without changing the function (in place).
+
+        Latent i's code is multiplied by ||W_dec[i]|| (its encoder column and b_enc scale up) and
+        its decoder row is divided by the same norm. Subclasses with thresholds rescale those."""
+        norms = self.decoder_norms()
+        norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+        self.W_dec /= norms[..., None]
+        self.W_enc *= norms[:, None]
+        self.b_enc *= norms
+        self._rescale_thresholds(norms)
+
+    def _rescale_thresholds(self, norms_MF: Tensor) -> None:
+        """Hook for architectures whose thresholds live in code units."""
+
+    @torch.no_grad()
+    def init_b_dec(self, x: Tensor, method: str = "geometric_median", iterations: int = 50) -> None:
+        """Set b_dec from a batch (B, D) or (M, B, D): "mean", "geometric_median" or "zero"."""
+        if method == "zero":
+            self.b_dec.zero_()
+            return
+        x_MBD = (x if x.dim() == 3 else x[None]).to(self.b_dec)
+        if method == "mean":
+            centre = x_MBD.mean(dim=1)
+        elif method == "geometric_median":
+            centre = geometric_median(x_MBD, iterations)
+        else:
+            raise ValueError(
+                f"unknown b_dec init {method!r}; allowed: zero, mean, geometric_median"
+            )
+        self.b_dec.copy_(centre.expand_as(self.b_dec))
+
+    def _state_into(self, new: SAE, latents: Tensor | None = None, members: Tensor | None = None
+                    ) -> SAE:
+        """Copy this SAE's tensors into `new`: selected members, or into its first F latents."""
+        new = new.to(self.W_dec)
+        own = self.state_dict()
+        with torch.no_grad():
+            for key, target in new.state_dict().items():
+                source = own[key]
+                if members is not None:
+                    source = source[members]
+                if source.shape == target.shape:
+                    target.copy_(source)
+                else:  # grown along the latent axis: the old latents come first
+                    axis = next(a for a, (s, t) in enumerate(zip(source.shape, target.shape,
+                                                                 strict=True)) if s != t)
+                    target.narrow(axis, 0, source.shape[axis]).copy_(source)
+        new._narrow = not bool(new.latent_mask.all())
+        return new
+
+    def select_members(self, indices: Sequence[int]) -> SAE:
+        """A new SAE stack holding the given members (e.g. one member as an M = 1 SAE)."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        if index.numel() == 0 or index.min() < 0 or index.max() >= self.n_members:
+            raise ValueError(
+                f"member indices must be in [0, {self.n_members}), got {list(indices)}"
+            )
+        config = dict(self.config, n_members=len(index))
+        for key in ("widths", *self.member_hyperparameters):
+            config[key] = [config[key][i] for i in index.tolist()]
+        return self._state_into(type(self)(**config), members=index.to(self.W_dec.device))
+
+    def _grown_config(self, n_new: int) -> dict[str, Any]:
+        config = dict(self.config, n_latents=self.n_latents + n_new)
+        config["widths"] = [w + n_new for w in config["widths"]]
+        return config
+
+    def add_latents(self, n_new: int, scale: float = 0.1,
+                    generator: torch.Generator | None = None) -> SAE:
+        """A new SAE with n_new extra latents after the existing ones (hedging-degree protocol).
+
+        Each new latent gets a random unit vector times `scale` as both its decoder row and its
+        encoder column, and b_enc 0; every other tensor is copied unchanged."""
+        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
+            raise ValueError(f"n_new must be a positive integer, got {n_new!r}")
+        new = self._state_into(type(self)(**self._grown_config(n_new)))
+        M, F = self.n_members, self.n_latents
+        directions = torch.randn(M, n_new, self.d_in, generator=generator).to(self.W_dec)
+        directions *= scale / directions.norm(dim=-1, keepdim=True)
+        with torch.no_grad():
+            new.W_dec[:, F:] = directions
+            new.W_enc[:, :, F:] = directions.transpose(1, 2)
+            new.b_enc[:, F:] = 0
+            new.latent_mask[:, F:] = True
+            new.samples_since_fired[:, F:] = 0
+        new._narrow = not bool(new.latent_mask.all())
+        return new
+
+
+def geometric_median(x_MBD: Tensor, iterations: int = 50, eps: float = 1e-8) -> Tensor:
+    """Weiszfeld's iteration per member: the point minimising the summed distance, (M, D)."""
+    median = x_MBD.mean(dim=1)
+    for _ in range(iterations):
+        weights = 1.0 / (x_MBD - median[:, None]).norm(dim=-1).clamp(min=eps)
+        median = (weights[..., None] * x_MBD).sum(1) / weights.sum(1, keepdim=True)
+    return median
