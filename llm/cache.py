@@ -1,0 +1,239 @@
+"""Activation cache: extraction of one hook point's activations into verified safetensors shards,
+resumable after an interruption, and a shuffled, bounded-memory stream over them for training.
+
+A cache folder holds shard_00000.safetensors, ... (tensors `activations` (N, d_model) and
+`token_ids` (N,)) and manifest.json (model, layer, hook, dtype, d_model, token count, per-shard
+sha256, corpus hash, the full request). The manifest is rewritten atomically after each shard,
+so an interrupted extraction resumes at the first unfinished shard and ends with the same
+files and manifest as an uninterrupted one. Shards are hash-checked whenever they are read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from llm.corpus import Corpus, token_batches
+from llm.models import DTYPES, HOOKS, LoadedModel, activations
+from toymodels.runs import atomic_write_bytes, atomic_write_json
+
+MANIFEST = "manifest.json"
+FORMAT = "sae-hedging-activations/1"
+
+
+def _shard_name(index: int) -> str:
+    return f"shard_{index:05d}.safetensors"
+
+
+def extract(
+    model: LoadedModel,
+    corpus: Corpus,
+    layer: int,
+    hook: str = "resid_post",
+    n_tokens: int = 1_000_000,
+    out_dir: str | Path = "activations",
+    shard_tokens: int = 65_536,
+    dtype: str = "float32",
+    batch_size: int = 32,
+    context_length: int = 128,
+) -> dict:
+    """Write `n_tokens` activations (fewer if the corpus runs out) and return the manifest.
+
+    Only positions marked kept by token_batches (no BOS, separators, padding) are stored, in
+    corpus order. Resumes an interrupted extraction in `out_dir`; refuses a folder whose manifest
+    was written for a different request.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook point {hook!r}; allowed: {', '.join(HOOKS)}")
+    if not 0 <= layer < model.n_layers:
+        raise ValueError(f"layer {layer} is out of range; allowed: 0..{model.n_layers - 1}")
+    if n_tokens < 1 or shard_tokens < 1:
+        raise ValueError(f"n_tokens {n_tokens} and shard_tokens {shard_tokens} must be >= 1")
+    out_dir = Path(out_dir)
+    config = {
+        "model": model.name, "model_dtype": str(model.dtype).removeprefix("torch."),
+        "layer": layer, "hook": hook, "dtype": dtype, "n_tokens": n_tokens,
+        "shard_tokens": shard_tokens, "batch_size": batch_size, "context_length": context_length,
+        "corpus": corpus.name, "corpus_sha256": corpus.sha256,
+    }
+    manifest = _resume_or_start(out_dir, config, model.d_model)
+    if manifest["complete"]:
+        return manifest
+
+    skip = sum(shard["n_tokens"] for shard in manifest["shards"])
+    seen = 0  # kept positions of the corpus passed so far
+    pending_acts: list[torch.Tensor] = []
+    pending_ids: list[torch.Tensor] = []
+    for batch in token_batches(model.tokenizer, corpus, context_length, batch_size):
+        n_kept = int(batch.keep_BT.sum())
+        if seen + n_kept <= skip:  # lies inside finished shards: no forward pass needed
+            seen += n_kept
+            continue
+        acts_BTD = activations(model, batch.input_ids_BT, batch.attention_mask_BT, layer, hook)
+        keep_BT = batch.keep_BT.to(acts_BTD.device)
+        drop = max(0, skip - seen)
+        pending_acts.append(acts_BTD[keep_BT][drop:].to("cpu", DTYPES[dtype]))
+        pending_ids.append(batch.input_ids_BT[batch.keep_BT][drop:].to(torch.int32))
+        seen += n_kept
+        while _pending(pending_ids) >= min(shard_tokens, n_tokens - skip) > 0:
+            size = min(shard_tokens, n_tokens - skip)
+            skip += _write_shard(out_dir, manifest, pending_acts, pending_ids, size)
+        if skip >= n_tokens:
+            break
+    if _pending(pending_ids) and skip < n_tokens:  # the corpus ran out: a last, shorter shard
+        _write_shard(out_dir, manifest, pending_acts, pending_ids, _pending(pending_ids))
+    manifest["complete"] = True
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def _pending(pending_ids: list[torch.Tensor]) -> int:
+    return sum(len(ids) for ids in pending_ids)
+
+
+def _write_shard(
+    out_dir: Path, manifest: dict, pending_acts: list, pending_ids: list, size: int
+) -> int:
+    """Write the first `size` pending rows as the next shard, record it, keep the rest pending."""
+    acts_ND, ids_N = torch.cat(pending_acts), torch.cat(pending_ids)
+    data = save_safetensors(
+        {"activations": acts_ND[:size].contiguous(), "token_ids": ids_N[:size].contiguous()}
+    )
+    name = _shard_name(len(manifest["shards"]))
+    atomic_write_bytes(out_dir / name, data)
+    manifest["shards"].append(
+        {"file": name, "n_tokens": size, "sha256": hashlib.sha256(data).hexdigest()}
+    )
+    manifest["n_tokens"] += size
+    atomic_write_json(out_dir / MANIFEST, manifest)
+    pending_acts[:] = [acts_ND[size:]]
+    pending_ids[:] = [ids_N[size:]]
+    return size
+
+
+def _resume_or_start(out_dir: Path, config: dict, d_model: int) -> dict:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        manifest = {
+            "format": FORMAT, "model": config["model"], "layer": config["layer"],
+            "hook": config["hook"], "dtype": config["dtype"], "d_model": d_model,
+            "corpus": {"name": config["corpus"], "sha256": config["corpus_sha256"]},
+            "n_tokens": 0,
+            "n_shards_planned": math.ceil(config["n_tokens"] / config["shard_tokens"]),
+            "shards": [], "complete": False, "config": config,
+        }
+        atomic_write_json(path, manifest)
+        return manifest
+    manifest = json.loads(path.read_text())
+    differing = sorted(
+        key for key in config.keys() | manifest["config"].keys()
+        if config.get(key) != manifest["config"].get(key)
+    )
+    if differing:
+        details = "; ".join(
+            f"{key}: cached {manifest['config'].get(key)!r}, requested {config.get(key)!r}"
+            for key in differing
+        )
+        raise ValueError(f"{out_dir} holds a cache made for a different request ({details})")
+    verify(out_dir)
+    return manifest
+
+
+def verify(cache_dir: str | Path) -> dict:
+    """The manifest, after checking every recorded shard against its sha256."""
+    cache_dir = Path(cache_dir)
+    manifest = read_manifest(cache_dir)
+    for shard in manifest["shards"]:
+        _read_shard(cache_dir, shard)
+    return manifest
+
+
+def read_manifest(cache_dir: str | Path) -> dict:
+    path = Path(cache_dir) / MANIFEST
+    if not path.exists():
+        raise ValueError(f"{cache_dir} is not an activation cache (no {MANIFEST})")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {manifest.get('format')!r}; expected {FORMAT!r}")
+    return manifest
+
+
+def _read_shard(cache_dir: Path, shard: dict) -> dict[str, torch.Tensor]:
+    path = cache_dir / shard["file"]
+    if not path.exists():
+        raise ValueError(f"activation shard {shard['file']} is missing from {cache_dir}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != shard["sha256"]:
+        raise ValueError(
+            f"activation shard {shard['file']} in {cache_dir} is corrupt (sha256 differs)"
+        )
+    return load_safetensors(data)
+
+
+class ActivationStream:
+    """Infinite, shuffled batches of cached activations: `stream(batch_size) -> (B, d_model)`.
+
+    Each epoch visits the shards in a fresh random order; rows are mixed within a pool of at most
+    `buffer_shards` shards, so memory stays bounded however large the cache is. Every row is
+    served exactly once per epoch, and the sequence is fixed by `seed`. Each shard is checked
+    against its sha256 when read.
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        batch_size: int = 4096,
+        seed: int = 0,
+        buffer_shards: int = 4,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.manifest = read_manifest(self.cache_dir)
+        if not self.manifest["complete"]:
+            raise ValueError(f"activation cache {cache_dir} is incomplete; rerun the extraction")
+        if buffer_shards < 1:
+            raise ValueError(f"buffer_shards {buffer_shards} must be >= 1")
+        self.batch_size = batch_size
+        self.d_model = self.manifest["d_model"]
+        self.dtype, self.device = dtype, torch.device(device)
+        self._buffer_shards = buffer_shards
+        self._generator = torch.Generator().manual_seed(seed)
+        self._chunks = self._shuffled_chunks()
+        self._queue_ND = torch.empty(0, self.d_model, dtype=dtype)
+
+    def __call__(self, batch_size: int | None = None) -> torch.Tensor:
+        batch_size = self.batch_size if batch_size is None else batch_size
+        parts = [self._queue_ND]
+        available = len(self._queue_ND)
+        while available < batch_size:
+            parts.append(next(self._chunks))
+            available += len(parts[-1])
+        queue_ND = torch.cat(parts) if len(parts) > 1 else self._queue_ND
+        self._queue_ND = queue_ND[batch_size:]
+        return queue_ND[:batch_size].to(self.device)
+
+    def _shuffled_chunks(self) -> Iterator[torch.Tensor]:
+        shards = self.manifest["shards"]
+        keep_rows = (self._buffer_shards - 1) * self.manifest["config"]["shard_tokens"]
+        for _ in itertools.count():
+            pool_ND = torch.empty(0, self.d_model, dtype=self.dtype)
+            for index in torch.randperm(len(shards), generator=self._generator).tolist():
+                rows_ND = _read_shard(self.cache_dir, shards[index])["activations"].to(self.dtype)
+                pool_ND = torch.cat([pool_ND, rows_ND])
+                pool_ND = pool_ND[torch.randperm(len(pool_ND), generator=self._generator)]
+                if len(pool_ND) > keep_rows:
+                    yield pool_ND[: len(pool_ND) - keep_rows]
+                    pool_ND = pool_ND[len(pool_ND) - keep_rows :]
+            if len(pool_ND):
+                yield pool_ND
