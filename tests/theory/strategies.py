@@ -73,7 +73,7 @@ def sae_params(
     """Parameters of `spec` (tied: encoder == decoder; no decoder bias: zeros), entries in
     [-2, 2] so that every activation region gets visited."""
     k, n = spec.width, n_features
-    entries = st.floats(-2, 2, allow_nan=False, allow_infinity=False)
+    entries = st.floats(-2, 2, allow_nan=False, allow_infinity=False, allow_subnormal=False)
 
     def block(*shape: int) -> np.ndarray:
         return draw(arrays(np.float64, (*batch, *shape), elements=entries))
