@@ -1,0 +1,314 @@
+"""Large toy worlds: thousands of features in superposition, too many for explicit firing states.
+
+A LargeWorld is fully described by its JSON config (seed included); every derived array (feature
+directions, probabilities, hierarchy, correlation factor) is rebuilt from it deterministically.
+
+Features 0..R-1 are roots and fire with marginal probabilities P_i of a chosen shape:
+    zipf:   P_i = p_max * (i + 1)^-zipf_exponent
+    linear: P_i = p_min + (p_max - p_min) * (R - i - 1) / R   (the hedging paper's large world)
+Roots are correlated through a Gaussian copula: z ~ N(0, C), root i fires when z_i < Phi^-1(P_i),
+so every marginal is exact whatever C is. C is
+    random:   a random matrix, each off-diagonal pair correlated with probability
+              correlated_fraction, |strength| uniform in correlation_strength, positive with
+              probability positive_fraction, then projected to the nearest valid correlation
+              matrix (negative eigenvalues clipped, diagonal rescaled to 1);
+    low_rank: C = B B^T + diag(1 - |b_i|^2), b_i = sqrt(s_i) u_i with u_i a random unit vector
+              in correlation_rank dimensions and s_i uniform in correlation_strength.
+The first n_trees roots head hierarchy trees (branching children per node, depth levels). A child
+fires only when its parent does, with a conditional probability drawn uniformly from
+child_probability; with exclusive_children at most one sibling fires (siblings own disjoint
+slices of one uniform draw). Children are numbered level by level after the roots, so the
+children of one parent are contiguous. Each firing feature gets magnitude
+ReLU(magnitude_mean + magnitude_std * N(0, 1)). Directions are orthonormal when d_in >= n_features,
+random unit vectors otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+from scipy.special import ndtri
+
+from toymodels.sampling import orthonormal_directions
+
+FIRING_SHAPES = ("zipf", "linear")
+CORRELATIONS = ("none", "random", "low_rank")
+
+
+@dataclass(frozen=True)
+class _Level:
+    """One hierarchy level: children [start, stop) and, per child, its parent and sibling group."""
+
+    start: int
+    stop: int
+    parent_C: torch.Tensor  # parent feature index of each child
+    group_C: torch.Tensor  # index of the child's sibling group within this level
+    n_groups: int
+
+
+@dataclass(frozen=True)
+class LargeWorld:
+    """A seeded large toy world; see the module docstring for the model."""
+
+    n_features: int
+    d_in: int
+    seed: int = 0
+    firing: str = "zipf"
+    p_max: float = 0.4
+    p_min: float = 0.05
+    zipf_exponent: float = 1.0
+    n_trees: int = 0
+    branching: int = 2
+    depth: int = 1
+    child_probability: tuple[float, float] = (0.2, 0.4)
+    exclusive_children: bool = False
+    correlation: str = "none"
+    correlation_strength: tuple[float, float] = (0.3, 0.9)
+    correlated_fraction: float = 1.0
+    positive_fraction: float = 0.5
+    correlation_rank: int = 8
+    magnitude_mean: float = 1.0
+    magnitude_std: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("n_features", "d_in", "n_trees", "branching", "depth", "correlation_rank"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.n_features < 1 or self.d_in < 1:
+            raise ValueError(
+                f"n_features and d_in must be >= 1, got {self.n_features} and {self.d_in}"
+            )
+        if self.firing not in FIRING_SHAPES:
+            raise ValueError(f"firing = {self.firing!r}; allowed: {', '.join(FIRING_SHAPES)}")
+        if not 0 < self.p_min <= self.p_max <= 1:
+            raise ValueError(
+                f"p_min = {self.p_min}, p_max = {self.p_max}; need 0 < p_min <= p_max <= 1"
+            )
+        if not self.zipf_exponent > 0:
+            raise ValueError(f"zipf_exponent = {self.zipf_exponent}; it must be > 0")
+        if self.n_trees < 0 or self.branching < 1 or self.depth < 1:
+            raise ValueError(
+                f"n_trees = {self.n_trees}, branching = {self.branching}, depth = {self.depth}; "
+                "need n_trees >= 0, branching >= 1, depth >= 1"
+            )
+        if self.n_roots < self.n_trees:
+            raise ValueError(
+                f"{self.n_trees} trees of branching {self.branching} and depth {self.depth} need "
+                f"{self.n_trees * self._tree_size} features, more than n_features = "
+                f"{self.n_features}"
+            )
+        lo, hi = self.child_probability
+        if not 0 <= lo <= hi <= 1:
+            raise ValueError(
+                f"child_probability = {self.child_probability}; need 0 <= lo <= hi <= 1"
+            )
+        if self.exclusive_children and self.n_trees and self.branching * hi > 1:
+            raise ValueError(
+                f"exclusive siblings need branching * max child probability <= 1, got "
+                f"{self.branching} * {hi} = {self.branching * hi}"
+            )
+        if self.correlation not in CORRELATIONS:
+            raise ValueError(
+                f"correlation = {self.correlation!r}; allowed: {', '.join(CORRELATIONS)}"
+            )
+        lo, hi = self.correlation_strength
+        top = 1 if self.correlation == "random" else 1 - 1e-9
+        if not 0 <= lo <= hi <= top:
+            raise ValueError(
+                f"correlation_strength = {self.correlation_strength}; need 0 <= lo <= hi "
+                f"{'<= 1' if self.correlation == 'random' else '< 1'}"
+            )
+        for name in ("correlated_fraction", "positive_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} = {getattr(self, name)}; allowed values are in [0, 1]")
+        if self.correlation_rank < 1:
+            raise ValueError(f"correlation_rank = {self.correlation_rank}; it must be >= 1")
+        if not self.magnitude_mean > 0 or not self.magnitude_std >= 0:
+            raise ValueError(
+                f"magnitude_mean = {self.magnitude_mean}, magnitude_std = {self.magnitude_std}; "
+                "need mean > 0 and std >= 0"
+            )
+
+    # --- configuration ---------------------------------------------------------------------------
+    @classmethod
+    def paper_50(cls, seed: int = 0) -> LargeWorld:
+        """The hedging paper's large world: 50 features in 100 dims, linear probabilities from
+        0.39 down to 0.05, random correlations with strengths in (0.3, 0.9), magnitude std 0.15
+        (true L0 = 10.95)."""
+        return cls(
+            n_features=50, d_in=100, seed=seed, firing="linear", p_max=0.395, p_min=0.05,
+            correlation="random", correlation_strength=(0.3, 0.9), magnitude_std=0.15,
+        )
+
+    def to_config(self) -> dict:
+        """JSON-serialisable config; from_config(to_config()) rebuilds the same world."""
+        config = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> LargeWorld:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown LargeWorld config keys {unknown}; allowed: {sorted(fields)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        return cls(**values)
+
+    # --- structure -------------------------------------------------------------------------------
+    @property
+    def _tree_size(self) -> int:
+        return sum(self.branching**level for level in range(self.depth + 1))
+
+    @property
+    def n_roots(self) -> int:
+        return self.n_features - self.n_trees * (self._tree_size - 1)
+
+    @cached_property
+    def directions(self) -> torch.Tensor:
+        """(n_features, d_in) unit feature directions (orthonormal when d_in >= n_features)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.d_in >= self.n_features:
+            return orthonormal_directions(self.n_features, self.d_in, generator)
+        gaussian_FD = torch.randn(self.n_features, self.d_in, generator=generator)
+        return gaussian_FD / gaussian_FD.norm(dim=1, keepdim=True)
+
+    @cached_property
+    def root_probabilities(self) -> np.ndarray:
+        """(R,) marginal firing probability of each root."""
+        rank = np.arange(self.n_roots)
+        if self.firing == "zipf":
+            return self.p_max * (rank + 1.0) ** -self.zipf_exponent
+        return self.p_min + (self.p_max - self.p_min) * (self.n_roots - rank - 1) / self.n_roots
+
+    @cached_property
+    def _levels(self) -> tuple[_Level, ...]:
+        levels, parent_start, n_parents, start = [], 0, self.n_trees, self.n_roots
+        for _ in range(self.depth if self.n_trees else 0):
+            n_children = n_parents * self.branching
+            group_C = torch.arange(n_children) // self.branching
+            levels.append(_Level(start, start + n_children, parent_start + group_C, group_C,
+                                 n_parents))
+            parent_start, n_parents, start = start, n_children, start + n_children
+        return tuple(levels)
+
+    @cached_property
+    def child_probabilities(self) -> np.ndarray:
+        """(n_features - R,) probability of each child given that its parent fires."""
+        rng = np.random.default_rng([self.seed, 1])
+        return rng.uniform(*self.child_probability, size=self.n_features - self.n_roots)
+
+    @cached_property
+    def firing_probabilities(self) -> np.ndarray:
+        """(n_features,) exact marginal firing probabilities."""
+        p = np.empty(self.n_features)
+        p[: self.n_roots] = self.root_probabilities
+        p[self.n_roots :] = self.child_probabilities
+        for level in self._levels:
+            p[level.start : level.stop] *= p[level.parent_C.numpy()]
+        return p
+
+    @property
+    def true_l0(self) -> float:
+        """Expected number of firing features per sample."""
+        return float(self.firing_probabilities.sum())
+
+    @cached_property
+    def correlation_factor(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(B_RK, idiosyncratic_R) with z = w B^T + idiosyncratic * e, w, e standard normal;
+        the root correlation matrix is B B^T + diag(idiosyncratic^2), unit diagonal."""
+        if self.correlation == "none":
+            return None
+        rng = np.random.default_rng([self.seed, 2])
+        lo, hi = self.correlation_strength
+        if self.correlation == "low_rank":
+            units_RK = rng.standard_normal((self.n_roots, self.correlation_rank))
+            units_RK /= np.linalg.norm(units_RK, axis=1, keepdims=True)
+            strengths_R = rng.uniform(lo, hi, self.n_roots)
+            factor_RK = units_RK * np.sqrt(strengths_R)[:, None]
+            idiosyncratic_R = np.sqrt(1 - strengths_R)
+        else:
+            factor_RK = _random_correlation_factor(
+                self.n_roots, lo, hi, self.correlated_fraction, self.positive_fraction, rng
+            )
+            idiosyncratic_R = np.zeros(self.n_roots)
+        return (torch.as_tensor(factor_RK, dtype=torch.float32),
+                torch.as_tensor(idiosyncratic_R, dtype=torch.float32))
+
+    def root_correlation(self) -> np.ndarray:
+        """(R, R) correlation matrix of the copula's Gaussian (identity without correlation)."""
+        if self.correlation_factor is None:
+            return np.eye(self.n_roots)
+        factor_RK, idiosyncratic_R = (t.double().numpy() for t in self.correlation_factor)
+        return factor_RK @ factor_RK.T + np.diag(idiosyncratic_R**2)
+
+    # --- sampling --------------------------------------------------------------------------------
+    def sample_firing(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, n_features) boolean firing."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
+        firing_NF = torch.empty(n, self.n_features, dtype=torch.bool)
+        roots_NR = firing_NF[:, : self.n_roots]
+        p_R = torch.as_tensor(self.root_probabilities, dtype=torch.float32)
+        if self.correlation_factor is None:
+            torch.lt(torch.rand(n, self.n_roots, generator=generator), p_R, out=roots_NR)
+        else:
+            factor_RK, idiosyncratic_R = self.correlation_factor
+            z_NR = torch.randn(n, factor_RK.shape[1], generator=generator) @ factor_RK.T
+            if self.correlation == "low_rank":
+                z_NR += idiosyncratic_R * torch.randn(n, self.n_roots, generator=generator)
+            thresholds_R = torch.as_tensor(ndtri(self.root_probabilities), dtype=torch.float32)
+            torch.lt(z_NR, thresholds_R, out=roots_NR)
+        conditional = torch.as_tensor(self.child_probabilities, dtype=torch.float32)
+        for level in self._levels:
+            p_C = conditional[level.start - self.n_roots : level.stop - self.n_roots]
+            parent_NC = firing_NF[:, level.parent_C]
+            if self.exclusive_children:
+                # Sibling k fires when the group's uniform falls in [cum_{k-1}, cum_k).
+                upper_C = p_C.view(level.n_groups, self.branching).cumsum(dim=1).flatten()
+                uniform_NC = torch.rand(n, level.n_groups, generator=generator)[:, level.group_C]
+                own_NC = (uniform_NC < upper_C) & (uniform_NC >= upper_C - p_C)
+            else:
+                own_NC = torch.rand(n, level.stop - level.start, generator=generator) < p_C
+            firing_NF[:, level.start : level.stop] = parent_NC & own_NC
+        return firing_NF
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(activations (n, d_in), firing (n, n_features) bool)."""
+        firing_NF = self.sample_firing(n, generator)
+        samples, features = firing_NF.nonzero(as_tuple=True)
+        offsets_N = torch.zeros(n, dtype=torch.long)
+        if n > 1:
+            torch.cumsum(firing_NF[:-1].sum(dim=1), dim=0, out=offsets_N[1:])
+        magnitudes_E = torch.full((len(features),), float(self.magnitude_mean))
+        if self.magnitude_std > 0:
+            noise_E = torch.randn(len(features), generator=generator)
+            magnitudes_E = torch.relu(magnitudes_E + self.magnitude_std * noise_E)
+        activations_ND = torch.nn.functional.embedding_bag(
+            features, self.directions, offsets_N, mode="sum", per_sample_weights=magnitudes_E
+        )
+        return activations_ND, firing_NF
+
+
+def _random_correlation_factor(
+    n: int, lo: float, hi: float, correlated_fraction: float, positive_fraction: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(n, n) factor L with L L^T the nearest valid correlation matrix to a random target."""
+    target = np.eye(n)
+    rows, cols = np.triu_indices(n, k=1)
+    strength = rng.uniform(lo, hi, rows.size)
+    sign = np.where(rng.random(rows.size) < positive_fraction, 1.0, -1.0)
+    mask = rng.random(rows.size) < correlated_fraction
+    target[rows, cols] = target[cols, rows] = strength * sign * mask
+    eigenvalues, eigenvectors = np.linalg.eigh(target)
+    factor = eigenvectors * np.sqrt(np.clip(eigenvalues, 1e-6, None))
+    return factor / np.linalg.norm(factor, axis=1, keepdims=True)
