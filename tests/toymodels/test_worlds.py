@@ -1,0 +1,158 @@
+"""Large worlds: exact marginals through the copula, hierarchy rules, config round trip."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import ndtri
+from scipy.stats import multivariate_normal
+
+from toymodels.worlds import LargeWorld
+
+
+def _generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _assert_binomial(counts: np.ndarray, n: int, p: np.ndarray) -> None:
+    """Counts within 5 binomial standard deviations of n p (false alarm ~1e-6 per entry)."""
+    tolerance = 5 * np.sqrt(n * p * (1 - p)) + 1
+    assert np.all(np.abs(counts - n * p) <= tolerance), np.abs(counts - n * p) - tolerance
+
+
+def test_paper_50_matches_the_reference_world():
+    world = LargeWorld.paper_50()
+    i = np.arange(50)
+    np.testing.assert_allclose(world.firing_probabilities, 0.345 * (50 - i - 1) / 50 + 0.05)
+    assert world.true_l0 == pytest.approx(0.05 * 50 + 0.345 * 1225 / 50)  # 10.9525
+    torch.testing.assert_close(world.directions @ world.directions.T, torch.eye(50), atol=1e-5,
+                               rtol=0)
+    correlation = world.root_correlation()
+    np.testing.assert_allclose(np.diag(correlation), 1, atol=1e-12)
+    assert np.linalg.eigvalsh(correlation).min() > 0
+    assert np.abs(correlation[np.triu_indices(50, 1)]).mean() > 0.05  # really correlated
+
+
+@st.composite
+def small_worlds(draw):
+    n_trees = draw(st.integers(0, 3))
+    branching = draw(st.integers(1, 3))
+    depth = draw(st.integers(1, 2))
+    n_children = n_trees * sum(branching**level for level in range(1, depth + 1))
+    exclusive = draw(st.booleans())
+    top = 1 / branching if exclusive else 0.9
+    return LargeWorld(
+        n_features=n_children + draw(st.integers(max(n_trees, 1), 12)),
+        d_in=draw(st.integers(4, 40)),
+        seed=draw(st.integers(0, 1000)),
+        firing=draw(st.sampled_from(["zipf", "linear"])),
+        p_max=draw(st.floats(0.2, 0.9)),
+        p_min=0.05,
+        n_trees=n_trees,
+        branching=branching,
+        depth=depth,
+        child_probability=(0.1, top),
+        exclusive_children=exclusive,
+        correlation=draw(st.sampled_from(["none", "random", "low_rank"])),
+        correlation_rank=draw(st.integers(1, 4)),
+    )
+
+
+@settings(max_examples=20, deadline=None)
+@given(world=small_worlds(), seed=st.integers(0, 2**31 - 1))
+def test_marginals_are_exact_through_copula_and_hierarchy(world, seed):
+    n = 20_000
+    firing = world.sample_firing(n, _generator(seed)).numpy()
+    _assert_binomial(firing.sum(axis=0), n, world.firing_probabilities)
+    for level in world._levels:
+        children = firing[:, level.start : level.stop]
+        parents = firing[:, level.parent_C.numpy()]
+        assert not (children & ~parents).any(), "a child fired without its parent"
+        if world.exclusive_children:
+            siblings = children.reshape(n, level.n_groups, world.branching)
+            assert siblings.sum(axis=2).max() <= 1, "exclusive siblings fired together"
+
+
+def test_joint_firing_of_roots_is_the_gaussian_copula():
+    world = LargeWorld(n_features=6, d_in=8, seed=3, firing="linear", p_max=0.5, p_min=0.2,
+                       correlation="random", correlation_strength=(0.5, 0.9))
+    n = 100_000
+    firing = world.sample_firing(n, _generator(1)).numpy()
+    correlation = world.root_correlation()
+    thresholds = ndtri(world.root_probabilities)
+    for i, j in [(0, 1), (2, 5), (3, 4)]:
+        rho = correlation[i, j]
+        expected = multivariate_normal(cov=[[1, rho], [rho, 1]]).cdf([thresholds[i], thresholds[j]])
+        _assert_binomial(np.array([(firing[:, i] & firing[:, j]).sum()]), n, np.array([expected]))
+    assert abs(correlation[0, 1]) > 0.1  # the checked pairs are really correlated
+
+
+def test_children_fire_with_their_conditional_probability():
+    world = LargeWorld(n_features=20, d_in=30, n_trees=2, branching=3, depth=1,
+                       exclusive_children=True, child_probability=(0.1, 0.3), seed=4)
+    n = 50_000
+    firing = world.sample_firing(n, _generator(2)).numpy()
+    level = world._levels[0]
+    parent_fires = firing[:, level.parent_C.numpy()]
+    children = firing[:, level.start : level.stop]
+    counts = (children & parent_fires).sum(axis=0)
+    for child in range(children.shape[1]):
+        n_parent = int(parent_fires[:, child].sum())
+        _assert_binomial(counts[child : child + 1], n_parent,
+                         world.child_probabilities[child : child + 1])
+
+
+def test_activations_are_magnitudes_along_directions():
+    world = LargeWorld(n_features=30, d_in=40, n_trees=2, correlation="low_rank", seed=5)
+    activations, firing = world.sample(500, _generator(3))
+    torch.testing.assert_close(activations, firing.float() @ world.directions, atol=1e-5, rtol=0)
+    noisy = LargeWorld(n_features=30, d_in=40, magnitude_mean=2.0, magnitude_std=0.3, seed=5)
+    activations, firing = noisy.sample(2000, _generator(4))
+    magnitudes = activations @ noisy.directions.T  # orthonormal directions recover them
+    assert torch.all(magnitudes[~firing].abs() < 1e-5)
+    fired = magnitudes[firing]
+    assert abs(fired.mean().item() - 2.0) < 5 * 0.3 / math.sqrt(fired.numel())
+    assert abs(fired.std().item() - 0.3) < 0.03
+
+
+def test_superposition_uses_unit_directions():
+    world = LargeWorld(n_features=300, d_in=64, seed=6)
+    np.testing.assert_allclose(world.directions.norm(dim=1).numpy(), 1, atol=1e-6)
+    activations, firing = world.sample(10, _generator())
+    assert activations.shape == (10, 64) and firing.shape == (10, 300)
+
+
+def test_config_round_trip_and_determinism():
+    world = LargeWorld(n_features=40, d_in=16, n_trees=3, exclusive_children=True,
+                       correlation="low_rank", magnitude_std=0.1, seed=9)
+    rebuilt = LargeWorld.from_config(json.loads(json.dumps(world.to_config())))
+    assert rebuilt == world
+    a, fa = world.sample(100, _generator(5))
+    b, fb = rebuilt.sample(100, _generator(5))
+    assert torch.equal(a, b) and torch.equal(fa, fb)
+    with pytest.raises(ValueError, match="unknown LargeWorld config keys"):
+        LargeWorld.from_config({**world.to_config(), "sparsity": 3})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"firing": "uniform"}, "allowed: zipf, linear"),
+        ({"p_min": 0.5, "p_max": 0.4}, "p_min <= p_max"),
+        ({"n_trees": 10, "branching": 3}, "more than n_features"),
+        ({"n_trees": 1, "exclusive_children": True, "child_probability": (0.2, 0.6)},
+         "branching \\* max child probability <= 1"),
+        ({"correlation": "full"}, "allowed: none, random, low_rank"),
+        ({"correlation": "low_rank", "correlation_strength": (0.3, 1.0)}, "< 1"),
+        ({"magnitude_std": -0.1}, "std >= 0"),
+        ({"d_in": 0}, "must be >= 1"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
+    ],
+)
+def test_invalid_parameters_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        LargeWorld(**{"n_features": 20, "d_in": 8, **overrides})
