@@ -156,7 +156,10 @@ def hedging_vs_width(table: pd.DataFrame) -> Figure:
 
 def image_figure(png: Path, title: str) -> Figure:
     """A PNG already saved by an experiment, as a page of its own orientation."""
-    pixels = matplotlib.image.imread(png)
+    try:
+        pixels = matplotlib.image.imread(png)
+    except (OSError, SyntaxError, ValueError) as err:  # what Pillow raises for a damaged file
+        raise ValueError(f"{png} is not a readable PNG image: {err}") from err
     height, width = pixels.shape[:2]
     fig = Figure(figsize=PLOT_SIZE if width >= height else PLOT_SIZE[::-1])
     fig.text(0.5, 0.95, title, ha="center", va="top", fontsize=13, parse_math=False)

@@ -1,0 +1,33 @@
+"""`sae-hedging report` through the real CLI entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reports.cli import main
+
+
+def test_report_command_writes_the_pdf(run_folder: Path, tmp_path: Path, capsys):
+    out = tmp_path / "reports" / "toy.pdf"
+    assert main(["report", str(run_folder), "--out", str(out), "--title", "From the CLI"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    data = out.read_bytes()
+    assert data.startswith(b"%PDF-") and b"/Title (From the CLI)" in data
+
+
+def test_a_folder_that_is_not_a_run_exits_2_naming_it(run_folder: Path, tmp_path: Path, capsys):
+    out = tmp_path / "report.pdf"
+    status = main(["report", str(run_folder), str(tmp_path / "no_such_run"), "--out", str(out)])
+    assert status == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("sae-hedging report: error:") and "no_such_run" in error
+    assert "\n" not in error
+    assert not out.exists()
+
+
+def test_out_is_required(run_folder: Path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(run_folder)])
+    assert exit_info.value.code == 2
