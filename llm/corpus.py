@@ -182,7 +182,7 @@ def token_batches(
 ) -> Iterator[TokenBatch]:
     """Fixed-length windows over the corpus' token stream, deterministically.
 
-    Documents are tokenized without special tokens and joined by the EOS token into one stream;
+    Non-empty documents are tokenized without special tokens and joined by EOS into one stream;
     each window is BOS followed by the next context_length - 1 stream tokens. The last window is
     right-padded (attention mask 0); the last batch may hold fewer windows.
     """
@@ -198,10 +198,15 @@ def token_batches(
 
     def windows() -> Iterator[list[int]]:
         stream: list[int] = []
+        first = True
         for document in corpus.documents():
-            if stream and separator is not None:
+            tokens = tokenizer(document, add_special_tokens=False)["input_ids"]
+            if not tokens:
+                continue
+            if not first and separator is not None:
                 stream.append(separator)
-            stream += tokenizer(document, add_special_tokens=False)["input_ids"]
+            stream += tokens
+            first = False
             while len(stream) >= span:
                 yield stream[:span]
                 stream = stream[span:]
