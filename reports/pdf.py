@@ -44,13 +44,13 @@ MONO = "DejaVu Sans Mono"
 MONO_ADVANCE = 0.602  # advance width of one DejaVu Sans Mono character, in font sizes
 SANS_ADVANCE = 0.6  # a generous mean advance of DejaVu Sans (bold) characters, for wrapping
 TABLE_FONT = 8.0
-MIN_TABLE_FONT = 5.0
+MIN_TABLE_FONT = 6.0
 COLUMN_GAP = 2  # characters between table columns
 MAX_CELL_CHARS = 32  # a data-table cell is cut (with an ellipsis) beyond this
 MAX_TABLE_ROWS = 40  # data-table rows shown; the rest are counted in a note
 MAX_LIST_ITEMS = 12  # a list value shows this many items and a count of the rest
 MAX_KEY_CHARS = 40
-FORMULAS_PER_PAGE = 10
+MAX_RAW_FORMULA_CHARS = 600  # LaTeX source shown when a formula cannot be typeset
 FORMULA_FONT = 16.0
 MIN_FORMULA_FONT = 7.0
 MAX_TITLE_PAGE_RUNS = 20
@@ -424,10 +424,8 @@ def _run_pages(number: int, run: RunRecord) -> Iterator[Figure]:
             yield figure
     for image in run.images:
         yield image_figure(image, f"{heading}  ·  {image.relative_to(run.folder)}")
-    names = list(run.formulas)
-    for start in range(0, len(names), FORMULAS_PER_PAGE):
-        yield _formula_page(heading, subheading,
-                            {n: run.formulas[n] for n in names[start:start + FORMULAS_PER_PAGE]})
+    if run.formulas:
+        yield from _formula_pages(heading, subheading, run.formulas)
     yield from _table_pages(heading, "Provenance (manifest.json)", subheading,
                             _key_value_table(_provenance(run.manifest), ("item", "value")))
 
@@ -466,31 +464,43 @@ def _provenance(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:
         entries = manifest.get(section) or {}
         if section == "packages":
             entries = {k: v or "not installed" for k, v in entries.items()}
-        pairs.extend(flatten(entries, section.replace("_", " ")))
+        label = section.replace("_", " ")
+        pairs.extend(flatten(entries, label) if entries else [(label, "none recorded")])
     known = {"kind", "created", "git_commit", "command", "python", "platform", *sections}
     pairs.extend(flatten({k: v for k, v in manifest.items() if k not in known}))
     return pairs
 
 
-def _formula_page(heading: str, subheading: str, formulas: Mapping[str, str]) -> Figure:
-    page = _TextPage(heading, "Formulas", subheading)
+def _formula_pages(heading: str, subheading: str, formulas: Mapping[str, str]) -> Iterator[Figure]:
+    """Each formula typeset with mathtext; one mathtext cannot parse (or too wide for the page
+    even at the smallest size) is shown as its LaTeX source instead."""
     width = PAGE_SIZE[0] * 72 * (1 - 2 * MARGIN)
+    page = _TextPage(heading, "Formulas", subheading)
     for name, latex in formulas.items():
-        page.skip(6)
-        page.write(name, size=9.5, color="0.35")
         source = latex.strip()
         math = source if len(source) > 1 and source[0] == source[-1] == "$" else f"${source}$"
         try:
             parsed = _MATHTEXT.parse(math, dpi=72, prop=FontProperties(size=FORMULA_FONT))
-            size = FORMULA_FONT * min(1.0, width / max(parsed.width, 1e-9))
+            scale = min(1.0, width / max(parsed.width, 1e-9))
+            height = parsed.height * scale
         except ValueError:
-            size = 0.0
-        if size >= MIN_FORMULA_FONT:
-            page.skip(8)
-            page.figure.text(MARGIN + 0.02, page.y, math, fontsize=size, va="top")
-            page.skip(2.6 * size)
+            scale, height = 0.0, 0.0
+        typeset = FORMULA_FONT * scale >= MIN_FORMULA_FONT
+        shown = source if len(source) <= MAX_RAW_FORMULA_CHARS else (
+            source[:MAX_RAW_FORMULA_CHARS] + " ...")
+        needed = 30 + (height + 14 if typeset else 14 + 13 * len(shown) / _chars_across(9))
+        if page.room < needed and page.y < TOP - 0.1:
+            yield page.figure
+            page = _TextPage(heading, "Formulas (continued)", subheading)
+        page.skip(6)
+        page.write(name, size=9.5, color="0.35")
+        if typeset:
+            page.skip(6)
+            page.figure.text(MARGIN + 0.02, page.y, math, fontsize=FORMULA_FONT * scale,
+                             va="top")
+            page.skip(height + 8)
         else:
-            reason = "too wide to typeset" if size else "mathtext cannot parse this"
+            reason = "too wide to typeset" if scale else "mathtext cannot parse this"
             page.write(f"({reason}; LaTeX source shown)", size=8, color="#b00020")
-            page.write(source, size=9, family=MONO)
-    return page.figure
+            page.write(shown, size=9, family=MONO)
+    yield page.figure

@@ -116,7 +116,7 @@ def test_a_failed_build_leaves_the_previous_report_untouched(run_folder: Path, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf", "toy_run"]
 
 
-def test_long_config_paginates_without_losing_keys_and_wide_tables_say_what_is_cut(
+def test_long_config_and_formulas_paginate_without_loss_and_wide_tables_say_what_is_cut(
     tmp_path: Path,
 ):
     config = {f"setting_{i:03d}": i / 7 for i in range(130)}
@@ -124,6 +124,8 @@ def test_long_config_paginates_without_losing_keys_and_wide_tables_say_what_is_c
     run = Run(tmp_path / "big", config, kind="sweep")
     wide = pd.DataFrame({f"column_number_{i}": [i * 0.5, i * 1.5] for i in range(30)})
     run.write_table("wide", wide)
+    formulas = {f"formula_{i:02d}": rf"\frac{{a_{{{i}}}}}{{\sqrt{{b}}}}" for i in range(25)}
+    run.write_json("formulas.json", formulas)
     texts = page_texts(build_report([run.folder], tmp_path / "big.pdf").read_bytes())
     config_pages = [t for t in texts if "setting_" in t]
     assert len(config_pages) >= 3 and "(continued)" in config_pages[1]
@@ -133,6 +135,9 @@ def test_long_config_paginates_without_losing_keys_and_wide_tables_say_what_is_c
     assert shown.count("word") == 60
     wide_page = next(t for t in texts if "Table wide" in t)
     assert "columns left out" in wide_page and "column_number_29" in wide_page
+    formula_pages = [t for t in texts if "Formulas" in t]
+    assert len(formula_pages) >= 2 and "Formulas (continued)" in formula_pages[1]
+    assert all(name in "\n".join(formula_pages) for name in formulas)
     assert "column_number_0" in wide_page and "14.5" not in wide_page.split("left out")[0]
 
 
