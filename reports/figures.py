@@ -93,7 +93,7 @@ def _label(column: str) -> str:
 
 def _new_plot(title: str) -> tuple[Figure, object]:
     fig = Figure(figsize=PLOT_SIZE)
-    ax = fig.add_axes((0.1, 0.12, 0.8, 0.74))
+    ax = fig.add_axes((0.1, 0.15, 0.8, 0.71))
     ax.set_title(title, fontsize=13, pad=12)
     ax.grid(True, color="0.9", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -140,7 +140,7 @@ def line_plot(table: pd.DataFrame, x: str, y: str) -> Figure:
             ax.fill_between(summary.index, summary["min"], summary["max"],
                             color=line.get_color(), alpha=0.2, linewidth=0)
     if repeated:
-        fig.text(0.1, 0.04, f"Lines: mean over rows with the same {x} (e.g. seeds); "
+        fig.text(0.1, 0.06, f"Lines: mean over rows with the same {x} (e.g. seeds); "
                  "bands: their minimum to maximum.", fontsize=8, color="0.35", parse_math=False)
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))

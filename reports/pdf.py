@@ -80,9 +80,10 @@ class RunRecord:
     @property
     def created(self) -> datetime | None:
         try:
-            return datetime.fromisoformat(str(self.manifest["created"]))
+            created = datetime.fromisoformat(str(self.manifest["created"]))
         except (KeyError, ValueError):
             return None
+        return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
 
 
 def load_run_record(folder: str | Path) -> RunRecord:
