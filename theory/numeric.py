@@ -22,6 +22,7 @@ from theory.sae import SAEParams, SAESpec, codes, expected_loss
 _SCREEN_OPTIONS = {"maxiter": 2000, "ftol": 1e-11, "gtol": 1e-9}
 _POLISH_ROUNDS = 4  # fresh L-BFGS memory helps when the previous run stalled at a ReLU kink
 _N_POLISHED = 4
+_REGION_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -82,21 +83,42 @@ class _Layout:
             parts.append(decoder_bias)
         return np.concatenate(parts, axis=-1)
 
+    def pack_gradient(
+        self,
+        g_encoder: np.ndarray,
+        g_encoder_bias: np.ndarray,
+        g_decoder: np.ndarray,
+        g_decoder_bias: np.ndarray,
+    ) -> np.ndarray:
+        """Gradients with respect to each parameter -> gradient with respect to theta; tied, the
+        one matrix gets both the encoder's and the decoder's share."""
+        if self.tied:
+            g_decoder = g_decoder + g_encoder
+        return self.pack(g_encoder, g_encoder_bias, g_decoder, g_decoder_bias)
+
 
 def loss_and_gradient(
-    world: NumericFeatureModel, layout: _Layout, theta: np.ndarray, l1: float
+    world: NumericFeatureModel,
+    layout: _Layout,
+    theta: np.ndarray,
+    l1: float,
+    active_SK: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact loss and its analytic (sub)gradient with respect to theta (..., size).
 
     Per state x with u = x - b, pre = W u + c, h = ReLU(pre), e = u - D^T h:
     loss = ||e||^2 + l1 sum_i h_i ||D_i||. ReLU'(0) is taken as 0 and d||D_i||/dD_i as 0 at D_i = 0.
+    With `active_SK` the ReLU is replaced by the fixed firing pattern (h = pre where active, else
+    0): the smooth loss of that activation region, which equals the exact loss inside it.
     """
     p = layout.unpack(theta)
     W, c, D, b = p.encoder, p.encoder_bias, p.decoder, p.decoder_bias
     prob_S = world.probabilities
     u_SN = world.states - b[..., None, :]
     pre_SK = u_SN @ np.swapaxes(W, -1, -2) + c[..., None, :]
-    h_SK = np.maximum(pre_SK, 0.0)
+    if active_SK is None:
+        active_SK = pre_SK > 0
+    h_SK = pre_SK * active_SK
     err_SN = u_SN - h_SK @ D
     norm_K = np.linalg.norm(D, axis=-1)
     loss = ((err_SN**2).sum(-1) + l1 * (h_SK @ norm_K[..., None])[..., 0]) @ prob_S
@@ -104,7 +126,7 @@ def loss_and_gradient(
     unit_KN = D / np.where(norm_K > 0, norm_K, 1.0)[..., None]
     # dloss/dh, then through the ReLU (zero slope at and below the kink)
     g_h_SK = -2.0 * err_SN @ np.swapaxes(D, -1, -2) + l1 * norm_K[..., None, :]
-    g_pre_SK = g_h_SK * (pre_SK > 0) * prob_S[:, None]
+    g_pre_SK = g_h_SK * active_SK * prob_S[:, None]
     err_w_SN = err_SN * prob_S[:, None]
     h_total_K = (h_SK * prob_S[:, None]).sum(-2)
     g_D = -2.0 * np.swapaxes(h_SK, -1, -2) @ err_w_SN + l1 * h_total_K[..., None] * unit_KN
@@ -112,9 +134,23 @@ def loss_and_gradient(
     g_c = g_pre_SK.sum(-2)
     # b enters e directly (e = x - b - D^T h) and the pre-activation through u = x - b
     g_b = -(2.0 * err_w_SN.sum(-2) + (g_pre_SK @ W).sum(-2))
-    if layout.tied:
-        g_D = g_D + g_W
-    return loss, layout.pack(g_W, g_c, g_D, g_b)
+    return loss, layout.pack_gradient(g_W, g_c, g_D, g_b)
+
+
+def _pre_activations(
+    world: NumericFeatureModel, layout: _Layout, theta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pre-activations (S, k) of one parameter vector and their Jacobian (S, k, size)."""
+    p = layout.unpack(theta)
+    k, n = layout.width, layout.n_features
+    u_SN = world.states - p.decoder_bias
+    pre_SK = u_SN @ p.encoder.T + p.encoder_bias
+    S = len(u_SN)
+    g_W = np.zeros((S, k, k, n))
+    g_W[:, np.arange(k), np.arange(k), :] = u_SN[:, None, :]
+    g_c = np.broadcast_to(np.eye(k), (S, k, k))
+    g_b = np.broadcast_to(-p.encoder, (S, k, n))
+    return pre_SK, layout.pack_gradient(g_W, g_c, np.zeros((S, k, k, n)), g_b)
 
 
 def numeric_optimum(
@@ -137,10 +173,10 @@ def numeric_optimum(
     ]
     screened_losses = loss_and_gradient(world, layout, np.array(screened), l1)[0]
     polished = [
-        _polish_lbfgs(fun, screened[i], tol) for i in np.argsort(screened_losses)[:_N_POLISHED]
+        _polish_region(world, layout, _polish_lbfgs(fun, screened[i], tol)[0], l1, tol)
+        for i in np.argsort(screened_losses)[:_N_POLISHED]
     ]
     best_theta, best_loss = min(polished, key=lambda pair: pair[1])
-    best_theta, best_loss = _polish_simplex(fun, best_theta, best_loss, tol)
     params = _canonical(world, layout.unpack(best_theta))
     loss = float(expected_loss(world, params, l1))
     return NumericOptimum(params, loss, n_starts, time.perf_counter() - start_time)
@@ -223,21 +259,46 @@ def _polish_lbfgs(
     return theta, loss
 
 
-def _polish_simplex(
-    fun: Callable[[np.ndarray], tuple[float, np.ndarray]],
-    theta: np.ndarray,
-    loss: float,
-    tol: float,
+def _polish_region(
+    world: NumericFeatureModel, layout: _Layout, theta: np.ndarray, l1: float, tol: float
 ) -> tuple[np.ndarray, float]:
-    """A Nelder-Mead step, which needs no gradient, for minima that sit on a kink; kept only if
-    it lowers the loss."""
-    result = minimize(
-        lambda t: fun(t)[0],
-        theta,
-        method="Nelder-Mead",
-        options={"xatol": 1e-10, "fatol": tol, "maxfev": 200 * theta.size, "adaptive": True},
-    )
-    return (result.x, result.fun) if result.fun < loss else (theta, loss)
+    """Minimise the smooth loss of the current activation region over its closure (SLSQP with
+    every pre-activation kept on its side of zero), then again in the region where the states
+    left on a boundary changed side, while that lowers the exact loss.
+
+    Line searches stall where the optimum sits on a kink (a latent switched off exactly at the
+    edge of a state, which tied SAEs with an L1 penalty reach only with a large encoder gain);
+    inside a fixed region the loss is smooth and the kink is just an active constraint."""
+    loss = float(loss_and_gradient(world, layout, theta, l1)[0])
+    for _ in range(_REGION_ROUNDS):
+        active_SK = _pre_activations(world, layout, theta)[0] > 0
+        side_SK = np.where(active_SK, 1.0, -1.0)
+
+        def region(t: np.ndarray, active_SK: np.ndarray = active_SK) -> tuple[float, np.ndarray]:
+            value, grad = loss_and_gradient(world, layout, t, l1, active_SK)
+            return float(value), grad
+
+        def margins(t: np.ndarray, side_SK: np.ndarray = side_SK) -> np.ndarray:
+            return (side_SK * _pre_activations(world, layout, t)[0]).ravel()
+
+        def margins_jacobian(t: np.ndarray, side_SK: np.ndarray = side_SK) -> np.ndarray:
+            return (side_SK[..., None] * _pre_activations(world, layout, t)[1]).reshape(
+                -1, layout.size
+            )
+
+        result = minimize(
+            region,
+            theta,
+            jac=True,
+            method="SLSQP",
+            constraints=[{"type": "ineq", "fun": margins, "jac": margins_jacobian}],
+            options={"ftol": tol, "maxiter": 500},
+        )
+        exact = float(loss_and_gradient(world, layout, result.x, l1)[0])
+        if not exact < loss - tol * max(1.0, abs(loss)):
+            break
+        theta, loss = result.x, exact
+    return theta, loss
 
 
 def _canonical(world: NumericFeatureModel, params: SAEParams) -> SAEParams:
