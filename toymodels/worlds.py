@@ -41,13 +41,13 @@ CORRELATIONS = ("none", "random", "low_rank")
 
 @dataclass(frozen=True)
 class _Level:
-    """One hierarchy level: children [start, stop) and, per child, its parent and sibling group."""
+    """One hierarchy level: parents [parent_start, parent_start + n_parents) own the children
+    [start, start + n_parents * branching), `branching` consecutive children each."""
 
+    parent_start: int
+    n_parents: int
     start: int
     stop: int
-    parent_C: torch.Tensor  # parent feature index of each child
-    group_C: torch.Tensor  # index of the child's sibling group within this level
-    n_groups: int
 
 
 @dataclass(frozen=True)
@@ -192,11 +192,22 @@ class LargeWorld:
         levels, parent_start, n_parents, start = [], 0, self.n_trees, self.n_roots
         for _ in range(self.depth if self.n_trees else 0):
             n_children = n_parents * self.branching
-            group_C = torch.arange(n_children) // self.branching
-            levels.append(_Level(start, start + n_children, parent_start + group_C, group_C,
-                                 n_parents))
+            levels.append(_Level(parent_start, n_parents, start, start + n_children))
             parent_start, n_parents, start = start, n_children, start + n_children
         return tuple(levels)
+
+    @cached_property
+    def parent_of(self) -> np.ndarray:
+        """(n_features,) index of each feature's parent, -1 for roots."""
+        parents = np.full(self.n_features, -1)
+        for level in self._levels:
+            children = np.arange(level.stop - level.start)
+            parents[level.start : level.stop] = level.parent_start + children // self.branching
+        return parents
+
+    def children_of(self, feature: int) -> np.ndarray:
+        """Indices of a feature's children (consecutive; empty for leaves)."""
+        return np.flatnonzero(self.parent_of == feature)
 
     @cached_property
     def child_probabilities(self) -> np.ndarray:
@@ -210,8 +221,8 @@ class LargeWorld:
         p = np.empty(self.n_features)
         p[: self.n_roots] = self.root_probabilities
         p[self.n_roots :] = self.child_probabilities
-        for level in self._levels:
-            p[level.start : level.stop] *= p[level.parent_C.numpy()]
+        for level in self._levels:  # parents' marginals are final before their children's
+            p[level.start : level.stop] *= p[self.parent_of[level.start : level.stop]]
         return p
 
     @property
@@ -251,51 +262,86 @@ class LargeWorld:
     # --- sampling --------------------------------------------------------------------------------
     def sample_firing(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, n_features) boolean firing."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
-        firing_NF = torch.empty(n, self.n_features, dtype=torch.bool)
-        roots_NR = firing_NF[:, : self.n_roots]
-        p_R = torch.as_tensor(self.root_probabilities, dtype=torch.float32)
-        if self.correlation_factor is None:
-            torch.lt(torch.rand(n, self.n_roots, generator=generator), p_R, out=roots_NR)
-        else:
-            factor_RK, idiosyncratic_R = self.correlation_factor
-            z_NR = torch.randn(n, factor_RK.shape[1], generator=generator) @ factor_RK.T
-            if self.correlation == "low_rank":
-                z_NR += idiosyncratic_R * torch.randn(n, self.n_roots, generator=generator)
-            thresholds_R = torch.as_tensor(ndtri(self.root_probabilities), dtype=torch.float32)
-            torch.lt(z_NR, thresholds_R, out=roots_NR)
-        conditional = torch.as_tensor(self.child_probabilities, dtype=torch.float32)
-        for level in self._levels:
-            p_C = conditional[level.start - self.n_roots : level.stop - self.n_roots]
-            parent_NC = firing_NF[:, level.parent_C]
-            if self.exclusive_children:
-                # Sibling k fires when the group's uniform falls in [cum_{k-1}, cum_k).
-                upper_C = p_C.view(level.n_groups, self.branching).cumsum(dim=1).flatten()
-                uniform_NC = torch.rand(n, level.n_groups, generator=generator)[:, level.group_C]
-                own_NC = (uniform_NC < upper_C) & (uniform_NC >= upper_C - p_C)
-            else:
-                own_NC = torch.rand(n, level.stop - level.start, generator=generator) < p_C
-            firing_NF[:, level.start : level.stop] = parent_NC & own_NC
-        return firing_NF
+        return self._sample_events(n, generator)[0]
 
     def sample(
         self, n: int, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(activations (n, d_in), firing (n, n_features) bool)."""
-        firing_NF = self.sample_firing(n, generator)
-        samples, features = firing_NF.nonzero(as_tuple=True)
-        offsets_N = torch.zeros(n, dtype=torch.long)
-        if n > 1:
-            torch.cumsum(firing_NF[:-1].sum(dim=1), dim=0, out=offsets_N[1:])
-        magnitudes_E = torch.full((len(features),), float(self.magnitude_mean))
-        if self.magnitude_std > 0:
-            noise_E = torch.randn(len(features), generator=generator)
-            magnitudes_E = torch.relu(magnitudes_E + self.magnitude_std * noise_E)
-        activations_ND = torch.nn.functional.embedding_bag(
-            features, self.directions, offsets_N, mode="sum", per_sample_weights=magnitudes_E
-        )
+        firing_NF, event_blocks = self._sample_events(n, generator)
+        activations_ND = torch.zeros(n, self.d_in)
+        for samples_E, features_E in event_blocks:
+            magnitudes_E = torch.full((len(features_E),), float(self.magnitude_mean))
+            if self.magnitude_std > 0:
+                noise_E = torch.randn(len(features_E), generator=generator)
+                magnitudes_E = torch.relu(magnitudes_E + self.magnitude_std * noise_E)
+            # Events are sorted by sample, so each sample's features form one bag.
+            offsets_N = torch.cumsum(torch.bincount(samples_E, minlength=n), dim=0)
+            offsets_N = torch.cat([offsets_N.new_zeros(1), offsets_N[:-1]])
+            activations_ND += torch.nn.functional.embedding_bag(
+                features_E, self.directions, offsets_N, mode="sum", per_sample_weights=magnitudes_E
+            )
         return activations_ND, firing_NF
+
+    def _sample_events(
+        self, n: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Firing (n, n_features) and its events as blocks of (sample, feature) index pairs,
+        each block sorted by sample: the roots first, then one block per hierarchy level."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
+        firing_NF = torch.zeros(n, self.n_features, dtype=torch.bool)
+        self._sample_roots(n, generator, out=firing_NF[:, : self.n_roots])
+        event_blocks = [firing_NF[:, : self.n_roots].nonzero(as_tuple=True)]
+        conditional_C = torch.as_tensor(self.child_probabilities, dtype=torch.float32)
+        for level in self._levels:
+            # Children only need random numbers where their parent fires: one draw per event.
+            parents = firing_NF[:, level.parent_start : level.parent_start + level.n_parents]
+            samples_E, parents_E = parents.nonzero(as_tuple=True)
+            first = level.start - self.n_roots
+            p_PB = conditional_C[first : level.stop - self.n_roots].view(-1, self.branching)
+            p_PB = p_PB[parents_E]
+            if self.exclusive_children:
+                # Sibling k fires when one uniform falls in [cum_{k-1}, cum_k): at most one fires.
+                uniform_E1 = torch.rand(len(parents_E), 1, generator=generator)
+                chosen_E = (uniform_E1 >= p_PB.cumsum(dim=1)).sum(dim=1)
+                keep_E = chosen_E < self.branching
+                samples_E, children_E = samples_E[keep_E], (
+                    parents_E[keep_E] * self.branching + chosen_E[keep_E]
+                )
+            else:
+                fired_EB = torch.rand(p_PB.shape, generator=generator) < p_PB
+                events, siblings = fired_EB.nonzero(as_tuple=True)
+                samples_E = samples_E[events]
+                children_E = parents_E[events] * self.branching + siblings
+            children_E = children_E + level.start
+            firing_NF[samples_E, children_E] = True
+            event_blocks.append((samples_E, children_E))
+        return firing_NF, event_blocks
+
+    def _sample_roots(self, n: int, generator: torch.Generator | None, out: torch.Tensor) -> None:
+        """Root firing into `out` (n, R): the copula Gaussian below each root's threshold."""
+        if self.correlation_factor is None:
+            p_R = torch.as_tensor(self.root_probabilities, dtype=torch.float32)
+            torch.lt(torch.rand(n, self.n_roots, generator=generator), p_R, out=out)
+            return
+        loadings_RK, thresholds_R = self._copula_in_noise_units
+        w_NK = torch.randn(n, loadings_RK.shape[1], generator=generator)
+        if self.correlation == "low_rank":
+            e_NR = torch.randn(n, self.n_roots, generator=generator)
+            torch.lt(torch.addmm(e_NR, w_NK, loadings_RK.T), thresholds_R, out=out)
+        else:
+            torch.lt(w_NK @ loadings_RK.T, thresholds_R, out=out)
+
+    @cached_property
+    def _copula_in_noise_units(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Root i fires when z_i = w . b_i + s_i e_i < Phi^-1(P_i). For low rank everything is
+        divided by s_i, so the test is e_i + w . b_i / s_i < Phi^-1(P_i) / s_i (one fused addmm)."""
+        factor_RK, idiosyncratic_R = self.correlation_factor
+        thresholds_R = torch.as_tensor(ndtri(self.root_probabilities), dtype=torch.float32)
+        if self.correlation == "low_rank":
+            return factor_RK / idiosyncratic_R[:, None], thresholds_R / idiosyncratic_R
+        return factor_RK, thresholds_R
 
 
 def _random_correlation_factor(

@@ -68,13 +68,13 @@ def test_marginals_are_exact_through_copula_and_hierarchy(world, seed):
     n = 20_000
     firing = world.sample_firing(n, _generator(seed)).numpy()
     _assert_binomial(firing.sum(axis=0), n, world.firing_probabilities)
-    for level in world._levels:
-        children = firing[:, level.start : level.stop]
-        parents = firing[:, level.parent_C.numpy()]
-        assert not (children & ~parents).any(), "a child fired without its parent"
-        if world.exclusive_children:
-            siblings = children.reshape(n, level.n_groups, world.branching)
-            assert siblings.sum(axis=2).max() <= 1, "exclusive siblings fired together"
+    children = np.flatnonzero(world.parent_of >= 0)
+    parents = world.parent_of[children]
+    assert not (firing[:, children] & ~firing[:, parents]).any(), "a child fired without parent"
+    if world.exclusive_children:
+        for parent in np.unique(parents):
+            siblings = world.children_of(parent)
+            assert firing[:, siblings].sum(axis=1).max() <= 1, "exclusive siblings fired together"
 
 
 def test_joint_firing_of_roots_is_the_gaussian_copula():
@@ -96,9 +96,11 @@ def test_children_fire_with_their_conditional_probability():
                        exclusive_children=True, child_probability=(0.1, 0.3), seed=4)
     n = 50_000
     firing = world.sample_firing(n, _generator(2)).numpy()
-    level = world._levels[0]
-    parent_fires = firing[:, level.parent_C.numpy()]
-    children = firing[:, level.start : level.stop]
+    children_index = np.flatnonzero(world.parent_of >= 0)
+    assert children_index.tolist() == list(range(14, 20))  # 14 roots, then 2 x 3 children
+    assert world.children_of(1).tolist() == [17, 18, 19]
+    parent_fires = firing[:, world.parent_of[children_index]]
+    children = firing[:, children_index]
     counts = (children & parent_fires).sum(axis=0)
     for child in range(children.shape[1]):
         n_parent = int(parent_fires[:, child].sum())
