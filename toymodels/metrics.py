@@ -90,9 +90,17 @@ def hedging_degree(
         raise ValueError("every control decoder row is zero; hedging degree is undefined")
     p = _projected_movement(delta_FD, _span_basis(ext_GD[n_orig:])) / scale
 
-    gaussian_KDN = torch.randn(n_random, d_in, n_new, generator=generator, dtype=torch.float64)
-    random_bases_KDN, _ = torch.linalg.qr(gaussian_KDN)  # Gaussian rows have full rank a.s.
-    p_rand = (delta_FD @ random_bases_KDN).norm(dim=2).mean(dim=1).mean() / scale
+    # One draw at a time keeps memory at O(W N) even for LLM SAEs with tens of thousands of
+    # latents; float32 suffices for a Monte Carlo average whose sampling error is far larger.
+    delta32_FD = delta_FD.float()
+    random_movements = []
+    for _ in range(n_random):
+        gaussian_DN = torch.randn(
+            d_in, n_new, generator=generator, dtype=torch.float64, device=ctrl_FD.device
+        )
+        random_basis_DN, _ = torch.linalg.qr(gaussian_DN)  # Gaussian rows have full rank a.s.
+        random_movements.append(_projected_movement(delta32_FD, random_basis_DN.T.float()))
+    p_rand = torch.stack(random_movements).double().mean() / scale
     if p_rand >= 1:
         raise ValueError(
             f"random-span baseline p_rand = {float(p_rand):.4g} >= 1: the control and extended "
