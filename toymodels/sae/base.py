@@ -121,19 +121,21 @@ class SAE(nn.Module):
 
     # --- forward -------------------------------------------------------------------------------
     def pre_activations(self, x: Tensor) -> Tensor:
-        """W_enc^T (x - b_dec) + b_enc for x (M, B, D) or a shared batch (B, D): (M, B, F)."""
+        """W_enc^T (x - b_dec) + b_enc for x (M, B, D) or a shared batch (B, D): (M, B, F).
+
+        Masked latents get a bias of -inf, so they never fire and pass no gradient back."""
         M, D, F = self.W_enc.shape
+        b_enc = self.b_enc
+        if self._narrow:
+            b_enc = b_enc.masked_fill(~self.latent_mask, float("-inf"))
+        if x.shape[-1] != D or not (x.dim() == 2 or (x.dim() == 3 and x.shape[0] == M)):
+            raise ValueError(f"inputs must be (B, {D}) or ({M}, B, {D}), got {tuple(x.shape)}")
         if x.dim() == 2:
             # A shared batch: one (B, D) x (D, M F) matmul instead of M small ones.
-            pre = (x @ self.W_enc.transpose(0, 1).reshape(D, M * F)).view(-1, M, F).transpose(0, 1)
-            pre = pre + (self.b_enc - torch.bmm(self.b_dec[:, None], self.W_enc)[:, 0])[:, None]
-        elif x.dim() == 3 and x.shape[0] == M:
-            pre = torch.baddbmm(self.b_enc[:, None], x - self.b_dec[:, None], self.W_enc)
-        else:
-            raise ValueError(f"inputs must be (B, {D}) or ({M}, B, {D}), got {tuple(x.shape)}")
-        if self._narrow:
-            pre = pre.masked_fill(~self.latent_mask[:, None], float("-inf"))
-        return pre
+            bias_MF = b_enc - torch.bmm(self.b_dec[:, None], self.W_enc)[:, 0]
+            W_enc_DK = self.W_enc.transpose(0, 1).reshape(D, M * F)
+            return torch.addmm(bias_MF.reshape(M * F), x, W_enc_DK).view(-1, M, F).transpose(0, 1)
+        return torch.baddbmm(b_enc[:, None], x - self.b_dec[:, None], self.W_enc)
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
         """Codes from pre-activations; masked latents arrive as -inf and must give 0."""
@@ -151,10 +153,27 @@ class SAE(nn.Module):
         return self.decode(self.encode(x))
 
     # --- loss ----------------------------------------------------------------------------------
-    def reconstruction_loss(self, x: Tensor, codes_MBF: Tensor) -> tuple[Tensor, Tensor]:
-        """(per-member mean over the batch of ||x - x_hat||^2 summed over dims, x_hat)."""
-        x_hat = self.decode(codes_MBF)
-        return (x - x_hat).square().sum(-1).mean(-1), x_hat
+    def squared_error(self, x: Tensor, codes_MBF: Tensor) -> Tensor:
+        """||x - x_hat||^2 per member and sample: (M, B)."""
+        M, F, D = self.W_dec.shape
+        if x.dim() == 3 or F > D:
+            return (x - self.decode(codes_MBF)).square().sum(-1)
+        # A shared batch with narrow members: expand ||(x - b) - W^T h||^2 so that no (M, B, D)
+        # tensor is formed. Memory traffic, not arithmetic, limits narrow stacks, and the terms
+        # left are matmuls over the shared batch and (M, B, F) products.
+        twice_W_dec_DK = 2 * self.W_dec.permute(2, 0, 1).reshape(D, M * F)
+        twice_Wb_MF = 2 * torch.bmm(self.W_dec, self.b_dec[..., None])[..., 0]
+        twice_projection_BK = torch.addmm(-twice_Wb_MF.reshape(M * F), x, twice_W_dec_DK)
+        twice_projection_MBF = twice_projection_BK.view(-1, M, F).transpose(0, 1)  # 2 W(x - b)
+        gram_MFF = torch.bmm(self.W_dec, self.W_dec.transpose(1, 2))
+        explained = torch.baddbmm(twice_projection_MBF, codes_MBF, gram_MFF, alpha=-1)
+        centred_MB = (x.square().sum(-1)[:, None] - 2 * (x @ self.b_dec.T)).T
+        centred_MB = centred_MB + self.b_dec.square().sum(-1)[:, None]  # ||x - b_dec||^2
+        return centred_MB - torch.linalg.vecdot(codes_MBF, explained)
+
+    def reconstruction_loss(self, x: Tensor, codes_MBF: Tensor) -> Tensor:
+        """Per-member mean over the batch of ||x - x_hat||^2 summed over dims: (M,)."""
+        return self.squared_error(x, codes_MBF).mean(-1)
 
     def sparsity_loss(self, codes_MBF: Tensor, pre_MBF: Tensor) -> Tensor:
         """Per-member sparsity penalty (M,); none by default (TopK-style SAEs)."""
@@ -168,7 +187,7 @@ class SAE(nn.Module):
         """(M, F) bool: active latents that have not fired for dead_after_samples samples."""
         return (self.samples_since_fired >= self.config["dead_after_samples"]) & self.latent_mask
 
-    def aux_loss(self, x: Tensor, x_hat_MBD: Tensor, pre_MBF: Tensor) -> Tensor:
+    def aux_loss(self, x: Tensor, codes_MBF: Tensor, pre_MBF: Tensor) -> Tensor:
         """TopK-style aux-k loss: the top aux_k dead latents reconstruct the residual.
 
         As in OpenAI's TopK SAEs and SAELens: residual e = x - x_hat (no gradient), dead
@@ -178,7 +197,7 @@ class SAE(nn.Module):
         F = self.n_latents
         k_aux = min(self.config["aux_k"] or max(self.d_in // 2, 1), F)
         dead_MF = self.dead_latents()
-        residual = (x - x_hat_MBD).detach()
+        residual = (x - self.decode(codes_MBF)).detach()
         values, index = pre_MBF.masked_fill(~dead_MF[:, None], float("-inf")).topk(k_aux, dim=-1)
         aux_codes = torch.zeros_like(pre_MBF).scatter(-1, index, values.relu())
         error = torch.bmm(aux_codes, self.W_dec) - residual
@@ -191,14 +210,14 @@ class SAE(nn.Module):
         In training mode this also updates the dead-latent counters."""
         pre = self.pre_activations(x)
         codes = self.activation(pre)
-        mse, x_hat = self.reconstruction_loss(x, codes)
+        mse = self.reconstruction_loss(x, codes)
         sparsity = self.sparsity_loss(codes, pre)
         if self.training:
             with torch.no_grad():
                 fired_MF = (codes > 0).any(dim=1)
                 self.samples_since_fired.add_(codes.shape[1]).masked_fill_(fired_MF, 0)
         if self.config["aux_coefficient"] > 0:
-            aux = self.aux_loss(x, x_hat, pre)
+            aux = self.aux_loss(x, codes, pre)
         else:
             aux = torch.zeros_like(mse)
         per_member = mse + sparsity + aux
@@ -242,7 +261,7 @@ class SAE(nn.Module):
     def _state_into(self, new: SAE, latents: Tensor | None = None, members: Tensor | None = None
                     ) -> SAE:
         """Copy this SAE's tensors into `new`: selected members, or into its first F latents."""
-        new = new.to(self.W_dec)
+        new = new.to(self.W_dec).train(self.training)
         own = self.state_dict()
         with torch.no_grad():
             for key, target in new.state_dict().items():

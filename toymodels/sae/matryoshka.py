@@ -39,7 +39,7 @@ class _Matryoshka(SAE):
         self.register_buffer("level_weights",
                              torch.tensor(self.config["mu"])[:, None] ** exponents)
 
-    def reconstruction_loss(self, x: Tensor, codes_MBF: Tensor) -> tuple[Tensor, Tensor]:
+    def reconstruction_loss(self, x: Tensor, codes_MBF: Tensor) -> Tensor:
         total, inner, start = 0.0, None, 0
         for j, stop in enumerate(self.config["levels"]):
             block = torch.bmm(codes_MBF[..., start:stop], self.W_dec[:, start:stop])
@@ -49,7 +49,7 @@ class _Matryoshka(SAE):
             total = total + self.level_weights[:, j] * (x - x_hat).square().sum(-1).mean(-1)
             inner = block if inner is None else inner + block
             start = stop
-        return total, x_hat
+        return total
 
     def full_config(self) -> dict[str, Any]:
         return {**super().full_config(), "inner": self.inner_architecture}

@@ -31,5 +31,5 @@ class ReLUL1SAE(SAE):
         return pre_MBF.relu()
 
     def sparsity_loss(self, codes_MBF: Tensor, pre_MBF: Tensor) -> Tensor:
-        weighted = torch.bmm(codes_MBF, self.decoder_norms()[..., None])[..., 0]
+        weighted = torch.linalg.vecdot(codes_MBF, self.decoder_norms()[:, None])
         return self.l1 * weighted.mean(-1)

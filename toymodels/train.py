@@ -1,0 +1,227 @@
+"""Training SAE stacks with Adam (atomic checkpoints, exact resume) and their feature-basis view.
+
+`train` optimises every member of a stack at once: member losses are summed, so each member gets
+the gradient it would get alone, and Adam is elementwise, so each gets exactly its solo update.
+`to_feature_basis` turns a trained toy SAE into theory's SAEParams so its exact expected loss can
+be compared with theory's optimum.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from theory.sae import SAEParams
+from toymodels.sae import SAE
+
+DataSource = Callable[[int], Tensor]
+
+
+@dataclass
+class TrainLog:
+    """Per-member losses averaged over each logging interval (rows) for the steps listed."""
+
+    steps: list[int] = field(default_factory=list)
+    total: list[np.ndarray] = field(default_factory=list)  # each (M,)
+    mse: list[np.ndarray] = field(default_factory=list)
+    sparsity: list[np.ndarray] = field(default_factory=list)
+    aux: list[np.ndarray] = field(default_factory=list)
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """{"steps": (L,), "total"/"mse"/"sparsity"/"aux": (L, M)}."""
+        out = {"steps": np.array(self.steps)}
+        for name in ("total", "mse", "sparsity", "aux"):
+            out[name] = np.array(getattr(self, name))
+        return out
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" means CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def learning_rate_factor(step: int, n_steps: int, warmup_steps: int, decay_fraction: float
+                         ) -> float:
+    """Linear warm-up over warmup_steps, then constant, then linear decay to 0 over the last
+    decay_fraction of the steps."""
+    factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    decay_start = int(n_steps * (1 - decay_fraction))
+    if step >= decay_start and decay_fraction > 0:
+        factor *= (n_steps - step) / (n_steps - decay_start)
+    return factor
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def train(
+    sae: SAE,
+    data: DataSource,
+    n_samples: int,
+    batch_size: int = 4096,
+    lr: float = 3e-4,
+    warmup_steps: int = 0,
+    decay_fraction: float = 0.2,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    checkpoint_path: str | Path | None = None,
+    checkpoint_every: int = 1000,
+    log_every: int = 100,
+    progress: bool = True,
+) -> TrainLog:
+    """Train `sae` in place (moved to `device`) on n_samples samples per member.
+
+    `data(batch_size)` returns a batch (B, D) shared by all members or (M, B, D), one per member.
+    The global torch RNG is seeded with `seed`, so a data source drawing from it is reproducible;
+    one with its own state may expose state_dict()/load_state_dict() to be checkpointed too.
+    With checkpoint_path, the state (SAE, Adam, RNG, data, step) is written atomically every
+    checkpoint_every steps and at the end; an existing checkpoint is resumed, and the resumed run
+    ends with exactly the parameters of an uninterrupted one.
+    """
+    if batch_size < 1 or n_samples < batch_size:
+        raise ValueError(
+            f"need batch_size >= 1 and n_samples >= batch_size, got {batch_size}, {n_samples}"
+        )
+    if lr <= 0 or warmup_steps < 0 or not 0 <= decay_fraction <= 1:
+        raise ValueError(
+            f"need lr > 0, warmup_steps >= 0, decay_fraction in [0, 1]; "
+            f"got {lr}, {warmup_steps}, {decay_fraction}"
+        )
+    if checkpoint_every < 1 or log_every < 1:
+        raise ValueError(f"checkpoint_every and log_every must be >= 1, got "
+                         f"{checkpoint_every}, {log_every}")
+    device = resolve_device(device)
+    n_steps = n_samples // batch_size
+    run = {"n_samples": n_samples, "batch_size": batch_size, "lr": lr,
+           "warmup_steps": warmup_steps, "decay_fraction": decay_fraction, "seed": seed,
+           "sae": sae.full_config()}
+    sae.to(device).train()
+    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, **fast)
+    log, step = TrainLog(), 0
+    sums = None  # per-member loss sums since the last log, kept on the device (no syncs)
+    path = Path(checkpoint_path) if checkpoint_path is not None else None
+    if path is not None and path.exists():
+        step, sums = _resume(path, run, sae, optimizer, data, log)
+        sums = None if sums is None else sums.to(device)
+    else:
+        torch.manual_seed(seed)
+
+    def save() -> None:
+        if path is not None:
+            _atomic_torch_save(_checkpoint(run, step, sums, sae, optimizer, data, log), path)
+
+    bar = tqdm(total=n_steps, initial=step, disable=not progress, unit="step",
+               desc=sae.architecture)
+    while step < n_steps:
+        factor = learning_rate_factor(step, n_steps, warmup_steps, decay_fraction)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
+        losses = sae.loss(data(batch_size).to(device, non_blocking=True))
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        step += 1
+        parts = torch.stack([losses[k].detach() for k in ("per_member", "mse", "sparsity", "aux")])
+        sums = parts if sums is None else sums + parts
+        if step % log_every == 0 or step == n_steps:
+            interval = (step - 1) % log_every + 1
+            means = (sums / interval).cpu().numpy()
+            log.steps.append(step)
+            for row, name in zip(means, ("total", "mse", "sparsity", "aux"), strict=True):
+                getattr(log, name).append(row)
+            sums = None
+            bar.set_postfix(loss=f"{means[0].mean():.4g}")
+        if step % checkpoint_every == 0 or step == n_steps:
+            save()
+        bar.update(1)
+    bar.close()
+    return log
+
+
+def _checkpoint(run: dict, step: int, sums: Tensor | None, sae: SAE,
+                optimizer: torch.optim.Optimizer, data: DataSource, log: TrainLog) -> dict:
+    state = {"run": run, "step": step, "sums": sums, "sae": sae.state_dict(),
+             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "log": log}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if hasattr(data, "state_dict"):
+        state["data"] = data.state_dict()
+    return state
+
+
+def _resume(path: Path, run: dict, sae: SAE, optimizer: torch.optim.Optimizer, data: DataSource,
+            log: TrainLog) -> tuple[int, Tensor | None]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state["run"] != run:
+        changed = sorted(k for k in run if state["run"].get(k) != run[k])
+        raise ValueError(f"checkpoint {path} belongs to a different run (differs in {changed}); "
+                         "delete it or use another checkpoint_path")
+    sae.load_state_dict(state["sae"])
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if "data" in state:
+        data.load_state_dict(state["data"])
+    for name, values in vars(state["log"]).items():
+        getattr(log, name).extend(values)
+    return state["step"], state["sums"]
+
+
+def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEParams]:
+    """Each member's parameters in the feature basis (theory's SAEParams, float64 numpy).
+
+    directions_ND: orthonormal feature directions (n, D). Only the member's active latents are
+    kept (k = its width). encoder = W_enc^T F^T, decoder = W_dec F^T, decoder_bias = F b_dec, and
+    encoder_bias absorbs the part of b_dec orthogonal to the feature span, so pre-activations
+    on inputs in the span are identical. Components of W_dec and b_dec outside the span are
+    dropped: they only add loss, so theory's loss of these params is a lower bound on the SAE's.
+    """
+    if not sae.relu_codes:
+        raise ValueError(f"theory's SAEParams describe ReLU codes; {sae.architecture!r} SAEs "
+                         "are not ReLU SAEs (allowed: relu-l1, matryoshka with inner relu-l1)")
+    F_ND = torch.as_tensor(np.asarray(directions_ND), dtype=torch.float64)
+    if F_ND.dim() != 2 or F_ND.shape[1] != sae.d_in:
+        raise ValueError(f"directions must be (n_features, {sae.d_in}), got {tuple(F_ND.shape)}")
+    if not torch.allclose(F_ND @ F_ND.T, torch.eye(len(F_ND), dtype=torch.float64), atol=1e-5):
+        raise ValueError("feature directions must be orthonormal rows")
+    params = []
+    with torch.no_grad():
+        for m in range(sae.n_members):
+            active = sae.latent_mask[m].cpu()
+            W_enc_DK = sae.W_enc[m].detach().cpu().double()[:, active]
+            W_dec_KD = sae.W_dec[m].detach().cpu().double()[active]
+            b_enc = sae.b_enc[m].detach().cpu().double()[active]
+            b_dec = sae.b_dec[m].detach().cpu().double()
+            b_dec_in_span = F_ND @ b_dec
+            b_dec_orthogonal = b_dec - F_ND.T @ b_dec_in_span
+            params.append(SAEParams(
+                encoder=(W_enc_DK.T @ F_ND.T).numpy(),
+                encoder_bias=(b_enc - W_enc_DK.T @ b_dec_orthogonal).numpy(),
+                decoder=(W_dec_KD @ F_ND.T).numpy(),
+                decoder_bias=b_dec_in_span.numpy(),
+            ))
+    return params
