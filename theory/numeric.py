@@ -2,7 +2,9 @@
 
 This is the check on the closed forms, so it shares nothing with them but the loss itself: it
 minimises theory.sae.expected_loss over the raw parameters a spec allows, with an analytic
-(sub)gradient of the piecewise-smooth loss, from many starts, and polishes the best few.
+(sub)gradient of the piecewise-smooth loss, from many starts, and polishes the best few: first
+with fresh L-BFGS-B runs, then inside their activation regions, where optima on ReLU kinks become
+ordinary constrained optima.
 """
 
 from __future__ import annotations
