@@ -118,6 +118,7 @@ def train(
            "warmup_steps": warmup_steps, "decay_fraction": decay_fraction, "seed": seed,
            "sae": sae.full_config()}
     sae.to(device).train()
+    dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, **fast)
     log, step = TrainLog(), 0
@@ -139,7 +140,7 @@ def train(
         factor = learning_rate_factor(step, n_steps, warmup_steps, decay_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr * factor
-        losses = sae.loss(data(batch_size).to(device, non_blocking=True))
+        losses = sae.loss(data(batch_size).to(device, dtype, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         optimizer.step()

@@ -21,6 +21,15 @@ ARCHITECTURES = {
 }
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: extra threads only add synchronisation (and stall on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def exact_directions(n_features, d_in, seed):
     """Orthonormal rows exact to float64 precision."""
     gaussian = torch.randn(d_in, n_features, generator=torch.Generator().manual_seed(seed),
@@ -57,6 +66,19 @@ def test_folding_decoder_norms_changes_no_reconstruction(name, seed, training, n
     after = sae(x[0]), sae(x), sae.loss(x)["mse"]
     for b, a in zip(before, after, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("n_latents", [6, 9])  # the expanded-square path and the direct one
+def test_a_shared_batch_gives_what_the_same_batch_per_member_gives(name, n_latents):
+    extra = {"levels": [2, n_latents]} if name == "matryoshka" else {}
+    sae = random_sae(name, 13, n_latents=n_latents, widths=[1, n_latents, 4], **extra)
+    x = torch.randn(20, 7, dtype=torch.float64)
+    shared, per_member = sae.loss(x), sae.loss(x.expand(3, -1, -1))
+    for key in ("total", "mse", "sparsity"):
+        torch.testing.assert_close(shared[key], per_member[key], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(shared["total"], sae.W_dec)[0],
+                               torch.autograd.grad(per_member["total"], sae.W_dec)[0])
 
 
 @settings(max_examples=20, deadline=None)

@@ -1,0 +1,137 @@
+"""The trainer: stacks train like separate runs, exact resume, training reaches theory's optimum."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize
+
+from theory.features import scenario
+from theory.sae import SAEParams, expected_loss
+from toymodels.sae import make_sae
+from toymodels.sampling import orthonormal_directions, sample_activations
+from toymodels.train import learning_rate_factor, to_feature_basis, train
+
+WORLD = scenario("correlated").numeric()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: extra threads only add synchronisation (and stall on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def world_data(d_in=50, dtype=torch.float32):
+    """Samples of the two-feature world embedded in d_in dims (global RNG, so train seeds it)."""
+    directions = orthonormal_directions(2, d_in, torch.Generator().manual_seed(0)).to(dtype)
+    return directions, lambda batch: sample_activations(WORLD, directions, batch)
+
+
+def small_stack(n_members=2, seed=0):
+    return make_sae("relu-l1", d_in=8, n_latents=3, n_members=n_members,
+                    widths=[1, 3, 2][:n_members], l1=[0.01, 0.05, 0.1][:n_members],
+                    decoder_init_norm=0.5, generator=torch.Generator().manual_seed(seed)).double()
+
+
+SCHEDULE = {"n_samples": 64 * 30, "batch_size": 64, "lr": 1e-2, "warmup_steps": 4,
+            "decay_fraction": 0.3, "seed": 5, "progress": False, "device": "cpu"}
+
+
+def test_a_stack_trains_exactly_like_its_members_alone():
+    _, data = world_data(d_in=8)
+    stack = small_stack()
+    alone = [stack.select_members([m]) for m in range(2)]
+    train(stack, data, **SCHEDULE)
+    for m, sae in enumerate(alone):
+        train(sae, data, **SCHEDULE)
+        for name, p in sae.named_parameters():
+            torch.testing.assert_close(p[0], getattr(stack, name)[m], rtol=1e-9, atol=1e-12)
+    assert not torch.equal(stack.W_dec[0], small_stack().W_dec[0])  # it did train
+
+
+def test_per_member_batches_reach_each_member():
+    _, data = world_data(d_in=8)
+    stack = small_stack()
+    alone = stack.select_members([1])
+    train(stack, lambda b: torch.stack([data(b), data(b)]).double(), **SCHEDULE)
+    # Member 1 saw every second batch draw: replay the same draws for it alone.
+    train(alone, lambda b: torch.stack([data(b), data(b)])[1].double(), **SCHEDULE)
+    torch.testing.assert_close(alone.W_dec[0], stack.W_dec[1], rtol=1e-9, atol=1e-12)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
+    _, data = world_data(d_in=8)
+    reference = small_stack()
+    reference_log = train(reference, data, log_every=4, **SCHEDULE)
+
+    calls = 0
+
+    def failing_data(batch):
+        nonlocal calls
+        calls += 1
+        if calls == 19:  # during step 19; the last checkpoint holds step 15
+            raise Interrupted
+        return data(batch)
+
+    path = tmp_path / "ckpt" / "train.pt"
+    resumed = small_stack()
+    with pytest.raises(Interrupted):
+        train(resumed, failing_data, checkpoint_path=path, checkpoint_every=5, log_every=4,
+              **SCHEDULE)
+    assert torch.load(path, weights_only=False)["step"] == 15
+    resumed = small_stack(seed=99)  # a fresh process would rebuild the SAE from scratch
+    resumed_log = train(resumed, data, checkpoint_path=path, checkpoint_every=5, log_every=4,
+                        **SCHEDULE)
+    for name, p in reference.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+    for key, values in reference_log.as_arrays().items():
+        np.testing.assert_array_equal(values, resumed_log.as_arrays()[key])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["train.pt"]  # no temporary files
+    with pytest.raises(ValueError, match="different run"):
+        train(small_stack(), data, checkpoint_path=path, **{**SCHEDULE, "lr": 2e-2})
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_over_the_last_fraction():
+    factors = [learning_rate_factor(s, 10, warmup_steps=2, decay_fraction=0.2) for s in range(10)]
+    assert factors == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 1, 1.0, 0.5])
+    with pytest.raises(ValueError, match="n_samples >= batch_size"):
+        train(small_stack(), lambda b: torch.zeros(b, 8), n_samples=10, batch_size=64)
+
+
+def _params(vector):
+    return SAEParams(vector[None, 0:2], vector[2:3], vector[None, 3:5], vector[5:7])
+
+
+def theory_optimum(l1, starts):
+    """Best of local minimisations of theory's exact loss (width 1, two features)."""
+    best = None
+    for start in starts:
+        result = minimize(lambda v: float(expected_loss(WORLD, _params(v), l1)), start,
+                          method="Nelder-Mead",
+                          options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20_000})
+        best = result if best is None or result.fun < best.fun else best
+    return best.fun
+
+
+def test_training_a_width_one_sae_reaches_theorys_optimum():
+    l1 = 0.02
+    directions, data = world_data()
+    sae = make_sae("relu-l1", d_in=50, n_latents=1, n_members=4, l1=l1, decoder_init_norm=1.0,
+                   generator=torch.Generator().manual_seed(1))
+    initial = [float(expected_loss(WORLD, p, l1)) for p in to_feature_basis(sae, directions)]
+    train(sae, data, n_samples=1024 * 800, batch_size=1024, lr=1e-2, seed=0, progress=False,
+          device="cpu")
+    trained_params = to_feature_basis(sae, directions)
+    trained = [float(expected_loss(WORLD, p, l1)) for p in trained_params]
+    rng = np.random.default_rng(0)
+    starts = [np.concatenate([p.encoder[0], p.encoder_bias, p.decoder[0], p.decoder_bias])
+              for p in trained_params] + [rng.normal(size=7) for _ in range(8)]
+    optimum = theory_optimum(l1, starts)
+    assert min(initial) > 2 * optimum
+    assert min(trained) == pytest.approx(optimum, rel=0.01)
