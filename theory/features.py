@@ -119,7 +119,10 @@ class FeatureModel:
     def state_matrix(self) -> sp.Matrix:
         """S x n matrix whose row s is the activation x_s of state s in the feature basis."""
         return sp.Matrix(
-            [[bit * m for bit, m in zip(pat, self.magnitudes, strict=True)] for pat in self.patterns]
+            [
+                [bit * m for bit, m in zip(pat, self.magnitudes, strict=True)]
+                for pat in self.patterns
+            ]
         )
 
     def marginal(self, i: int) -> sp.Expr:
@@ -148,12 +151,16 @@ class FeatureModel:
         """Float arrays for fast evaluation and sampling; every symbol must have a value."""
         if not self.is_numeric:
             names = ", ".join(sorted(str(s) for s in self.free_symbols))
-            raise ValueError(f"the feature model still has free symbols ({names}); use subs() first")
+            raise ValueError(
+                f"the feature model still has free symbols ({names}); use subs() first"
+            )
         patterns = np.array(self.patterns, dtype=np.int64)
         probabilities = np.array([float(p) for p in self.probabilities])
         magnitudes = np.array([float(m) for m in self.magnitudes])
-        std = np.zeros(self.n_features) if self.magnitude_std is None else np.array(
-            self.magnitude_std, dtype=float
+        std = (
+            np.zeros(self.n_features)
+            if self.magnitude_std is None
+            else np.array(self.magnitude_std, dtype=float)
         )
         return NumericFeatureModel(patterns, probabilities, magnitudes, std)
 
@@ -223,7 +230,9 @@ def from_table(
             try:
                 parsed[key.strip()] = float(value)
             except ValueError:
-                raise ValueError(f"probability {value!r} of pattern {key!r} is not a number") from None
+                raise ValueError(
+                    f"probability {value!r} of pattern {key!r} is not a number"
+                ) from None
         table = parsed
     if not table:
         raise ValueError("the joint table is empty")
@@ -267,7 +276,11 @@ def two_feature(
     p = _sym(p_parent, "p_parent")
     a = _sym(p_child_given_parent, "p_child_given_parent")
     b = _sym(p_child_given_not_parent, "p_child_given_not_parent")
-    for value, name in ((p, "p_parent"), (a, "p_child_given_parent"), (b, "p_child_given_not_parent")):
+    for value, name in (
+        (p, "p_parent"),
+        (a, "p_child_given_parent"),
+        (b, "p_child_given_not_parent"),
+    ):
         _check_probability(value, name)
     table = {(0, 0): (1 - p) * (1 - b), (1, 0): p * (1 - a), (0, 1): (1 - p) * b, (1, 1): p * a}
     return _model(table, 2, magnitudes, None)
@@ -308,7 +321,9 @@ def pairwise_correlated(
         _check_probability(value, name)
     for marginal, name in ((pi, "P(i)"), (pj, "P(j)")):
         if _is_true(pij <= marginal) is False:
-            raise ValueError(f"joint P(i and j) = {pij} is larger than the marginal {name} = {marginal}")
+            raise ValueError(
+                f"joint P(i and j) = {pij} is larger than the marginal {name} = {marginal}"
+            )
     if _is_true(pi + pj - pij <= 1) is False:
         raise ValueError(f"P(i) + P(j) - P(i and j) = {pi + pj - pij} exceeds 1")
     table = {(1, 1): pij, (1, 0): pi - pij, (0, 1): pj - pij, (0, 0): 1 - pi - pj + pij}
@@ -355,9 +370,7 @@ def product(*models: FeatureModel) -> FeatureModel:
         raise ValueError("product() needs at least one feature model")
     table: dict[tuple[int, ...], sp.Expr] = {(): sp.Integer(1)}
     for model in models:
-        table = {
-            pat + other: p * q for pat, p in table.items() for other, q in model._items()
-        }
+        table = {pat + other: p * q for pat, p in table.items() for other, q in model._items()}
     mags = [m for model in models for m in model.magnitudes]
     stds = (
         [s for model in models for s in (model.magnitude_std or [0.0] * model.n_features)]

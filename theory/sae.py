@@ -88,7 +88,11 @@ def symbolic_parameters(spec: SAESpec, n_features: int, prefix: str = "") -> dic
     """Real sympy symbols for every free parameter of `spec` (tied: the encoder is the decoder)."""
     k, n = spec.width, n_features
     dec = sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}d_{i}{j}", real=True))
-    enc = dec if spec.tied else sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}w_{i}{j}", real=True))
+    enc = (
+        dec
+        if spec.tied
+        else sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}w_{i}{j}", real=True))
+    )
     b_enc = sp.Matrix(k, 1, lambda i, _: sp.Symbol(f"{prefix}c_{i}", real=True))
     b_dec = (
         sp.Matrix(n, 1, lambda j, _: sp.Symbol(f"{prefix}b_{j}", real=True))
@@ -127,5 +131,7 @@ def expected_loss_expr(
             h = [pre[i] if active[i][s] else sp.Integer(0) for i in range(spec.width)]
         x_hat = D.T * sp.Matrix(h) + b
         err = x - x_hat
-        total += prob * ((err.T * err)[0] + l1 * sum(hi * ni for hi, ni in zip(h, norms, strict=True)))
+        total += prob * (
+            (err.T * err)[0] + l1 * sum(hi * ni for hi, ni in zip(h, norms, strict=True))
+        )
     return total

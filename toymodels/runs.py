@@ -23,8 +23,18 @@ from typing import Any
 import pandas as pd
 
 TRACKED_PACKAGES = (
-    "sae-hedging", "numpy", "scipy", "sympy", "torch", "pandas", "matplotlib", "transformers",
-    "gguf", "accelerate", "safetensors", "hypothesis",
+    "sae-hedging",
+    "numpy",
+    "scipy",
+    "sympy",
+    "torch",
+    "pandas",
+    "matplotlib",
+    "transformers",
+    "gguf",
+    "accelerate",
+    "safetensors",
+    "hypothesis",
 )
 
 
@@ -45,7 +55,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode())
+    atomic_write_bytes(
+        path, (json.dumps(obj, indent=2, sort_keys=True, default=_jsonable) + "\n").encode()
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -73,7 +85,10 @@ def git_commit() -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=root, capture_output=True, text=True, check=True,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
