@@ -193,7 +193,7 @@ def test_optimum_decoder_is_the_regression_on_its_own_codes(model, data):
 
 
 # --- monotonicity and reproducibility ----------------------------------------------------------
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=3, deadline=None)
 @given(feature_models(n_features=2), st.sampled_from([0.0, 0.02, 0.1]))
 def test_more_latents_and_freer_parameters_never_cost_more(model, l1):
     """Width 2 contains width 1 (a dead second latent); untied contains tied; with decoder bias
