@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# scipy's bundled OpenBLAS slows small problems 10-50x when it spins threads on a busy machine.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 FLOORS = ("theory.cli", "toymodels.cli", "llm.cli", "reports.commands")
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr and exit status 2 (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="sae-hedging",
         description="Predict, measure and report feature hedging and absorption in SAEs.",
     )

@@ -69,8 +69,9 @@ class FeatureModel:
                 raise ValueError(
                     f"pattern {_pattern_text(pattern)!r} must have {n} bits, each 0 or 1"
                 )
-        if len(set(self.patterns)) != len(self.patterns):
-            raise ValueError("each firing pattern may appear only once")
+        for pattern in set(self.patterns):
+            if self.patterns.count(pattern) > 1:
+                raise ValueError(f"pattern {_pattern_text(pattern)!r} appears more than once")
         for pattern, p in zip(self.patterns, self.probabilities, strict=True):
             _check_probability(p, f"P({_pattern_text(pattern)})")
         total = sp.nsimplify(sum(self.probabilities, sp.Integer(0)))
@@ -227,6 +228,10 @@ def from_table(
             key, sep, value = item.partition(":")
             if not sep:
                 raise ValueError(f"joint entry {item!r} must look like PATTERN:PROBABILITY")
+            if key.strip() in parsed:
+                raise ValueError(
+                    f"pattern {key.strip()!r} appears more than once in the joint table"
+                )
             try:
                 parsed[key.strip()] = float(value)
             except ValueError:

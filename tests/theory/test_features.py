@@ -154,10 +154,6 @@ def test_invalid_input_raises_value_error_naming_the_value(build, message):
         build()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="from_table's text form keeps the last of duplicate patterns instead of refusing them",
-)
 def test_duplicate_pattern_in_text_table_is_refused():
     with pytest.raises(ValueError, match="10"):
         from_table("00:0.5,10:0.5,10:0.5")

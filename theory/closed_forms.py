@@ -1,0 +1,164 @@
+"""Closed-form pieces of narrow-SAE optima, as sympy expressions of the feature model.
+
+Pure functions: they take a FeatureModel (symbols allowed) and return expressions. Each one is
+the exact optimum of a sub-problem; theory.optimum combines them into global optima and
+theory.predictions names the quantities people ask about.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sympy as sp
+
+from theory.features import FeatureModel, Scalar, _sym
+
+
+def _active_rows(model: FeatureModel, active: Sequence[bool]) -> tuple[sp.Matrix, sp.Matrix]:
+    """(states, probabilities) of the states a latent fires on."""
+    if len(active) != model.n_states:
+        raise ValueError(f"active has {len(active)} entries; the model has {model.n_states} states")
+    X = model.state_matrix()
+    rows = [s for s in range(model.n_states) if active[s]]
+    if not rows:
+        raise ValueError("the latent must fire on at least one state")
+    return X.extract(rows, list(range(model.n_features))), sp.Matrix(
+        [model.probabilities[s] for s in rows]
+    )
+
+
+def regression_decoder(
+    model: FeatureModel, codes: sp.Matrix, decoder_bias: bool = False
+) -> tuple[sp.Matrix, sp.Matrix]:
+    """MSE-optimal decoder for given latent activations a_s (codes: S x k, one row per state).
+
+    D = E[x a^T] E[a a^T]^-1 (rows of the returned k x n matrix are decoder rows); with a decoder
+    bias the regression has an intercept (regress x on (a, 1)). Returns (decoder, bias)."""
+    X, p = model.state_matrix(), sp.diag(*model.probabilities)
+    A = codes if not decoder_bias else codes.row_join(sp.ones(model.n_states, 1))
+    coef = (A.T * p * A).inv() * (A.T * p * X)  # (k[+1]) x n
+    coef = sp.simplify(coef)
+    k = codes.shape[1]
+    bias = coef[k, :].T if decoder_bias else sp.zeros(model.n_features, 1)
+    return coef[:k, :], bias
+
+
+def tracking_decoder(
+    model: FeatureModel, tracked: Sequence[int], decoder_bias: bool = False
+) -> tuple[sp.Matrix, sp.Matrix]:
+    """Decoder rows of latents that each track one feature exactly (a_i = s_i m_i).
+
+    Without a decoder bias, latent i's row is f_i + sum_j E[s_i m_i s_j m_j]/E[s_i^2 m_i^2] f_j for
+    untracked j: it absorbs the conditional expectation of every co-occurring feature (hedging)."""
+    X = model.state_matrix()
+    for i in tracked:
+        if not 0 <= i < model.n_features:
+            raise ValueError(f"tracked feature {i} is out of range 0..{model.n_features - 1}")
+    codes = X.extract(list(range(model.n_states)), list(tracked))
+    return regression_decoder(model, codes, decoder_bias)
+
+
+def soft_threshold_code(x: sp.Matrix, direction: sp.Matrix, bias: sp.Matrix, l1: Scalar) -> sp.Expr:
+    """Optimal code of a unit-norm decoder direction e for one input under L1:
+    argmin_h>=0 ||x - b - e h||^2 + l1 h = max(0, e.(x - b) - l1/2)."""
+    return sp.Max(0, (direction.T * (x - bias))[0] - _sym(l1, "l1") / 2)
+
+
+def width1_region_terms(
+    model: FeatureModel, active: Sequence[bool], l1: Scalar = 0, decoder_bias: bool = True
+) -> dict[str, sp.Expr | sp.Matrix]:
+    """Symbolic reduction of a width-1 untied SAE whose latent fires on `active` states.
+
+    The loss over unit decoder directions e is constant - e^T H e + l1 w.e (derivation in
+    theory.optimum). M, the part of the active states' second moment that an affine code can
+    reproduce, is the uncentred second moment of the active states when they are affinely
+    independent."""
+    Xa, pa = _active_rows(model, active)
+    l1 = _sym(l1, "l1")
+    Za = Xa.row_join(sp.ones(Xa.rows, 1))
+    Pa = sp.diag(*pa)
+    if Za.rank() == Za.rows:  # affinely independent active states: codes are free per state
+        M = Xa.T * Pa * Xa
+    else:
+        M = (Za.T * Pa * Xa).T * (Za.T * Pa * Za).pinv() * (Za.T * Pa * Xa)
+    X = model.state_matrix()
+    second = sum(
+        (p * (X[s, :] * X[s, :].T)[0] for s, p in enumerate(model.probabilities)), sp.Integer(0)
+    )
+    mu = model.mean()
+    mu_a = Xa.T * pa
+    P = sum(pa, sp.Integer(0))
+    if not decoder_bias:
+        H, w, constant = M, mu_a, second - l1**2 * P / 4
+    else:
+        mu_off = mu - mu_a
+        H = M - mu * mu.T + mu_off * mu_off.T / (1 - P)
+        w = mu_a - P * mu_off / (1 - P)
+        constant = second - (mu.T * mu)[0] - l1**2 * P / (4 * (1 - P))
+    return {
+        "H": sp.simplify(H),
+        "w": sp.simplify(w),
+        "constant": sp.simplify(constant),
+        "P_active": sp.simplify(P),
+    }
+
+
+def top_eigen_angle(H: sp.Matrix) -> sp.Expr:
+    """Angle theta of the top eigenvector (cos theta, sin theta) of a symmetric 2 x 2 matrix:
+    theta = atan2(2 H01, H00 - H11) / 2."""
+    if H.shape != (2, 2):
+        raise ValueError(f"top_eigen_angle needs a 2 x 2 matrix, got {H.shape}")
+    return sp.atan2(2 * H[0, 1], H[0, 0] - H[1, 1]) / 2
+
+
+def top_eigen_ratio(H: sp.Matrix) -> sp.Expr:
+    """Second over first component of H's top eigenvector (2 x 2): the hedging ratio
+    (lambda_max - H00) / H01, i.e. tan(theta)."""
+    if H.shape != (2, 2):
+        raise ValueError(f"top_eigen_ratio needs a 2 x 2 matrix, got {H.shape}")
+    a, b, c = H[0, 0], H[0, 1], H[1, 1]
+    top = (a + c) / 2 + sp.sqrt(((a - c) / 2) ** 2 + b**2)
+    return (top - a) / b
+
+
+def tied_unit_latent_terms(model: FeatureModel, active: Sequence[bool]) -> sp.Matrix:
+    """A tied, unit-norm latent without biases that fires on `active` states has loss
+    E||x||^2 - e^T M e with M = sum_A p x x^T: its decoder is M's top eigenvector (uncentred PCA
+    of the inputs it fires on). Returns M."""
+    Xa, pa = _active_rows(model, active)
+    return sp.simplify(Xa.T * sp.diag(*pa) * Xa)
+
+
+def absorption_offset_loss(
+    p_parent_only: Scalar, p_both: Scalar, p_child_only: Scalar, l1: Scalar
+) -> tuple[sp.Expr, sp.Symbol]:
+    """Loss of the absorption family of a width-2 SAE on a parent/child pair (no biases):
+    encoder rows f1 - delta f2 and f2, decoder rows f1 and f2 + delta f1. Reconstruction is exact
+    except on child-only inputs (error delta^2); the decoder-norm-weighted L1 term is
+    P10 + P11 (1 - delta + sqrt(1 + delta^2)) + P01 sqrt(1 + delta^2).
+
+    Its slope at delta = 0 is -l1 P11 < 0: any sparsity pressure starts absorption; with
+    P01 = 0 (true hierarchy) the loss falls all the way to delta = 1 (full absorption)."""
+    delta = sp.Symbol("delta", nonnegative=True)
+    p10, p11, p01 = (
+        _sym(v, n) for v, n in ((p_parent_only, "P10"), (p_both, "P11"), (p_child_only, "P01"))
+    )
+    l1 = _sym(l1, "l1")
+    norm2 = sp.sqrt(1 + delta**2)
+    loss = p01 * delta**2 + l1 * (p10 + p11 * (1 - delta + norm2) + p01 * norm2)
+    return loss, delta
+
+
+def absorption_offset(p_parent_only: float, p_both: float, p_child_only: float, l1: float) -> float:
+    """The optimal delta in [0, 1] of `absorption_offset_loss` (1 = full absorption)."""
+    loss, delta = absorption_offset_loss(p_parent_only, p_both, p_child_only, l1)
+    grad = sp.lambdify(delta, sp.diff(loss, delta), "math")
+    if grad(1.0) <= 0:
+        return 1.0
+    if grad(0.0) >= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(100):  # bisection on the slope: the loss is convex in delta
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if grad(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2

@@ -1,0 +1,71 @@
+"""`derive`: the exact optimum of one SAE on one feature model, as a JSON-ready record."""
+
+from __future__ import annotations
+
+import time
+
+import sympy as sp
+
+from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
+from theory.features import FeatureModel
+from theory.optimum import global_optimum
+from theory.sae import SAESpec
+
+
+def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:
+    """Optimum parameters in the feature basis (decoder rows unit norm), its exact expected loss,
+    the states each latent fires on and, with `symbolic`, the closed forms of its region."""
+    start = time.perf_counter()
+    optimum = global_optimum(model, spec, seed=seed)
+    patterns = ["".join(map(str, pat)) for pat in model.patterns]
+    record = {
+        **optimum.params.to_json(),
+        "expected_loss": optimum.loss,
+        "fires_on": [[pat for pat, on in zip(patterns, row) if on] for row in optimum.active],
+        "spec": {
+            "width": spec.width,
+            "l1": float(spec.l1),
+            "tied": spec.tied,
+            "decoder_bias": spec.decoder_bias,
+        },
+        "model": model.describe(),
+        "regions_tried": optimum.regions_tried,
+    }
+    if symbolic:
+        record["symbolic"] = closed_forms_latex(model, spec, optimum.active)
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def closed_forms_latex(
+    model: FeatureModel, spec: SAESpec, active: tuple[tuple[bool, ...], ...]
+) -> dict[str, str]:
+    """LaTeX of the optimum's closed forms in symbols P_{pattern} of the state probabilities.
+
+    Available for width-1 untied SAEs (the region's quadratic form on the sphere; at l1 = 0 the
+    decoder angle and hedging ratio of a 2-feature model)."""
+    if spec.width != 1 or spec.tied:
+        return {
+            "note": "closed forms are given for width-1 untied SAEs; this optimum comes "
+            "from the reduced direction search of its activation region"
+        }
+    if not any(active[0]):
+        return {"note": "the optimal latent never fires (the decoder bias alone is best)"}
+    symbols = [
+        sp.Symbol(f"P_{{{''.join(map(str, pat))}}}", positive=True) for pat in model.patterns
+    ]
+    symbolic_model = FeatureModel(model.patterns, tuple(symbols), model.magnitudes)
+    l1 = sp.Symbol("lambda", nonnegative=True) if float(spec.l1) else 0
+    terms = width1_region_terms(symbolic_model, active[0], l1, spec.decoder_bias)
+    forms = {
+        "loss_on_unit_sphere": r"L(e) = c - e^\top H e + \lambda\, w^\top e",
+        "H": sp.latex(terms["H"]),
+        "w": sp.latex(terms["w"]),
+        "c": sp.latex(terms["constant"]),
+        "stationarity": r"(\nu I - H)\, e = -\tfrac{\lambda}{2} w,\ \|e\| = 1",
+    }
+    if model.n_features == 2 and not l1:
+        H = sp.Matrix(terms["H"])
+        forms["decoder_angle"] = sp.latex(top_eigen_angle(H))
+        forms["hedging_ratio"] = sp.latex(sp.simplify(top_eigen_ratio(H)))
+    return forms
