@@ -36,6 +36,7 @@ from scipy.special import ndtri
 from toymodels.sampling import orthonormal_directions
 
 FIRING_SHAPES = ("zipf", "linear")
+_CHUNK = 16384  # rows sampled at a time
 CORRELATIONS = ("none", "random", "low_rank")
 
 
@@ -262,62 +263,80 @@ class LargeWorld:
     # --- sampling --------------------------------------------------------------------------------
     def sample_firing(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, n_features) boolean firing."""
-        return self._sample_events(n, generator)[0]
+        return self.sample(n, generator, activations=False)[1]
 
     def sample(
-        self, n: int, generator: torch.Generator | None = None
+        self, n: int, generator: torch.Generator | None = None, activations: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(activations (n, d_in), firing (n, n_features) bool)."""
-        firing_NF, event_blocks = self._sample_events(n, generator)
-        activations_ND = torch.zeros(n, self.d_in)
-        for samples_E, features_E in event_blocks:
-            magnitudes_E = torch.full((len(features_E),), float(self.magnitude_mean))
-            if self.magnitude_std > 0:
-                noise_E = torch.randn(len(features_E), generator=generator)
-                magnitudes_E = torch.relu(magnitudes_E + self.magnitude_std * noise_E)
-            # Events are sorted by sample, so each sample's features form one bag.
-            offsets_N = torch.cumsum(torch.bincount(samples_E, minlength=n), dim=0)
-            offsets_N = torch.cat([offsets_N.new_zeros(1), offsets_N[:-1]])
-            activations_ND += torch.nn.functional.embedding_bag(
-                features_E, self.directions, offsets_N, mode="sum", per_sample_weights=magnitudes_E
-            )
-        return activations_ND, firing_NF
-
-    def _sample_events(
-        self, n: int, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Firing (n, n_features) and its events as blocks of (sample, feature) index pairs,
-        each block sorted by sample: the roots first, then one block per hierarchy level."""
+        """(activations (n, d_in), firing (n, n_features) bool); activations=False skips them
+        (an empty (n, 0) tensor takes their place)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
         firing_NF = torch.zeros(n, self.n_features, dtype=torch.bool)
+        activations_ND = torch.zeros(n, self.d_in if activations else 0)
+        # Chunks of rows keep the working set (copula Gaussians, events) small and cache-friendly.
+        for start in range(0, n, _CHUNK):
+            stop = min(start + _CHUNK, n)
+            event_blocks = self._sample_events(stop - start, generator, firing_NF[start:stop])
+            if activations:
+                for samples_E, features_E in event_blocks:
+                    activations_ND[start:stop] += self._embed(samples_E, features_E,
+                                                              stop - start, generator)
+        return activations_ND, firing_NF
+
+    def _embed(
+        self, samples_E: torch.Tensor, features_E: torch.Tensor, n: int,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
+        """(n, d_in) sum over events of magnitude * direction; events sorted by sample."""
+        magnitudes_E = torch.full((len(features_E),), float(self.magnitude_mean))
+        if self.magnitude_std > 0:
+            noise_E = torch.randn(len(features_E), generator=generator)
+            magnitudes_E = torch.relu(magnitudes_E + self.magnitude_std * noise_E)
+        offsets_N = torch.zeros(n, dtype=torch.long)
+        torch.cumsum(torch.bincount(samples_E, minlength=n)[:-1], dim=0, out=offsets_N[1:])
+        return torch.nn.functional.embedding_bag(
+            features_E, self.directions, offsets_N, mode="sum", per_sample_weights=magnitudes_E
+        )
+
+    def _sample_events(
+        self, n: int, generator: torch.Generator | None, firing_NF: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Fill the zeroed firing_NF (n, n_features) and return its events as blocks of
+        (sample, feature) index pairs, each sorted by sample: roots first, then one block per
+        hierarchy level."""
         self._sample_roots(n, generator, out=firing_NF[:, : self.n_roots])
-        event_blocks = [firing_NF[:, : self.n_roots].nonzero(as_tuple=True)]
+        samples_E, features_E = firing_NF[:, : self.n_roots].nonzero(as_tuple=True)
+        event_blocks = [(samples_E, features_E)]
         conditional_C = torch.as_tensor(self.child_probabilities, dtype=torch.float32)
         for level in self._levels:
-            # Children only need random numbers where their parent fires: one draw per event.
-            parents = firing_NF[:, level.parent_start : level.parent_start + level.n_parents]
-            samples_E, parents_E = parents.nonzero(as_tuple=True)
+            # Children only need random numbers where their parent fires: the parents' events
+            # (the previous block) get one draw each.
+            is_parent_E = (features_E >= level.parent_start) & (
+                features_E < level.parent_start + level.n_parents
+            )
+            samples_E, parents_E = samples_E[is_parent_E], features_E[is_parent_E]
+            parents_E = parents_E - level.parent_start
             first = level.start - self.n_roots
             p_PB = conditional_C[first : level.stop - self.n_roots].view(-1, self.branching)
-            p_PB = p_PB[parents_E]
+            p_EB = p_PB[parents_E]
             if self.exclusive_children:
                 # Sibling k fires when one uniform falls in [cum_{k-1}, cum_k): at most one fires.
                 uniform_E1 = torch.rand(len(parents_E), 1, generator=generator)
-                chosen_E = (uniform_E1 >= p_PB.cumsum(dim=1)).sum(dim=1)
+                chosen_E = (uniform_E1 >= p_EB.cumsum(dim=1)).sum(dim=1)
                 keep_E = chosen_E < self.branching
-                samples_E, children_E = samples_E[keep_E], (
-                    parents_E[keep_E] * self.branching + chosen_E[keep_E]
-                )
+                samples_E = samples_E[keep_E]
+                children_E = parents_E[keep_E] * self.branching + chosen_E[keep_E]
             else:
-                fired_EB = torch.rand(p_PB.shape, generator=generator) < p_PB
-                events, siblings = fired_EB.nonzero(as_tuple=True)
-                samples_E = samples_E[events]
-                children_E = parents_E[events] * self.branching + siblings
-            children_E = children_E + level.start
-            firing_NF[samples_E, children_E] = True
-            event_blocks.append((samples_E, children_E))
-        return firing_NF, event_blocks
+                events_E, siblings_E = (
+                    torch.rand(p_EB.shape, generator=generator) < p_EB
+                ).nonzero(as_tuple=True)
+                samples_E = samples_E[events_E]
+                children_E = parents_E[events_E] * self.branching + siblings_E
+            features_E = children_E + level.start
+            firing_NF[samples_E, features_E] = True
+            event_blocks.append((samples_E, features_E))
+        return event_blocks
 
     def _sample_roots(self, n: int, generator: torch.Generator | None, out: torch.Tensor) -> None:
         """Root firing into `out` (n, R): the copula Gaussian below each root's threshold."""
