@@ -273,15 +273,16 @@ class LargeWorld:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
         firing_NF = torch.zeros(n, self.n_features, dtype=torch.bool)
-        activations_ND = torch.zeros(n, self.d_in if activations else 0)
+        activations_ND = torch.empty(n, self.d_in if activations else 0)
         # Chunks of rows keep the working set (copula Gaussians, events) small and cache-friendly.
         for start in range(0, n, _CHUNK):
             stop = min(start + _CHUNK, n)
             event_blocks = self._sample_events(stop - start, generator, firing_NF[start:stop])
             if activations:
-                for samples_E, features_E in event_blocks:
-                    activations_ND[start:stop] += self._embed(samples_E, features_E,
-                                                              stop - start, generator)
+                chunk_ND = activations_ND[start:stop]
+                chunk_ND.copy_(self._embed(*event_blocks[0], stop - start, generator))
+                for samples_E, features_E in event_blocks[1:]:
+                    chunk_ND += self._embed(samples_E, features_E, stop - start, generator)
         return activations_ND, firing_NF
 
     def _embed(
@@ -348,7 +349,7 @@ class LargeWorld:
         w_NK = torch.randn(n, loadings_RK.shape[1], generator=generator)
         if self.correlation == "low_rank":
             e_NR = torch.randn(n, self.n_roots, generator=generator)
-            torch.lt(torch.addmm(e_NR, w_NK, loadings_RK.T), thresholds_R, out=out)
+            torch.lt(e_NR.addmm_(w_NK, loadings_RK.T), thresholds_R, out=out)
         else:
             torch.lt(w_NK @ loadings_RK.T, thresholds_R, out=out)
 

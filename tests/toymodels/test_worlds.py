@@ -124,8 +124,12 @@ def test_activations_are_magnitudes_along_directions():
 def test_superposition_uses_unit_directions():
     world = LargeWorld(n_features=300, d_in=64, seed=6)
     np.testing.assert_allclose(world.directions.norm(dim=1).numpy(), 1, atol=1e-6)
-    activations, firing = world.sample(10, _generator())
-    assert activations.shape == (10, 64) and firing.shape == (10, 300)
+    for n in (0, 1, 10):
+        activations, firing = world.sample(n, _generator())
+        assert activations.shape == (n, 64) and firing.shape == (n, 300)
+    # more rows than one sampling chunk: every row is still filled
+    activations, firing = world.sample(40_000, _generator())
+    torch.testing.assert_close(activations, firing.float() @ world.directions, atol=1e-5, rtol=0)
 
 
 def test_config_round_trip_and_determinism():
