@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # usage errors and --help: a status, not an exception
+        return int(exit_.code or 0)
     try:
         return int(args.handler(args) or 0)
     except ValueError as err:

@@ -153,10 +153,10 @@ def absorption_offset(p_parent_only: float, p_both: float, p_child_only: float, 
     """The optimal delta in [0, 1] of `absorption_offset_loss` (1 = full absorption)."""
     loss, delta = absorption_offset_loss(p_parent_only, p_both, p_child_only, l1)
     grad = sp.lambdify(delta, sp.diff(loss, delta), "math")
+    if grad(0.0) >= 0:  # no sparsity pressure (or nothing to absorb): stay clean
+        return 0.0
     if grad(1.0) <= 0:
         return 1.0
-    if grad(0.0) >= 0:
-        return 0.0
     lo, hi = 0.0, 1.0
     for _ in range(100):  # bisection on the slope: the loss is convex in delta
         mid = (lo + hi) / 2

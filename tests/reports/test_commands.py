@@ -27,7 +27,7 @@ def test_a_folder_that_is_not_a_run_exits_2_naming_it(run_folder: Path, tmp_path
     assert not out.exists()
 
 
-def test_out_is_required(run_folder: Path):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["report", str(run_folder)])
-    assert exit_info.value.code == 2
+def test_out_is_required(run_folder: Path, capsys):
+    assert main(["report", str(run_folder)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "--out" in error and "\n" not in error

@@ -1,0 +1,77 @@
+"""The `derive` command: contract keys, agreement with theory, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from reports.cli import main
+from theory.features import from_table
+from theory.optimum import global_optimum
+from theory.sae import SAESpec
+
+
+def _derive(capsys, *args):
+    code = main(["derive", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_contract_and_values(capsys):
+    table = "00:0.6,10:0.2,01:0.05,11:0.15"
+    code, out, _ = _derive(capsys, "--joint", table, "--width", "1", "--l1", "0", "--json")
+    assert code == 0
+    record = json.loads(out)
+    for key, shape in [
+        ("encoder", (1, 2)),
+        ("encoder_bias", (1,)),
+        ("decoder", (1, 2)),
+        ("decoder_bias", (2,)),
+    ]:
+        assert np.shape(record[key]) == shape
+    expected = global_optimum(from_table(table), SAESpec(1, 0))
+    assert record["expected_loss"] == pytest.approx(expected.loss)
+    assert np.allclose(record["decoder"], expected.params.decoder)
+
+
+def test_scenario_shortcut_and_symbolic(capsys):
+    code, out, _ = _derive(
+        capsys, "--scenario", "correlated", "--p-child-given-parent", "0.3", "--symbolic", "--json"
+    )
+    record = json.loads(out)
+    assert code == 0
+    assert record["model"]["states"]["11"] == pytest.approx(0.25 * 0.3)
+    assert "hedging_ratio" in record["symbolic"] and "P_{11}" in record["symbolic"]["H"]
+
+
+def test_variants_select_the_sae(capsys):
+    _, out, _ = _derive(
+        capsys, "--scenario", "hierarchical", "--tied", "--no-decoder-bias", "--json"
+    )
+    record = json.loads(out)
+    assert record["spec"] == {"width": 1, "l1": 0.0, "tied": True, "decoder_bias": False}
+    assert record["decoder_bias"] == [0.0, 0.0]
+    assert np.allclose(record["encoder"], np.abs(record["encoder"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--joint", "00:0.6,10:0.5"], "sum to 1.1"),
+        (["--joint", "00:0.5,1x:0.5"], "'1x'"),
+        (["--joint", "00:1.2,10:-0.2"], "P(00) = 6/5"),
+        (["--scenario", "sideways"], "'sideways'"),
+        (["--scenario", "correlated", "--p-parent", "1.5"], "p_parent = 3/2"),
+        (["--scenario", "correlated", "--width", "0"], "width must be a positive integer"),
+        (["--scenario", "correlated", "--l1", "-1"], "l1 must be >= 0"),
+        (["--scenario", "correlated", "--width", "two"], "invalid int value: 'two'"),
+        ([], "one of the arguments --joint --scenario is required"),
+    ],
+)
+def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
+    code, _, err = _derive(capsys, *args)
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
