@@ -21,7 +21,9 @@ def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int
     record = {
         **optimum.params.to_json(),
         "expected_loss": optimum.loss,
-        "fires_on": [[pat for pat, on in zip(patterns, row, strict=True) if on] for row in optimum.active],
+        "fires_on": [
+            [pat for pat, on in zip(patterns, row, strict=True) if on] for row in optimum.active
+        ],
         "spec": {
             "width": spec.width,
             "l1": float(spec.l1),
