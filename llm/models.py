@@ -151,10 +151,14 @@ def _cached_offline_model(name: str) -> Path:
                 "files": {f: sha256_file(building / f) for f in files},
             },
         )
-        os.replace(building, folder)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+        try:
+            os.replace(building, folder)
+        except OSError:
+            if not (folder / MARKER).exists():
+                raise
+            # Another process finished the same build first: keep its copy.
+    finally:
+        shutil.rmtree(building, ignore_errors=True)  # nothing left there after the rename
     return folder
 
 
