@@ -134,7 +134,10 @@ class SAE(nn.Module):
             # A shared batch: one (B, D) x (D, M F) matmul instead of M small ones.
             bias_MF = b_enc - torch.bmm(self.b_dec[:, None], self.W_enc)[:, 0]
             W_enc_DK = self.W_enc.transpose(0, 1).reshape(D, M * F)
-            return torch.addmm(bias_MF.reshape(M * F), x, W_enc_DK).view(-1, M, F).transpose(0, 1)
+            pre_BK = torch.addmm(bias_MF.reshape(M * F), x, W_enc_DK)
+            # Member-major copy: every later (M, B, F) tensor then shares one layout, and
+            # elementwise ops on mixed layouts cost several times more than this copy.
+            return pre_BK.view(-1, M, F).transpose(0, 1).contiguous()
         return torch.baddbmm(b_enc[:, None], x - self.b_dec[:, None], self.W_enc)
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
@@ -164,8 +167,9 @@ class SAE(nn.Module):
         twice_W_dec_DK = 2 * self.W_dec.permute(2, 0, 1).reshape(D, M * F)
         twice_Wb_MF = 2 * torch.bmm(self.W_dec, self.b_dec[..., None])[..., 0]
         twice_projection_BK = torch.addmm(-twice_Wb_MF.reshape(M * F), x, twice_W_dec_DK)
-        twice_projection_MBF = twice_projection_BK.view(-1, M, F).transpose(0, 1)  # 2 W(x - b)
+        twice_projection_MBF = twice_projection_BK.view(-1, M, F).transpose(0, 1).contiguous()
         gram_MFF = torch.bmm(self.W_dec, self.W_dec.transpose(1, 2))
+        # 2 W (x - b) - G h, so that ||x - x_hat||^2 = ||x - b||^2 - h . explained
         explained = torch.baddbmm(twice_projection_MBF, codes_MBF, gram_MFF, alpha=-1)
         centred_MB = (x.square().sum(-1)[:, None] - 2 * (x @ self.b_dec.T)).T
         centred_MB = centred_MB + self.b_dec.square().sum(-1)[:, None]  # ||x - b_dec||^2
@@ -214,7 +218,7 @@ class SAE(nn.Module):
         sparsity = self.sparsity_loss(codes, pre)
         if self.training:
             with torch.no_grad():
-                fired_MF = (codes > 0).any(dim=1)
+                fired_MF = codes.sum(dim=1) > 0  # codes are >= 0; a sum is 10x faster than any
                 self.samples_since_fired.add_(codes.shape[1]).masked_fill_(fired_MF, 0)
         if self.config["aux_coefficient"] > 0:
             aux = self.aux_loss(x, codes, pre)
