@@ -36,8 +36,8 @@ from scipy.special import ndtri
 from toymodels.sampling import orthonormal_directions
 
 FIRING_SHAPES = ("zipf", "linear")
-_CHUNK = 16384  # rows sampled at a time
 CORRELATIONS = ("none", "random", "low_rank")
+_CHUNK = 16384  # rows sampled at a time
 
 
 @dataclass(frozen=True)

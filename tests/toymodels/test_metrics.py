@@ -60,7 +60,7 @@ def _projector_p(ctrl: np.ndarray, extended: np.ndarray, n_new: int) -> float:
     return np.linalg.norm(delta @ projector, axis=1).mean() / np.linalg.norm(ctrl, axis=1).mean()
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)
 @given(
     n_orig=st.integers(1, 12), n_new=st.integers(1, 5), d_in=st.integers(6, 16),
     seed=st.integers(0, 2**31 - 1), movement=st.floats(0.0, 0.5),

@@ -46,7 +46,7 @@ def feature_tables(draw):
     return from_table({p: sp.Rational(w, total) for p, w in zip(chosen, weights, strict=True)})
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # statistical: reproducible CI
 @given(model=feature_tables(), seed=st.integers(0, 2**31 - 1))
 def test_state_frequencies_match_model_probabilities(model, seed):
     n = 20_000

@@ -62,7 +62,7 @@ def small_worlds(draw):
     )
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, derandomize=True)  # statistical: reproducible CI
 @given(world=small_worlds(), seed=st.integers(0, 2**31 - 1))
 def test_marginals_are_exact_through_copula_and_hierarchy(world, seed):
     n = 20_000
