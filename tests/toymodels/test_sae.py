@@ -239,6 +239,26 @@ def test_select_members_gives_the_members_alone():
     assert type(rebuilt) is type(single) and rebuilt.config == single.config
 
 
+def test_b_dec_initialisation_from_a_batch():
+    sae = make_sae("relu-l1", d_in=2, n_latents=1, n_members=2).double()
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]], dtype=torch.float64)
+    sae.init_b_dec(points, "mean")
+    torch.testing.assert_close(sae.b_dec, torch.tensor([[11 / 3, 0.0]] * 2, dtype=torch.float64))
+    sae.init_b_dec(points, "geometric_median", iterations=200)  # the middle point, far from mean
+    torch.testing.assert_close(sae.b_dec, torch.tensor([[1.0, 0.0]] * 2, dtype=torch.float64),
+                               atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="allowed: zero, mean, geometric_median"):
+        sae.init_b_dec(points, "median")
+
+
+def test_loading_a_state_with_a_narrower_mask_masks_those_latents():
+    narrow = random_sae("relu-l1", 14, widths=[2, 6, 1])
+    full = make_sae("relu-l1", d_in=7, n_latents=6, n_members=3, l1=[0.01, 0.1, 1.0]).double()
+    full.load_state_dict(narrow.state_dict())
+    x = torch.randn(9, 7, dtype=torch.float64)
+    torch.testing.assert_close(full.loss(x)["per_member"], narrow.loss(x)["per_member"])
+
+
 def test_relu_l1_loss_on_the_exact_state_distribution_equals_theory():
     # Probabilities are multiples of 1/20: repeating each state 20 p times IS the distribution.
     world = from_table({"000": 0.45, "100": 0.2, "010": 0.15, "110": 0.1, "011": 0.05,

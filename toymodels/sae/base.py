@@ -100,7 +100,12 @@ class SAE(nn.Module):
         mask = torch.arange(F) < torch.tensor(widths)[:, None]
         self.register_buffer("latent_mask", mask)
         self.register_buffer("samples_since_fired", torch.zeros(M, F, dtype=torch.long))
-        self._narrow = not bool(mask.all())
+        self._mask_changed()
+        self.register_load_state_dict_post_hook(lambda module, _: module._mask_changed())
+
+    def _mask_changed(self) -> None:
+        """Cache whether any latent is masked (a Python bool: no device sync per step)."""
+        self._narrow = not bool(self.latent_mask.all())
 
     # --- shape ---------------------------------------------------------------------------------
     @property
@@ -262,8 +267,7 @@ class SAE(nn.Module):
             )
         self.b_dec.copy_(centre.expand_as(self.b_dec))
 
-    def _state_into(self, new: SAE, latents: Tensor | None = None, members: Tensor | None = None
-                    ) -> SAE:
+    def _state_into(self, new: SAE, members: Tensor | None = None) -> SAE:
         """Copy this SAE's tensors into `new`: selected members, or into its first F latents."""
         new = new.to(self.W_dec).train(self.training)
         own = self.state_dict()
@@ -278,7 +282,7 @@ class SAE(nn.Module):
                     axis = next(a for a, (s, t) in enumerate(zip(source.shape, target.shape,
                                                                  strict=True)) if s != t)
                     target.narrow(axis, 0, source.shape[axis]).copy_(source)
-        new._narrow = not bool(new.latent_mask.all())
+        new._mask_changed()
         return new
 
     def select_members(self, indices: Sequence[int]) -> SAE:
@@ -316,7 +320,7 @@ class SAE(nn.Module):
             new.b_enc[:, F:] = 0
             new.latent_mask[:, F:] = True
             new.samples_since_fired[:, F:] = 0
-        new._narrow = not bool(new.latent_mask.all())
+        new._mask_changed()
         return new
 
 
