@@ -306,8 +306,7 @@ class LargeWorld:
         """Fill the zeroed firing_NF (n, n_features) and return its events as blocks of
         (sample, feature) index pairs, each sorted by sample: roots first, then one block per
         hierarchy level."""
-        self._sample_roots(n, generator, out=firing_NF[:, : self.n_roots])
-        samples_E, features_E = firing_NF[:, : self.n_roots].nonzero(as_tuple=True)
+        samples_E, features_E = self._sample_roots(n, generator, out=firing_NF[:, : self.n_roots])
         event_blocks = [(samples_E, features_E)]
         conditional_C = torch.as_tensor(self.child_probabilities, dtype=torch.float32)
         for level in self._levels:
@@ -339,12 +338,13 @@ class LargeWorld:
             event_blocks.append((samples_E, features_E))
         return event_blocks
 
-    def _sample_roots(self, n: int, generator: torch.Generator | None, out: torch.Tensor) -> None:
-        """Root firing into `out` (n, R): the copula Gaussian below each root's threshold."""
+    def _sample_roots(
+        self, n: int, generator: torch.Generator | None, out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Root firing into the zeroed `out` (n, R); returns its (sample, root) events sorted by
+        sample. Correlated roots: the copula Gaussian below each root's threshold."""
         if self.correlation_factor is None:
-            p_R = torch.as_tensor(self.root_probabilities, dtype=torch.float32)
-            torch.lt(torch.rand(n, self.n_roots, generator=generator), p_R, out=out)
-            return
+            return self._sample_independent_roots(n, generator, out)
         loadings_RK, thresholds_R = self._copula_in_noise_units
         w_NK = torch.randn(n, loadings_RK.shape[1], generator=generator)
         if self.correlation == "low_rank":
@@ -352,6 +352,29 @@ class LargeWorld:
             torch.lt(e_NR.addmm_(w_NK, loadings_RK.T), thresholds_R, out=out)
         else:
             torch.lt(w_NK @ loadings_RK.T, thresholds_R, out=out)
+        return out.nonzero(as_tuple=True)
+
+    def _sample_independent_roots(
+        self, n: int, generator: torch.Generator | None, out: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Independent Bernoulli(P_i) firing drawn sparsely, with work proportional to the
+        number of firings rather than n * R: a Bernoulli(p) is exactly "a Poisson(-log(1 - p))
+        count is >= 1", and a Poisson process over n slots is a Poisson(n lambda) number of
+        points dropped uniformly on the slots. Roots with P_i = 1 fire in every sample."""
+        p_R = torch.as_tensor(self.root_probabilities, dtype=torch.float64)
+        certain_R = p_R >= 1
+        rates_R = torch.where(certain_R, 0.0, -torch.log1p(-p_R))
+        counts_R = torch.poisson(rates_R * n, generator=generator).long()
+        roots_E = torch.repeat_interleave(torch.arange(self.n_roots), counts_R)
+        samples_E = torch.randint(n, roots_E.shape, generator=generator)
+        certain = certain_R.nonzero().flatten()
+        roots_E = torch.cat([roots_E, certain.repeat(n)])
+        samples_E = torch.cat([samples_E, torch.arange(n).repeat_interleave(len(certain))])
+        # Several points in one slot are one firing; unique also sorts the events by sample.
+        keys_E = torch.unique(samples_E * self.n_roots + roots_E)
+        samples_E, roots_E = keys_E // self.n_roots, keys_E % self.n_roots
+        out[samples_E, roots_E] = True
+        return samples_E, roots_E
 
     @cached_property
     def _copula_in_noise_units(self) -> tuple[torch.Tensor, torch.Tensor]:

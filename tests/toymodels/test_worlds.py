@@ -121,6 +121,17 @@ def test_activations_are_magnitudes_along_directions():
     assert abs(fired.std().item() - 0.3) < 0.03
 
 
+def test_sparse_independent_roots_are_exact_including_certain_ones():
+    world = LargeWorld(n_features=2000, d_in=64, p_max=1.0, zipf_exponent=0.8, seed=8)
+    n = 20_000
+    firing = world.sample_firing(n, _generator(6)).numpy()
+    assert firing[:, 0].all()  # P = 1
+    _assert_binomial(firing.sum(axis=0), n, world.firing_probabilities)
+    # independence: joint of the two most frequent non-certain roots is the product
+    joint = np.array([(firing[:, 1] & firing[:, 2]).sum()])
+    _assert_binomial(joint, n, world.firing_probabilities[1:2] * world.firing_probabilities[2:3])
+
+
 def test_superposition_uses_unit_directions():
     world = LargeWorld(n_features=300, d_in=64, seed=6)
     np.testing.assert_allclose(world.directions.norm(dim=1).numpy(), 1, atol=1e-6)
