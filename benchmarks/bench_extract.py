@@ -7,13 +7,17 @@ TransformerLens peer, all measured in the same run on the same batches.
 Batches come from the embedded corpus (python-docs). The roofline is the best of a few float32
 (and bfloat16) GEMMs of the model's own shapes; the FLOP count covers the layers actually run:
 2 x (linear weights of blocks 0..L) per token plus attention (QK^T and AV over the keys each
-query sees, causal and sliding-window aware). The TransformerLens peer runs
+query sees, causal and sliding-window aware). The CPU may be shared with other jobs, so fp32,
+bf16 and the GEMM peaks are measured interleaved, batch by batch, and each ratio is the median of
+per-batch ratios; the full forward is compared with our fp32 run on the same batch right after
+it. The TransformerLens peer runs
 run_with_cache(stop_at_layer=L+1) from the benchmark-only venv .peer-venv when it exists
 (benchmarks/peers/tl_extract.py, random token ids); else pass its JSON with --peer-json.
 """
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -58,14 +62,17 @@ def flops_per_token(model: LoadedModel, layer: int, context_length: int) -> floa
     return total
 
 
-def time_extraction(model: LoadedModel, batches: list, layer: int) -> tuple[float, list]:
-    """Seconds for the truncated forward over `batches` (after a warm-up batch), and its outputs."""
-    activations(model, batches[0].input_ids_BT, batches[0].attention_mask_BT, layer)
+def timed(function, *args) -> tuple[float, object]:
     start = time.perf_counter()
-    outputs = [
-        activations(model, b.input_ids_BT, b.attention_mask_BT, layer) for b in batches[1:]
-    ]
-    return time.perf_counter() - start, outputs
+    result = function(*args)
+    return time.perf_counter() - start, result
+
+
+def full_forward(model: LoadedModel, batch) -> None:
+    """The plain transformers forward with every hidden state (and the unembedding)."""
+    with torch.no_grad():
+        model.model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT,
+                    output_hidden_states=True)
 
 
 def peer_figure(args: argparse.Namespace) -> dict | None:
@@ -87,56 +94,63 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--ctx", type=int, default=128)
-    parser.add_argument("--n-batches", type=int, default=3, help="timed batches (plus a warm-up)")
+    parser.add_argument("--n-batches", type=int, default=4, help="timed batches (plus a warm-up)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--peer-json", help="TransformerLens peer result, if not run here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.model, device="cpu", dtype="float32")
-    corpus = load_corpus()
-    stream = token_batches(model.tokenizer, corpus, args.ctx, args.batch)
+    models = {dtype: load_model(args.model, "cpu", dtype) for dtype in ("float32", "bfloat16")}
+    model = models["float32"]
+    stream = token_batches(model.tokenizer, load_corpus(), args.ctx, args.batch)
     batches = [next(stream) for _ in range(args.n_batches + 1)]
-    n_tokens = args.n_batches * args.batch * args.ctx
-
-    d, f = model.d_model, model.model.config.get_text_config().intermediate_size
-    shapes = [(args.batch * args.ctx, d, f), (args.batch * args.ctx, f, d), (2048, 2048, 2048)]
-    peak_fp32 = matmul_gflops(torch.float32, shapes)
-    peak_bf16 = matmul_gflops(torch.bfloat16, shapes)
+    tokens = args.batch * args.ctx
     flops = flops_per_token(model, args.layer, args.ctx)
+    d, f = model.d_model, model.model.config.get_text_config().intermediate_size
+    shapes = [(tokens, d, f), (tokens, f, d), (2048, 2048, 2048)]
 
-    seconds_fp32, acts_fp32 = time_extraction(model, batches, args.layer)
-    ours_fp32 = n_tokens / seconds_fp32
+    def extract(dtype, batch):
+        return activations(models[dtype], batch.input_ids_BT, batch.attention_mask_BT, args.layer)
 
-    full_batch = batches[1]
-    start = time.perf_counter()
-    with torch.no_grad():
-        model.model(input_ids=full_batch.input_ids_BT, attention_mask=full_batch.attention_mask_BT,
-                    output_hidden_states=True)
-    full = args.batch * args.ctx / (time.perf_counter() - start)
+    for dtype in models:  # warm-up: first-call allocations and kernel selection
+        extract(dtype, batches[0])
+    # The CPU may be shared, so every figure is taken per batch, interleaved, and the ratios are
+    # medians of per-batch ratios: each compares measurements made seconds apart.
+    rows, outputs = [], {"float32": [], "bfloat16": []}
+    for batch in batches[1:]:
+        row = {"peak_fp32": matmul_gflops(torch.float32, shapes),
+               "peak_bf16": matmul_gflops(torch.bfloat16, shapes)}
+        for dtype in models:
+            row[dtype], acts_BTD = timed(extract, dtype, batch)
+            outputs[dtype].append(acts_BTD)
+        rows.append(row)
+    full_seconds, _ = timed(full_forward, model, batches[1])
+    ours_fp32_after, _ = timed(extract, "float32", batches[1])
 
-    del model
-    half = load_model(args.model, device="cpu", dtype="bfloat16")
-    seconds_bf16, acts_bf16 = time_extraction(half, batches, args.layer)
-    ours_bf16 = n_tokens / seconds_bf16
-    reference = torch.cat([a.flatten() for a in acts_fp32])
-    relative_error = float(
-        (torch.cat([h.flatten() for h in acts_bf16]).float() - reference).norm() / reference.norm()
-    )
-
+    reference = torch.cat([a.flatten() for a in outputs["float32"]])
+    half = torch.cat([h.flatten() for h in outputs["bfloat16"]]).float()
+    median = statistics.median
+    ours_fp32 = median([tokens / r["float32"] for r in rows])
+    ours_bf16 = median([tokens / r["bfloat16"] for r in rows])
     peer = peer_figure(args)
     result = {
         "model": f"{args.model} (4-bit GGUF, dequantized)", "layer": args.layer,
-        "batch": args.batch, "ctx": args.ctx, "threads": args.threads, "timed_tokens": n_tokens,
-        "matmul_gflops_fp32": peak_fp32, "matmul_gflops_bf16": peak_bf16,
-        "mflop_per_token": flops / 1e6,
+        "batch": args.batch, "ctx": args.ctx, "threads": args.threads,
+        "timed_batches": args.n_batches, "mflop_per_token": flops / 1e6,
+        "matmul_gflops_fp32": median([r["peak_fp32"] for r in rows]),
+        "matmul_gflops_bf16": median([r["peak_bf16"] for r in rows]),
         "ours_fp32_tokens_per_s": ours_fp32, "ours_bf16_tokens_per_s": ours_bf16,
-        "full_forward_fp32_tokens_per_s": full,
-        "ratio_vs_full_forward": ours_fp32 / full,
-        "fraction_of_fp32_roofline": ours_fp32 * flops / 1e9 / peak_fp32,
-        "fraction_of_bf16_roofline": ours_bf16 * flops / 1e9 / peak_bf16,
-        "bf16_speedup": ours_bf16 / ours_fp32,
-        "bf16_relative_error": relative_error,
+        "full_forward_fp32_tokens_per_s": tokens / full_seconds,
+        # The full forward against our fp32 run on the same batch just after it.
+        "ratio_vs_full_forward": full_seconds / ours_fp32_after,
+        "fraction_of_fp32_roofline": median(
+            [tokens * flops / r["float32"] / 1e9 / r["peak_fp32"] for r in rows]
+        ),
+        "fraction_of_bf16_roofline": median(
+            [tokens * flops / r["bfloat16"] / 1e9 / r["peak_bf16"] for r in rows]
+        ),
+        "bf16_speedup": median([r["float32"] / r["bfloat16"] for r in rows]),
+        "bf16_relative_error": float((half - reference).norm() / reference.norm()),
         "peer_tokens_per_s": peer and peer["tokens_per_s"],
         "ratio_vs_peer": peer and ours_fp32 / peer["tokens_per_s"],
     }

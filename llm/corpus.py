@@ -94,7 +94,7 @@ def _is_prose(paragraph: str) -> bool:
 
 
 def _paragraphs(text: str) -> list[str]:
-    return [p for p in text.replace("\r\n", "\n").split("\n\n")]
+    return text.replace("\r\n", "\n").split("\n\n")
 
 
 def _embedded_corpus() -> Corpus:
