@@ -16,7 +16,7 @@ import sympy as sp
 
 from theory.closed_forms import (
     absorption_offset_loss,
-    top_eigen_ratio,
+    top_eigen_angle,
     tracking_decoder,
     width1_region_terms,
 )
@@ -49,7 +49,8 @@ class Prediction:
         if len(values) != len(self.symbols):
             names = ", ".join(map(str, self.symbols))
             raise ValueError(f"{self.name} takes {len(self.symbols)} values ({names})")
-        return np.asarray(self.numeric(*values), dtype=float)
+        arrays = np.broadcast_arrays(*(np.asarray(v, dtype=float) for v in values))
+        return np.asarray(self.numeric(*arrays), dtype=float)
 
 
 def _two_feature_model() -> object:
@@ -85,7 +86,9 @@ def width1_decoder_ratio(
     """Child / parent component of the optimal width-1 decoder at l1 = 0 when the latent fires on
     the `active` states (e.g. "10", "11": whenever the parent fires). Positive = hedging."""
     terms = width1_region_terms(_two_feature_model(), _region(active), 0, decoder_bias)
-    ratio = sp.simplify(top_eigen_ratio(sp.Matrix(terms["H"])))
+    # tan of the top eigenvector's angle: unlike (lambda_max - H00) / H01 it stays defined
+    # when H01 = 0 (independent features: ratio 0)
+    ratio = sp.tan(top_eigen_angle(sp.Matrix(terms["H"])))
     return Prediction(
         f"width1_decoder_ratio[{','.join(active)}]{'' if decoder_bias else '_no_bias'}",
         ratio,
@@ -99,9 +102,10 @@ def width1_hedging_component(
 ) -> Prediction:
     """Child component of the unit-norm optimal width-1 decoder (l1 = 0) in one region."""
     ratio = width1_decoder_ratio(active, decoder_bias)
+    terms = width1_region_terms(_two_feature_model(), _region(active), 0, decoder_bias)
     return Prediction(
         ratio.name.replace("ratio", "hedging_component"),
-        ratio.expr / sp.sqrt(1 + ratio.expr**2),
+        sp.sin(top_eigen_angle(sp.Matrix(terms["H"]))),
         TWO_FEATURE_SYMBOLS,
         "child component of the unit decoder of the optimal width-1 SAE (l1 = 0) in one region",
     )
