@@ -30,6 +30,7 @@ from theory.sae import SAEParams, SAESpec, expected_loss
 
 CONSISTENCY_TOL = 1e-9
 MAX_STARTS_PER_REGION = 6
+TIE_TOL = 1e-10  # losses closer than this are the same optimum
 
 
 @dataclass(frozen=True)
@@ -337,34 +338,87 @@ def global_optimum(
         np.stack([region_choices[i] for i in sorted(combo, reverse=True)])
         for combo in itertools.combinations_with_replacement(range(len(region_choices)), k)
     ]
+    if k == 1 and not spec.tied:
+        return _width1_optimum(world, spec, regions, l1)
     starts = _direction_starts(n, k, rng, n_random=2)
-    if k > 1 or spec.tied:  # promising regions first, so the pruning bound tightens early
-        regions.sort(key=lambda a: min(_inner_solve(world, spec, e, a, l1)[0] for e in starts))
+    # promising regions first, so the pruning bound tightens early
+    regions.sort(key=lambda a: min(_inner_solve(world, spec, e, a, l1)[0] for e in starts))
     best: Optimum | None = None
-    tried = 0
     for active in regions:
-        tried += 1
         if best is not None and _silent_states_bound(world, spec, active) > best.loss - 1e-12:
             continue
         if not active.any():
             candidates = [np.eye(n)[:1].repeat(k, 0)]
-        elif k == 1 and not spec.tied:
-            candidates = _width1_candidates(world, spec, active, l1)
         else:
             to_beat = np.inf if best is None else best.loss
             candidates = _search_region(world, spec, active, l1, starts, to_beat)
         for directions in candidates:
-            _, codes, bias, _ = _inner_solve(world, spec, directions, active, l1)
-            params = _params_from_codes(world, spec, directions, active, codes, bias)
+            params = _realise(world, spec, directions, active, l1)
             if params is None:
                 continue
-            params = _zero_dead(params, active)
             loss = float(expected_loss(world, params, l1))
-            if best is None or loss < best.loss - 1e-12:
-                fired = tuple(tuple(bool(b) for b in row) for row in active)
-                best = Optimum(params, loss, fired, tried)
+            if _better(loss, active, best, world):
+                best = Optimum(params, loss, _fired(active), len(regions))
     assert best is not None  # the all-dead SAE is always consistent
-    return Optimum(best.params, best.loss, best.active, tried)
+    return best
+
+
+def _width1_optimum(
+    world: NumericFeatureModel, spec: SAESpec, regions: list[np.ndarray], l1: float
+) -> Optimum:
+    """Width 1, untied: every region's stationary points have closed-form losses, so sort them
+    all and take the first one that is consistent; no other point needs checking."""
+    n = world.states.shape[1]
+    candidates = []  # (closed-form loss, active, directions)
+    for active in regions:
+        if not active.any():
+            dead = np.eye(n)[:1]
+            candidates.append((_inner_solve(world, spec, dead, active, l1)[0], active, dead))
+            continue
+        terms = width1_region_terms(world, active[0].astype(bool), l1, spec.decoder_bias)
+        if terms is None:
+            continue
+        for e in sphere_stationary_points(terms, l1):
+            value = terms.constant - e @ terms.H @ e + l1 * terms.w @ e
+            candidates.append((value, active, e[None, :]))
+    candidates.sort(key=lambda c: c[0])
+    best: Optimum | None = None
+    for value, active, directions in candidates:
+        if best is not None and value > best.loss + TIE_TOL:
+            break
+        params = _realise(world, spec, directions, active, l1)
+        if params is not None:
+            loss = float(expected_loss(world, params, l1))
+            if _better(loss, active, best, world):
+                best = Optimum(params, loss, _fired(active), len(regions))
+    assert best is not None  # the all-dead SAE is always consistent
+    return best
+
+
+def _better(
+    loss: float, active: np.ndarray, best: Optimum | None, world: NumericFeatureModel
+) -> bool:
+    """Lower loss wins; exact ties (e.g. at l1 = 0 a latent firing on the complementary states
+    with the opposite sign and a shifted decoder bias) go to the sparser solution, the limit
+    of l1 -> 0+."""
+    if best is None or loss < best.loss - TIE_TOL:
+        return True
+    firing = float((active @ world.probabilities).sum())
+    best_firing = float((np.array(best.active, dtype=float) @ world.probabilities).sum())
+    return loss <= best.loss + TIE_TOL and firing < best_firing - 1e-12
+
+
+def _realise(
+    world: NumericFeatureModel, spec: SAESpec, directions: np.ndarray, active: np.ndarray, l1: float
+) -> SAEParams | None:
+    """Folded parameters of a region's stationary point, or None if it is inconsistent."""
+    _, codes, bias, _ = _inner_solve(world, spec, directions, active, l1)
+    params = _params_from_codes(world, spec, directions, active, codes, bias)
+    return None if params is None else _zero_dead(params, active)
+
+
+def _fired(active: np.ndarray) -> tuple[tuple[bool, ...], ...]:
+    return tuple(tuple(bool(b) for b in row) for row in active)
 
 
 def _silent_states_bound(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray) -> float:
@@ -378,15 +432,6 @@ def _silent_states_bound(world: NumericFeatureModel, spec: SAESpec, active: np.n
         return float(p @ (X**2).sum(1))
     centre = p @ X / p.sum() if p.sum() > 0 else 0.0
     return float(p @ ((X - centre) ** 2).sum(1))
-
-
-def _width1_candidates(
-    world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float
-) -> list[np.ndarray]:
-    terms = width1_region_terms(world, active[0].astype(bool), l1, spec.decoder_bias)
-    if terms is None:
-        return []
-    return [e[None, :] for e in sphere_stationary_points(terms, l1)]
 
 
 def _zero_dead(params: SAEParams, active: np.ndarray) -> SAEParams:

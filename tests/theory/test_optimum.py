@@ -93,9 +93,11 @@ def test_width2_on_hierarchy_absorbs():
 
 def test_narrow_sae_hedges_positively():
     """Hedging: a width-1 SAE on correlated features puts a POSITIVE child component into both
-    its encoder and decoder, more with more correlation."""
-    weak = global_optimum(scenario("correlated", p_child_given_parent=0.15), SAESpec(1, 0.0))
-    strong = global_optimum(scenario("correlated", p_child_given_parent=0.4), SAESpec(1, 0.0))
+    its encoder and decoder, more with more correlation. (A little L1 breaks the l1 = 0
+    degeneracy where a latent firing on the complementary states with the opposite sign and a
+    shifted decoder bias is exactly as good.)"""
+    weak = global_optimum(scenario("correlated", p_child_given_parent=0.15), SAESpec(1, 1e-3))
+    strong = global_optimum(scenario("correlated", p_child_given_parent=0.4), SAESpec(1, 1e-3))
     assert 0 < weak.params.decoder[0, 1] < strong.params.decoder[0, 1]
     assert strong.params.encoder[0, 1] > 0
 
