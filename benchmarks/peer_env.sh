@@ -4,10 +4,11 @@
 # TransformerLens can load "google/gemma-3-270m" without a hub. The peers are never dependencies
 # of the toolkit itself. Idempotent: each step is skipped when its result is already there.
 # Usage: bash benchmarks/peer_env.sh     (from anywhere; prints the seconds each step took)
+# PEER_VENV=/other/path builds the environment there instead (the peer scripts expect .peer-venv).
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="$REPO/.peer-venv"
+VENV="${PEER_VENV:-$REPO/.peer-venv}"
 PY="$VENV/bin/python"
 PIP=("$PY" -m pip --quiet)
 TORCH_PIN="torch==2.13.0+cpu"
@@ -69,10 +70,16 @@ convert_gemma() {
 
 check_transformer_lens() {
     HF_HOME="$HF_HOME_DIR" HF_HUB_OFFLINE=1 "$PY" - <<'EOF'
+import torch
 from transformer_lens import HookedTransformer
 model = HookedTransformer.from_pretrained_no_processing("google/gemma-3-270m", device="cpu")
-print("TransformerLens loaded", model.cfg.model_name, "layers", model.cfg.n_layers,
-      "d_model", model.cfg.d_model)
+# A converted model that loads but computes nonsense would pass a load-only check.
+prompt = "The quick brown fox jumps over the lazy dog. Paris is the capital of"
+with torch.inference_mode():
+    answer = model.tokenizer.decode(model(prompt)[0, -1].argmax())
+print(f"TransformerLens loaded {model.cfg.model_name}: {prompt!r} -> {answer!r}")
+if answer.strip() != "France":
+    raise SystemExit("peer_env.sh: the converted Gemma does not complete the prompt with France")
 EOF
 }
 
