@@ -251,6 +251,23 @@ class SAE(nn.Module):
         """Hook for architectures whose thresholds live in code units."""
 
     @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on inputs x * scale take raw x and return raw x_hat (in place).
+
+        pre = W_enc^T (s x - b_dec) + b_enc = (s W_enc)^T (x - b_dec / s) + b_enc, so the codes
+        are unchanged; x_hat / s = (W_dec / s)^T h + b_dec / s. Decoder norms shrink by s, so
+        thresholds on contributions h_i ||W_dec[i]|| shrink too (_rescale_contributions)."""
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"input scale must be a finite number > 0, got {scale}")
+        self.W_enc *= scale
+        self.W_dec /= scale
+        self.b_dec /= scale
+        self._rescale_contributions(1 / scale)
+
+    def _rescale_contributions(self, factor: float) -> None:
+        """Hook for architectures whose thresholds live in units of h_i ||W_dec[i]||."""
+
+    @torch.no_grad()
     def init_b_dec(self, x: Tensor, method: str = "geometric_median", iterations: int = 50) -> None:
         """Set b_dec from a batch (B, D) or (M, B, D): "mean", "geometric_median" or "zero"."""
         if method == "zero":

@@ -41,3 +41,6 @@ class BatchTopKSAE(TopKSAE):
             updated = (1 - lr) * self.threshold + lr * smallest
             self.threshold.copy_(torch.where(torch.isfinite(smallest), updated, self.threshold))
         return pre_MBF.relu() * keep
+
+    def _rescale_contributions(self, factor: float) -> None:
+        self.threshold *= factor
