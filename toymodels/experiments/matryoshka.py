@@ -1,0 +1,89 @@
+"""`toy matryoshka`: balance matryoshka SAEs on the hedging paper's toy, sweeping mu.
+
+One parent (P = 0.25) with three read-out children (P(. | parent) = 0.15 each) and a hidden
+child (P(. | parent) = 0.55); a width-4 ReLU-L1 matryoshka SAE with levels [1, 4] and L1 3e-2,
+level weights mu^(n - j). The inner level's single latent should become the parent. Too much
+inner weight (mu = 1) makes it hedge: POSITIVE decoder components on the read-out children;
+none (mu = 0) lets the outer level's sparsity absorb them: NEGATIVE encoder components. Every mu x
+seed is a member of ONE stack; the best mu has the cleanest parent latent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from theory.features import hierarchical
+from theory.predictions import tracking_hedging_coefficient
+from toymodels.experiments.common import EmbeddedWorlds
+from toymodels.runs import Run
+from toymodels.sae import make_sae
+from toymodels.train import train
+
+MU_VALUES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+P_PARENT, P_READ_OUT, P_HIDDEN = 0.25, 0.15, 0.55
+READ_OUT = (1, 2, 3)  # feature indices of the read-out children; 4 is the hidden child
+
+
+def matryoshka_world():  # noqa: ANN201 (FeatureModel)
+    return hierarchical(P_PARENT, [P_READ_OUT] * len(READ_OUT) + [P_HIDDEN])
+
+
+def run_matryoshka(
+    out: str | Path,
+    n_samples: int = 400_000,
+    n_seeds: int = 3,
+    mu_values: Sequence[float] = MU_VALUES,
+    l1: float = 3e-2,
+    d_in: int = 50,
+    batch_size: int = 1024,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> Run:
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {n_seeds}")
+    members = [(r, float(mu)) for r in range(n_seeds) for mu in mu_values]
+    world = matryoshka_world()
+    data = EmbeddedWorlds([world], [0] * len(members), d_in, seed)
+    run = Run(out, {"experiment": "toy-matryoshka", "architecture": "matryoshka",
+                    "inner": "relu-l1", "levels": [1, 4], "l1": l1, "mu_values": list(mu_values),
+                    "n_seeds": n_seeds, "samples": n_samples, "batch_size": batch_size, "lr": lr,
+                    "d_in": d_in, "world": world.describe()},
+              seeds={"sae_init_and_data": seed})
+    sae = make_sae("matryoshka", inner="relu-l1", d_in=d_in, n_latents=4,
+                   n_members=len(members), levels=[1, 4], mu=[mu for _, mu in members], l1=l1,
+                   decoder_init_norm=1.0, generator=torch.Generator().manual_seed(seed))
+    train(sae, data, n_samples, batch_size=batch_size, lr=lr, seed=seed, progress=False,
+          device="cpu")
+    sae.fold_decoder_norms()
+    with torch.no_grad():
+        decoder_MFN = sae.W_dec @ data.directions_ND.T
+        encoder_MFN = sae.W_enc.transpose(1, 2) @ data.directions_ND.T
+    rows = []
+    for m, (replicate, mu) in enumerate(members):
+        decoder, encoder = decoder_MFN[m, 0], encoder_MFN[m, 0]  # the inner level's latent
+        read_dec, read_enc = decoder[list(READ_OUT)], encoder[list(READ_OUT)]
+        rows.append({
+            "mu": mu, "seed": replicate,
+            "decoder_parent": float(decoder[0]), "encoder_parent": float(encoder[0]),
+            "hedging": float(read_dec.clamp(min=0).mean()),
+            "absorption": float((-read_enc / encoder[0].clamp(min=1e-6)).clamp(min=0).mean()),
+            "decoder_read_out_mean": float(read_dec.mean()),
+            "encoder_read_out_mean": float(read_enc.mean()),
+            "decoder_hidden": float(decoder[4]), "encoder_hidden": float(encoder[4]),
+        })
+    table = pd.DataFrame(rows)
+    table["error"] = table.hedging + table.absorption
+    run.write_table("matryoshka_vs_mu", table)
+    by_mu = table.groupby("mu")[["hedging", "absorption", "error"]].mean()
+    run.write_metrics({
+        "best_mu": float(by_mu.error.idxmin()),
+        "hedging_by_mu": by_mu.hedging.to_dict(),
+        "absorption_by_mu": by_mu.absorption.to_dict(),
+        "formulas": {"tracking_hedging_coefficient": tracking_hedging_coefficient(False).latex,
+                     "level_weights": r"\beta_j = \mu^{\,n-j}"},
+    })
+    return run
