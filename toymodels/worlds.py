@@ -6,14 +6,29 @@ directions, probabilities, hierarchy, correlation factor) is rebuilt from it det
 Features 0..R-1 are roots and fire with marginal probabilities P_i of a chosen shape:
     zipf:   P_i = p_max * (i + 1)^-zipf_exponent
     linear: P_i = p_min + (p_max - p_min) * (R - i - 1) / R   (the hedging paper's large world)
-Roots are correlated through a Gaussian copula: z ~ N(0, C), root i fires when z_i < Phi^-1(P_i),
-so every marginal is exact whatever C is. C is
+Roots are correlated in one of two ways.
+Gaussian copula (correlation "random" or "low_rank"): z ~ N(0, C), root i fires when
+z_i < Phi^-1(P_i), so every marginal is exact whatever C is. C is
     random:   a random matrix, each off-diagonal pair correlated with probability
               correlated_fraction, |strength| uniform in correlation_strength, positive with
               probability positive_fraction, then projected to the nearest valid correlation
               matrix (negative eigenvalues clipped, diagonal rescaled to 1);
     low_rank: C = B B^T + diag(1 - |b_i|^2), b_i = sqrt(s_i) u_i with u_i a random unit vector
               in correlation_rank dimensions and s_i uniform in correlation_strength.
+This needs n x roots Gaussians per batch (dense, exact, slow).
+Shared triggers (correlation "clusters", sparse): roots are cut into consecutive clusters of
+cluster_size. Cluster c is triggered in a sample with probability pi_c; given the trigger its
+members fire independently with q_i, given no trigger with r_i (alpha/beta form: background
+firing beta_i = r_i, plus firing with alpha_i = (q_i - r_i) / (1 - r_i) on a trigger). Then
+    P(i) = pi q_i + (1 - pi) r_i,   P(i and j) = pi q_i q_j + (1 - pi) r_i r_j   (same cluster),
+and roots of different clusters are independent. With q_i - r_i = k sigma_i, sigma_i^2 =
+P_i (1 - P_i), k^2 = rho / (pi (1 - pi)), every pair of the cluster has firing (phi) correlation
+rho, and r_i = P_i - pi k sigma_i, q_i = P_i + (1 - pi) k sigma_i keep each marginal exactly P_i.
+They are probabilities iff rho <= min_i min(odds_i / o, o / odds_i), o = pi / (1 - pi), odds_i =
+P_i / (1 - P_i): o = sqrt(odds_min odds_max) allows the most, rho_max = sqrt(odds_min / odds_max).
+Each cluster requests rho uniform in correlation_strength and gets min(rho, rho_max)
+(cluster_parameters); one-member clusters and clusters holding a certain root stay independent.
+
 The first n_trees roots head hierarchy trees (branching children per node, depth levels). A child
 fires only when its parent does, with a conditional probability drawn uniformly from
 child_probability; with exclusive_children at most one sibling fires (siblings own disjoint
@@ -21,11 +36,17 @@ slices of one uniform draw). Children are numbered level by level after the root
 children of one parent are contiguous. Each firing feature gets magnitude
 ReLU(magnitude_mean + magnitude_std * N(0, 1)). Directions are orthonormal when d_in >= n_features,
 random unit vectors otherwise.
+
+Sampling keeps firing sparse wherever the world allows (work ~ firings, not samples x features):
+independent Bernoulli firing comes from a Poisson process on a line (_poisson_line), children are
+drawn only at their parent's events, trigger members only at trigger events; activations are a
+gather-sum of direction rows (embedding_bag). Only the copula draws n x roots Gaussians.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -36,8 +57,58 @@ from scipy.special import ndtri
 from toymodels.sampling import orthonormal_directions
 
 FIRING_SHAPES = ("zipf", "linear")
-CORRELATIONS = ("none", "random", "low_rank")
+CORRELATIONS = ("none", "random", "low_rank", "clusters")
 _CHUNK = 16384  # rows sampled at a time
+_Block = tuple[torch.Tensor, torch.Tensor]  # (samples_E sorted, features_E): events of a batch
+
+
+@dataclass(frozen=True)
+class SparseCodes:
+    """Feature-basis activations of n samples in compressed rows: sample s's firing features are
+    features[offsets[s] : offsets[s + 1]] (each at most once, in no particular order), with their
+    magnitudes alongside."""
+
+    offsets: torch.Tensor  # (n + 1,) long, offsets[0] = 0
+    features: torch.Tensor  # (E,) long
+    magnitudes: torch.Tensor  # (E,) float32
+    n_features: int
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.offsets) - 1
+
+    def samples(self) -> torch.Tensor:
+        """(E,) the sample of each event."""
+        return torch.repeat_interleave(torch.arange(self.n_samples), self.offsets.diff())
+
+    def firing(self) -> torch.Tensor:
+        """(n, n_features) dense boolean firing."""
+        firing_NF = torch.zeros(self.n_samples, self.n_features, dtype=torch.bool)
+        firing_NF[self.samples(), self.features] = True
+        return firing_NF
+
+    def to_dense(self) -> torch.Tensor:
+        """(n, n_features) dense codes: the magnitude where a feature fires, 0 elsewhere."""
+        codes_NF = torch.zeros(self.n_samples, self.n_features)
+        codes_NF[self.samples(), self.features] = self.magnitudes
+        return codes_NF
+
+    @staticmethod
+    def concatenate(parts: list[SparseCodes], n_features: int) -> SparseCodes:
+        """The samples of several parts, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        ends = [part.offsets[1:] for part in parts]
+        shift = 0
+        for i, part in enumerate(parts):
+            ends[i] = ends[i] + shift
+            shift += len(part.features)
+        return SparseCodes(
+            torch.cat([torch.zeros(1, dtype=torch.long), *ends]),
+            torch.cat([torch.zeros(0, dtype=torch.long)] + [p.features for p in parts]),
+            torch.cat([torch.zeros(0)] + [p.magnitudes for p in parts]),
+            n_features,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,11 +143,13 @@ class LargeWorld:
     correlated_fraction: float = 1.0
     positive_fraction: float = 0.5
     correlation_rank: int = 8
+    cluster_size: int = 4
     magnitude_mean: float = 1.0
     magnitude_std: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("n_features", "d_in", "n_trees", "branching", "depth", "correlation_rank"):
+        for name in ("n_features", "d_in", "n_trees", "branching", "depth", "correlation_rank",
+                     "cluster_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -120,17 +193,19 @@ class LargeWorld:
                 f"correlation = {self.correlation!r}; allowed: {', '.join(CORRELATIONS)}"
             )
         lo, hi = self.correlation_strength
-        top = 1 if self.correlation == "random" else 1 - 1e-9
+        top = 1 - 1e-9 if self.correlation == "low_rank" else 1
         if not 0 <= lo <= hi <= top:
             raise ValueError(
                 f"correlation_strength = {self.correlation_strength}; need 0 <= lo <= hi "
-                f"{'<= 1' if self.correlation == 'random' else '< 1'}"
+                f"{'< 1' if self.correlation == 'low_rank' else '<= 1'}"
             )
         for name in ("correlated_fraction", "positive_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"{name} = {getattr(self, name)}; allowed values are in [0, 1]")
         if self.correlation_rank < 1:
             raise ValueError(f"correlation_rank = {self.correlation_rank}; it must be >= 1")
+        if self.cluster_size < 1:
+            raise ValueError(f"cluster_size = {self.cluster_size}; it must be >= 1")
         if not self.magnitude_mean > 0 or not self.magnitude_std >= 0:
             raise ValueError(
                 f"magnitude_mean = {self.magnitude_mean}, magnitude_std = {self.magnitude_std}; "
@@ -234,8 +309,9 @@ class LargeWorld:
     @cached_property
     def correlation_factor(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(B_RK, idiosyncratic_R) with z = w B^T + idiosyncratic * e, w, e standard normal;
-        the root correlation matrix is B B^T + diag(idiosyncratic^2), unit diagonal."""
-        if self.correlation == "none":
+        the root correlation matrix is B B^T + diag(idiosyncratic^2), unit diagonal; None without
+        a copula."""
+        if self.correlation not in ("random", "low_rank"):
             return None
         rng = np.random.default_rng([self.seed, 2])
         lo, hi = self.correlation_strength
@@ -255,126 +331,187 @@ class LargeWorld:
 
     def root_correlation(self) -> np.ndarray:
         """(R, R) correlation matrix of the copula's Gaussian (identity without correlation)."""
+        if self.correlation == "clusters":
+            raise ValueError("correlation = 'clusters' has no copula; see cluster_parameters")
         if self.correlation_factor is None:
             return np.eye(self.n_roots)
         factor_RK, idiosyncratic_R = (t.double().numpy() for t in self.correlation_factor)
         return factor_RK @ factor_RK.T + np.diag(idiosyncratic_R**2)
 
+    @cached_property
+    def cluster_parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(pi_C, q_R, r_R, rho_C) of the clusters mode (module docstring): cluster c = roots
+        [c m, c m + m), m = cluster_size, is triggered with probability pi_C[c]; root i fires with
+        q_R[i] in a triggered sample, r_R[i] otherwise; rho_C[c] is the firing correlation of
+        every pair in cluster c (the requested strength capped at the feasible maximum)."""
+        if self.correlation != "clusters":
+            raise ValueError(f"cluster_parameters need correlation = 'clusters', not "
+                             f"{self.correlation!r}")
+        p_R = self.root_probabilities
+        n_clusters = -(-self.n_roots // self.cluster_size)
+        rng = np.random.default_rng([self.seed, 2])
+        requested_C = rng.uniform(*self.correlation_strength, n_clusters)
+        cluster_R = np.arange(self.n_roots) // self.cluster_size
+        starts_C = np.arange(n_clusters) * self.cluster_size
+        with np.errstate(divide="ignore", invalid="ignore"):
+            odds_R = p_R / (1 - p_R)  # inf for certain roots
+            odds_min_C = np.minimum.reduceat(odds_R, starts_C)
+            odds_max_C = np.maximum.reduceat(odds_R, starts_C)
+            correlatable_C = (np.bincount(cluster_R) > 1) & np.isfinite(odds_max_C)
+            rho_C = np.where(correlatable_C,
+                             np.minimum(requested_C, np.sqrt(odds_min_C / odds_max_C)), 0.0)
+            o_C = np.sqrt(odds_min_C * odds_max_C)
+            pi_C = np.where(rho_C > 0, o_C / (1 + o_C), 0.0)
+            pi_R, rho_R = pi_C[cluster_R], rho_C[cluster_R]
+            k_R = np.where(rho_R > 0, np.sqrt(rho_R / (pi_R * (1 - pi_R))), 0.0)
+        sigma_R = np.sqrt(p_R * (1 - p_R))
+        q_R = np.clip(p_R + (1 - pi_R) * k_R * sigma_R, 0, 1)  # clip: rounding at the bounds
+        r_R = np.clip(p_R - pi_R * k_R * sigma_R, 0, 1)
+        return pi_C, q_R, r_R, rho_C
+
     # --- sampling --------------------------------------------------------------------------------
-    def sample_firing(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(n, n_features) boolean firing."""
-        return self.sample(n, generator, activations=False)[1]
+    def sample_codes(self, n: int, generator: torch.Generator | None = None) -> SparseCodes:
+        """n samples' firing features with their magnitudes, in compressed rows."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
+        # Chunks of rows keep the working set (events, copula Gaussians) cache-sized.
+        chunks = [self._sample_chunk(min(_CHUNK, n - start), generator)
+                  for start in range(0, n, _CHUNK)]
+        return SparseCodes.concatenate(chunks, self.n_features)
+
+    def embed(self, codes: SparseCodes) -> torch.Tensor:
+        """(n, d_in) activations: per sample, the sum of magnitude * direction over its firing
+        features (a gather-sum of direction rows; work ~ firings * d_in)."""
+        if codes.n_features != self.n_features:
+            raise ValueError(f"codes have {codes.n_features} features, the world {self.n_features}")
+        return torch.nn.functional.embedding_bag(
+            codes.features, self.directions, codes.offsets, mode="sum",
+            per_sample_weights=codes.magnitudes, include_last_offset=True,
+        )
+
+    def sample_sparse(
+        self, n: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, SparseCodes]:
+        """(activations (n, d_in), codes): the fast path, firing kept sparse."""
+        codes = self.sample_codes(n, generator)
+        return self.embed(codes), codes
 
     def sample(
         self, n: int, generator: torch.Generator | None = None, activations: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(activations (n, d_in), firing (n, n_features) bool); activations=False skips them
-        (an empty (n, 0) tensor takes their place)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
-        firing_NF = torch.zeros(n, self.n_features, dtype=torch.bool)
-        activations_ND = torch.empty(n, self.d_in if activations else 0)
-        # Chunks of rows keep the working set (copula Gaussians, events) small and cache-friendly.
-        for start in range(0, n, _CHUNK):
-            stop = min(start + _CHUNK, n)
-            event_blocks = self._sample_events(stop - start, generator, firing_NF[start:stop])
-            if activations:
-                chunk_ND = activations_ND[start:stop]
-                chunk_ND.copy_(self._embed(*event_blocks[0], stop - start, generator))
-                for samples_E, features_E in event_blocks[1:]:
-                    chunk_ND += self._embed(samples_E, features_E, stop - start, generator)
-        return activations_ND, firing_NF
+        """(activations (n, d_in), firing (n, n_features) bool): sample_sparse with dense firing
+        (n * n_features bytes); activations=False skips them (an empty (n, 0) tensor instead).
+        The same generator state gives the same samples as sample_sparse."""
+        codes = self.sample_codes(n, generator)
+        activations_ND = self.embed(codes) if activations else torch.empty(n, 0)
+        return activations_ND, codes.firing()
 
-    def _embed(
-        self, samples_E: torch.Tensor, features_E: torch.Tensor, n: int,
-        generator: torch.Generator | None,
-    ) -> torch.Tensor:
-        """(n, d_in) sum over events of magnitude * direction; events sorted by sample."""
+    def sample_firing(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, n_features) boolean firing."""
+        return self.sample_codes(n, generator).firing()
+
+    def _sample_chunk(self, n: int, generator: torch.Generator | None) -> SparseCodes:
+        root_blocks = self._sample_roots(n, generator)
+        blocks, parent_blocks = list(root_blocks), root_blocks
+        for level in self._levels:
+            parent_blocks = [self._sample_children(level, *block, generator)
+                             for block in parent_blocks]
+            blocks += parent_blocks
+        offsets_N1, features_E = _group_by_sample(blocks, n)
         magnitudes_E = torch.full((len(features_E),), float(self.magnitude_mean))
         if self.magnitude_std > 0:
             noise_E = torch.randn(len(features_E), generator=generator)
-            magnitudes_E = torch.relu(magnitudes_E + self.magnitude_std * noise_E)
-        offsets_N = torch.zeros(n, dtype=torch.long)
-        torch.cumsum(torch.bincount(samples_E, minlength=n)[:-1], dim=0, out=offsets_N[1:])
-        return torch.nn.functional.embedding_bag(
-            features_E, self.directions, offsets_N, mode="sum", per_sample_weights=magnitudes_E
+            magnitudes_E = torch.relu_(magnitudes_E.add_(noise_E, alpha=self.magnitude_std))
+        return SparseCodes(offsets_N1, features_E, magnitudes_E, self.n_features)
+
+    def _sample_children(
+        self, level: _Level, samples_E: torch.Tensor, features_E: torch.Tensor,
+        generator: torch.Generator | None,
+    ) -> _Block:
+        """The children events of one level below the parent events in a block (sorted by
+        sample); children only need random numbers where their parent fires."""
+        is_parent_E = (features_E >= level.parent_start) & (
+            features_E < level.parent_start + level.n_parents
         )
+        samples_E = samples_E[is_parent_E]
+        parents_E = features_E[is_parent_E] - level.parent_start
+        first = level.start - self.n_roots
+        p_PB = self._conditional_probabilities[first : level.stop - self.n_roots]
+        p_EB = p_PB.view(-1, self.branching)[parents_E]
+        if self.exclusive_children:
+            # Sibling k fires when one uniform falls in [cum_{k-1}, cum_k): at most one fires.
+            uniform_E1 = torch.rand(len(parents_E), 1, generator=generator)
+            chosen_E = (uniform_E1 >= p_EB.cumsum(dim=1)).sum(dim=1)
+            keep_E = chosen_E < self.branching
+            samples_E = samples_E[keep_E]
+            children_E = parents_E[keep_E] * self.branching + chosen_E[keep_E]
+        else:
+            events_E, siblings_E = (
+                torch.rand(p_EB.shape, generator=generator) < p_EB
+            ).nonzero(as_tuple=True)
+            samples_E = samples_E[events_E]
+            children_E = parents_E[events_E] * self.branching + siblings_E
+        return samples_E, children_E + level.start
 
-    def _sample_events(
-        self, n: int, generator: torch.Generator | None, firing_NF: torch.Tensor
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Fill the zeroed firing_NF (n, n_features) and return its events as blocks of
-        (sample, feature) index pairs, each sorted by sample: roots first, then one block per
-        hierarchy level."""
-        samples_E, features_E = self._sample_roots(n, generator, out=firing_NF[:, : self.n_roots])
-        event_blocks = [(samples_E, features_E)]
-        conditional_C = torch.as_tensor(self.child_probabilities, dtype=torch.float32)
-        for level in self._levels:
-            # Children only need random numbers where their parent fires: the parents' events
-            # (the previous block) get one draw each.
-            is_parent_E = (features_E >= level.parent_start) & (
-                features_E < level.parent_start + level.n_parents
-            )
-            samples_E, parents_E = samples_E[is_parent_E], features_E[is_parent_E]
-            parents_E = parents_E - level.parent_start
-            first = level.start - self.n_roots
-            p_PB = conditional_C[first : level.stop - self.n_roots].view(-1, self.branching)
-            p_EB = p_PB[parents_E]
-            if self.exclusive_children:
-                # Sibling k fires when one uniform falls in [cum_{k-1}, cum_k): at most one fires.
-                uniform_E1 = torch.rand(len(parents_E), 1, generator=generator)
-                chosen_E = (uniform_E1 >= p_EB.cumsum(dim=1)).sum(dim=1)
-                keep_E = chosen_E < self.branching
-                samples_E = samples_E[keep_E]
-                children_E = parents_E[keep_E] * self.branching + chosen_E[keep_E]
-            else:
-                events_E, siblings_E = (
-                    torch.rand(p_EB.shape, generator=generator) < p_EB
-                ).nonzero(as_tuple=True)
-                samples_E = samples_E[events_E]
-                children_E = parents_E[events_E] * self.branching + siblings_E
-            features_E = children_E + level.start
-            firing_NF[samples_E, features_E] = True
-            event_blocks.append((samples_E, features_E))
-        return event_blocks
+    @cached_property
+    def _conditional_probabilities(self) -> torch.Tensor:
+        return torch.as_tensor(self.child_probabilities, dtype=torch.float32)
 
-    def _sample_roots(
-        self, n: int, generator: torch.Generator | None, out: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Root firing into the zeroed `out` (n, R); returns its (sample, root) events sorted by
-        sample. Correlated roots: the copula Gaussian below each root's threshold."""
-        if self.correlation_factor is None:
-            return self._sample_independent_roots(n, generator, out)
+    def _sample_roots(self, n: int, generator: torch.Generator | None) -> list[_Block]:
+        """Root events as blocks sorted by sample."""
+        if self.correlation in ("random", "low_rank"):
+            return [self._sample_copula_roots(n, generator)]
+        if self.correlation == "none":
+            return _bernoulli_events(self._root_probabilities_64, n, generator)
+        return self._sample_cluster_roots(n, generator)
+
+    @cached_property
+    def _root_probabilities_64(self) -> torch.Tensor:
+        return torch.as_tensor(self.root_probabilities, dtype=torch.float64)
+
+    def _sample_copula_roots(self, n: int, generator: torch.Generator | None) -> _Block:
+        """Dense: the copula Gaussian (n x roots) below each root's threshold."""
         loadings_RK, thresholds_R = self._copula_in_noise_units
         w_NK = torch.randn(n, loadings_RK.shape[1], generator=generator)
         if self.correlation == "low_rank":
             e_NR = torch.randn(n, self.n_roots, generator=generator)
-            torch.lt(e_NR.addmm_(w_NK, loadings_RK.T), thresholds_R, out=out)
+            firing_NR = e_NR.addmm_(w_NK, loadings_RK.T) < thresholds_R
         else:
-            torch.lt(w_NK @ loadings_RK.T, thresholds_R, out=out)
-        return out.nonzero(as_tuple=True)
+            firing_NR = w_NK @ loadings_RK.T < thresholds_R
+        return firing_NR.nonzero(as_tuple=True)
 
-    def _sample_independent_roots(
-        self, n: int, generator: torch.Generator | None, out: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Independent Bernoulli(P_i) firing drawn sparsely, with work proportional to the
-        number of firings rather than n * R: a Bernoulli(p) is exactly "a Poisson(-log(1 - p))
-        count is >= 1", and a Poisson process over n slots is a Poisson(n lambda) number of
-        points dropped uniformly on the slots. Roots with P_i = 1 fire in every sample."""
-        p_R = torch.as_tensor(self.root_probabilities, dtype=torch.float64)
-        certain_R = p_R >= 1
-        rates_R = torch.where(certain_R, 0.0, -torch.log1p(-p_R))
-        counts_R = torch.poisson(rates_R * n, generator=generator).long()
-        roots_E = torch.repeat_interleave(torch.arange(self.n_roots), counts_R)
-        samples_E = torch.randint(n, roots_E.shape, generator=generator)
-        certain = certain_R.nonzero().flatten()
-        roots_E = torch.cat([roots_E, certain.repeat(n)])
-        samples_E = torch.cat([samples_E, torch.arange(n).repeat_interleave(len(certain))])
-        # Several points in one slot are one firing; unique also sorts the events by sample.
-        keys_E = torch.unique(samples_E * self.n_roots + roots_E)
-        samples_E, roots_E = keys_E // self.n_roots, keys_E % self.n_roots
-        out[samples_E, roots_E] = True
-        return samples_E, roots_E
+    def _sample_cluster_roots(self, n: int, generator: torch.Generator | None) -> list[_Block]:
+        """Background events everywhere except in triggered (sample, cluster) pairs, where the
+        members are drawn afresh with their triggered probabilities."""
+        trigger_rates_C, triggered_CM, background_R = self._cluster_tensors
+        samples_T, clusters_T = _poisson_line(trigger_rates_C, n, generator)
+        blocks = _bernoulli_events(background_R, n, generator)
+        if len(clusters_T):
+            n_clusters = len(trigger_rates_C)
+            keys_T = samples_T * n_clusters + clusters_T  # sorted, as the events are
+            for b, (samples_E, roots_E) in enumerate(blocks):
+                keys_E = samples_E * n_clusters + roots_E // self.cluster_size
+                slot_E = torch.searchsorted(keys_T, keys_E).clamp_(max=len(keys_T) - 1)
+                untriggered_E = keys_T[slot_E] != keys_E
+                blocks[b] = (samples_E[untriggered_E], roots_E[untriggered_E])
+        p_TM = triggered_CM[clusters_T]
+        triggers_E, members_E = (
+            torch.rand(p_TM.shape, generator=generator) < p_TM
+        ).nonzero(as_tuple=True)
+        blocks.append((samples_T[triggers_E], clusters_T[triggers_E] * self.cluster_size
+                       + members_E))
+        return blocks
+
+    @cached_property
+    def _cluster_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Poisson-line rates of the triggers (C,) float64, triggered probabilities
+        (C, cluster_size) float32 padded with 0, background probabilities (R,) float64)."""
+        trigger_C, triggered_R, background_R, _ = self.cluster_parameters
+        padded = np.zeros(len(trigger_C) * self.cluster_size)
+        padded[: self.n_roots] = triggered_R
+        return (torch.as_tensor(-np.log1p(-trigger_C), dtype=torch.float64),
+                torch.as_tensor(padded, dtype=torch.float32).view(len(trigger_C), -1),
+                torch.as_tensor(background_R, dtype=torch.float64))
 
     @cached_property
     def _copula_in_noise_units(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,3 +538,67 @@ def _random_correlation_factor(
     eigenvalues, eigenvectors = np.linalg.eigh(target)
     factor = eigenvectors * np.sqrt(np.clip(eigenvalues, 1e-6, None))
     return factor / np.linalg.norm(factor, axis=1, keepdims=True)
+
+
+def _poisson_line(rates_K: torch.Tensor, n: int, generator: torch.Generator | None) -> _Block:
+    """(sample, item) events of independent Bernoulli(1 - exp(-rate_k)) firing of K items in n
+    samples, sorted by sample then item, each firing once.
+
+    Sample s owns the segment [s L, s L + L) of a line, L = sum of the rates, and item k the piece
+    of length rate_k inside it. A rate-1 Poisson process on the line (cumulative sums of Exp(1)
+    gaps) puts independent Poisson(rate_k) counts of points in the pieces; item k fires in sample s
+    when its piece holds a point. Work ~ n L draws; points come out in order, so the points of one
+    firing are neighbours."""
+    length = n * float(rates_K.sum())
+    empty = torch.zeros(0, dtype=torch.long)
+    if length == 0:
+        return empty, empty
+    points, reached = [], 0.0
+    while reached < length:  # almost always once: 4 standard deviations of slack
+        count = int(length - reached + 4 * math.sqrt(length - reached) + 16)
+        gaps = torch.rand(count, generator=generator, dtype=torch.float64).neg_().log1p_().neg_()
+        points.append(gaps.cumsum_(0).add_(reached))
+        reached = float(points[-1][-1])
+    x = torch.cat(points) if len(points) > 1 else points[0]
+    x = x[: int(torch.searchsorted(x, length))]
+    total = length / n
+    samples_E = (x / total).long().clamp_(max=n - 1)
+    bounds_K = rates_K.cumsum(0)
+    items_E = torch.searchsorted(bounds_K, x - samples_E * total, right=True)
+    items_E.clamp_(max=len(rates_K) - 1)
+    keys_E = samples_E * len(rates_K) + items_E
+    first_E = torch.ones_like(keys_E, dtype=torch.bool)
+    torch.ne(keys_E[1:], keys_E[:-1], out=first_E[1:])
+    return samples_E[first_E], items_E[first_E]
+
+
+def _bernoulli_events(p_K: torch.Tensor, n: int, generator: torch.Generator | None) -> list[_Block]:
+    """Blocks of (sample, item) events, each sorted by sample, of independent Bernoulli(p_k)
+    firing: a Poisson line for p < 1 (a Bernoulli(p) is "a Poisson(-log(1 - p)) count is >= 1")
+    and every sample for the certain items."""
+    certain_K = p_K >= 1
+    blocks = [_poisson_line(torch.where(certain_K, 0.0, -torch.log1p(-p_K)), n, generator)]
+    certain = certain_K.nonzero().flatten()
+    if len(certain):
+        blocks.append((torch.arange(n).repeat_interleave(len(certain)), certain.repeat(n)))
+    return blocks
+
+
+def _group_by_sample(blocks: list[_Block], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(offsets (n + 1,), features (E,)): the events of several blocks, each sorted by sample,
+    grouped by sample (block after block within a sample) by a counting merge, no sort."""
+    counts_BN = torch.stack([torch.bincount(samples_E, minlength=n) for samples_E, _ in blocks])
+    offsets_N1 = torch.zeros(n + 1, dtype=torch.long)
+    torch.cumsum(counts_BN.sum(dim=0), dim=0, out=offsets_N1[1:])
+    if len(blocks) == 1:
+        return offsets_N1, blocks[0][1]
+    # Block b's events of sample s start at in_block_BN[b, s] within the block and go to
+    # merged_BN[b, s]: after all earlier samples and after sample s's events of earlier blocks.
+    in_block_BN = counts_BN.cumsum(dim=1) - counts_BN
+    merged_BN = offsets_N1[:-1] + counts_BN.cumsum(dim=0) - counts_BN
+    shift_BN = merged_BN - in_block_BN
+    features_E = torch.empty(int(offsets_N1[-1]), dtype=torch.long)
+    for (samples_E, block_features_E), shift_N in zip(blocks, shift_BN, strict=True):
+        destination_E = torch.arange(len(samples_E)) + shift_N[samples_E]
+        features_E[destination_E] = block_features_E
+    return offsets_N1, features_E
