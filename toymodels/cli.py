@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
          {"samples": 150_000, "seeds": 2}),
         ("absorption", run_absorption_command,
          "absorption in a wide SAE on the 4-feature hierarchy vs theory's offset",
-         {"samples": 400_000, "seeds": 2}),
+         {"samples": 1_000_000, "seeds": 2}),
         ("matryoshka", run_matryoshka_command,
          "balance matryoshka: hedging and absorption vs mu",
          {"samples": 400_000, "seeds": 3}),

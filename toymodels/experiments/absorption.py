@@ -29,8 +29,8 @@ from toymodels.sampling import sample_states
 from toymodels.train import train
 
 P_PARENT, P_CHILD_GIVEN_PARENT, P_OTHERS = 0.25, 0.2, 0.05
-L1_VALUES = (3e-5, 1e-3, 1e-2, 3e-2)
-LEAKS = (0.0, 0.02)
+L1_VALUES = (1e-2, 3e-2, 1e-1)
+LEAKS = (0.0, 0.02, 0.05)
 
 
 def absorption_world(leak: float = 0.0):  # noqa: ANN201 (FeatureModel)
@@ -47,14 +47,14 @@ def predicted_offset(leak: float, l1: float) -> float:
 
 def run_absorption(
     out: str | Path,
-    n_samples: int = 400_000,
+    n_samples: int = 1_000_000,
     n_seeds: int = 2,
     l1_values: Sequence[float] = L1_VALUES,
     leaks: Sequence[float] = LEAKS,
     width: int = 4,
     d_in: int = 50,
     batch_size: int = 1024,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     seed: int = 0,
     eval_samples: int = 20_000,
 ) -> Run:

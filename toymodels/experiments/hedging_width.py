@@ -39,12 +39,16 @@ def run_hedging_width(
     lr: float = 2e-3,
     seed: int = 0,
     world_seed: int = 0,
+    dead_after_samples: int = 10_000,
 ) -> Run:
-    """Train the initial stack n_samples, then the protocol's two stages n_samples each."""
+    """Train the initial stack n_samples, then the protocol's two stages n_samples each.
+
+    New latents start far too small to win a BatchTopK slot, so they only come alive through the
+    aux-k loss on dead latents: dead_after_samples must be well below n_samples."""
     if n_seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {n_seeds}")
     world = LargeWorld.paper_50(seed=world_seed)
-    if not widths or min(widths) < 1 or max(widths) > world.n_features * 4:
+    if not widths or min(widths) < 1:
         raise ValueError(f"widths must be positive integers, got {list(widths)}")
     k = round(world.true_l0)
     members = [(s, int(w)) for s in range(n_seeds) for w in widths]
@@ -52,11 +56,11 @@ def run_hedging_width(
     run = Run(out, {"experiment": "toy-hedging-width", "world": world.to_config(),
                     "architecture": "batchtopk", "k": k, "widths": list(widths),
                     "n_seeds": n_seeds, "n_new": n_new, "samples_per_stage": n_samples,
-                    **options},
+                    "dead_after_samples": dead_after_samples, **options},
               seeds={"sae_init": seed, "initial_training": seed, "protocol": seed + 1,
                      "world": world_seed})
     sae = make_sae("batchtopk", d_in=world.d_in, n_latents=max(widths), n_members=len(members),
-                   widths=[w for _, w in members], k=k,
+                   widths=[w for _, w in members], k=k, dead_after_samples=dead_after_samples,
                    generator=torch.Generator().manual_seed(seed))
 
     def data(batch: int) -> torch.Tensor:

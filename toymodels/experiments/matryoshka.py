@@ -2,7 +2,8 @@
 
 One parent (P = 0.25) with three read-out children (P(. | parent) = 0.15 each) and a hidden
 child (P(. | parent) = 0.55); a width-4 ReLU-L1 matryoshka SAE with levels [1, 4] and L1 3e-2,
-level weights mu^(n - j). The inner level's single latent should become the parent. Too much
+level weights mu^(n - j). The inner level's single latent should become the parent (the latent
+measured is the one with the largest decoder component on the parent). Too much
 inner weight (mu = 1) makes it hedge: POSITIVE decoder components on the read-out children;
 none (mu = 0) lets the outer level's sparsity absorb them: NEGATIVE encoder components. Every mu x
 seed is a member of ONE stack; the best mu has the cleanest parent latent.
@@ -34,13 +35,13 @@ def matryoshka_world():  # noqa: ANN201 (FeatureModel)
 
 def run_matryoshka(
     out: str | Path,
-    n_samples: int = 400_000,
+    n_samples: int = 1_000_000,
     n_seeds: int = 3,
     mu_values: Sequence[float] = MU_VALUES,
     l1: float = 3e-2,
     d_in: int = 50,
     batch_size: int = 1024,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     seed: int = 0,
 ) -> Run:
     if n_seeds < 1:
@@ -64,13 +65,15 @@ def run_matryoshka(
         encoder_MFN = sae.W_enc.transpose(1, 2) @ data.directions_ND.T
     rows = []
     for m, (replicate, mu) in enumerate(members):
-        decoder, encoder = decoder_MFN[m, 0], encoder_MFN[m, 0]  # the inner level's latent
+        # The parent's latent: the inner level's one when mu > 0 works; at mu = 0 any latent.
+        parent = int(decoder_MFN[m, :, 0].argmax())
+        decoder, encoder = decoder_MFN[m, parent], encoder_MFN[m, parent]
         read_dec, read_enc = decoder[list(READ_OUT)], encoder[list(READ_OUT)]
         rows.append({
-            "mu": mu, "seed": replicate,
+            "mu": mu, "seed": replicate, "parent_latent": parent,
             "decoder_parent": float(decoder[0]), "encoder_parent": float(encoder[0]),
             "hedging": float(read_dec.clamp(min=0).mean()),
-            "absorption": float((-read_enc / encoder[0].clamp(min=1e-6)).clamp(min=0).mean()),
+            "absorption": float((-read_enc).clamp(min=0).mean()),
             "decoder_read_out_mean": float(read_dec.mean()),
             "encoder_read_out_mean": float(read_enc.mean()),
             "decoder_hidden": float(decoder[4]), "encoder_hidden": float(encoder[4]),
