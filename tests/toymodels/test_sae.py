@@ -81,6 +81,32 @@ def test_a_shared_batch_gives_what_the_same_batch_per_member_gives(name, n_laten
                                torch.autograd.grad(per_member["total"], sae.W_dec)[0])
 
 
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n_latents=st.integers(1, 7), narrow=st.booleans())
+def test_fused_relu_l1_loss_has_the_generic_paths_values_and_gradients(seed, n_latents, narrow):
+    g = torch.Generator().manual_seed(seed)
+    widths = [1, n_latents, max(n_latents - 1, 1)] if narrow else None
+    sae = random_sae("relu-l1", seed, n_latents=n_latents, widths=widths).train()
+    with torch.no_grad():
+        sae.W_dec[1, 0] = 0.0  # a zero decoder row: its norm's gradient is 0
+    x = torch.randn(40, 7, generator=g, dtype=torch.float64)
+    weights = {key: torch.rand(3, generator=g, dtype=torch.float64) for key in ("mse", "sparsity")}
+    results = []
+    for batch in (x, x.expand(3, -1, -1)):  # shared: the fused path; per member: the generic one
+        sae.samples_since_fired.fill_(5)
+        losses = sae.loss(batch)
+        weighted = sum((weights[key] * losses[key]).sum() for key in weights)
+        results.append((losses, torch.autograd.grad(weighted, list(sae.parameters())),
+                        sae.samples_since_fired.clone()))
+    (fused, fused_grads, fused_counts), (generic, generic_grads, generic_counts) = results
+    assert type(fused["mse"].grad_fn).__name__ == "SharedBatchReLUL1LossBackward"
+    for key in ("mse", "sparsity", "total"):
+        torch.testing.assert_close(fused[key], generic[key], rtol=1e-10, atol=1e-12)
+    for a, b in zip(fused_grads, generic_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.equal(fused_counts, generic_counts)
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 6))
 def test_topk_keeps_the_k_largest_contributions_per_sample(seed, k):

@@ -188,6 +188,11 @@ class SAE(nn.Module):
         """Per-member sparsity penalty (M,); none by default (TopK-style SAEs)."""
         return codes_MBF.new_zeros(codes_MBF.shape[0])
 
+    def fused_loss_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+        """A faster route to (mse (M,), sparsity (M,), code sums over the batch (M, F)) with the
+        gradients of the generic path, or None where an architecture has none for this input."""
+        return None
+
     def decoder_norms(self) -> Tensor:
         """||W_dec[m, i]||: (M, F)."""
         return self.W_dec.norm(dim=-1)
@@ -217,15 +222,21 @@ class SAE(nn.Module):
         """total (scalar, summed over members) and per-member (M,) mse, sparsity, aux, per_member.
 
         In training mode this also updates the dead-latent counters."""
-        pre = self.pre_activations(x)
-        codes = self.activation(pre)
-        mse = self.reconstruction_loss(x, codes)
-        sparsity = self.sparsity_loss(codes, pre)
+        with_aux = self.config["aux_coefficient"] > 0
+        fused = None if with_aux else self.fused_loss_terms(x)
+        if fused is None:
+            pre = self.pre_activations(x)
+            codes = self.activation(pre)
+            mse = self.reconstruction_loss(x, codes)
+            sparsity = self.sparsity_loss(codes, pre)
+        else:
+            mse, sparsity, code_sums_MF = fused
         if self.training:
             with torch.no_grad():
-                fired_MF = codes.sum(dim=1) > 0  # codes are >= 0; a sum is 10x faster than any
-                self.samples_since_fired.add_(codes.shape[1]).masked_fill_(fired_MF, 0)
-        if self.config["aux_coefficient"] > 0:
+                # codes are >= 0; a sum is 10x faster than any
+                fired_MF = (codes.sum(dim=1) if fused is None else code_sums_MF) > 0
+                self.samples_since_fired.add_(x.shape[-2]).masked_fill_(fired_MF, 0)
+        if with_aux:
             aux = self.aux_loss(x, codes, pre)
         else:
             aux = torch.zeros_like(mse)
