@@ -1,4 +1,5 @@
-"""Large worlds: exact marginals through the copula, hierarchy rules, config round trip."""
+"""Large worlds: exact marginals (copula, clusters, sparse Poisson line), hierarchy rules, the
+documented cluster joint probabilities, sparse and dense outputs, config round trip."""
 
 import json
 import math
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.special import ndtri
 from scipy.stats import multivariate_normal
 
-from toymodels.worlds import LargeWorld
+from toymodels.worlds import LargeWorld, _group_by_sample
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -57,12 +58,13 @@ def small_worlds(draw):
         depth=depth,
         child_probability=(0.1, top),
         exclusive_children=exclusive,
-        correlation=draw(st.sampled_from(["none", "random", "low_rank"])),
+        correlation=draw(st.sampled_from(["none", "random", "low_rank", "clusters"])),
         correlation_rank=draw(st.integers(1, 4)),
+        cluster_size=draw(st.integers(1, 5)),
     )
 
 
-@settings(max_examples=20, deadline=None, derandomize=True)  # statistical: reproducible CI
+@settings(max_examples=24, deadline=None, derandomize=True)  # statistical: reproducible CI
 @given(world=small_worlds(), seed=st.integers(0, 2**31 - 1))
 def test_marginals_are_exact_through_copula_and_hierarchy(world, seed):
     n = 20_000
@@ -92,6 +94,53 @@ def test_joint_firing_of_roots_is_the_gaussian_copula(correlation):
         rho = correlation[i, j]
         expected = multivariate_normal(cov=[[1, rho], [rho, 1]]).cdf([thresholds[i], thresholds[j]])
         _assert_binomial(np.array([(firing[:, i] & firing[:, j]).sum()]), n, np.array([expected]))
+
+
+def test_cluster_pairs_fire_with_the_documented_joint_probability():
+    world = LargeWorld(n_features=12, d_in=16, seed=2, firing="linear", p_max=0.5, p_min=0.1,
+                       correlation="clusters", cluster_size=3, correlation_strength=(0.2, 0.95))
+    pi, q, r, rho = world.cluster_parameters
+    p = world.root_probabilities
+    # The derivation, checked independently: exact marginals, probabilities, and the pairwise phi
+    # correlation is the requested strength capped at sqrt(odds_min / odds_max).
+    np.testing.assert_allclose(pi[np.arange(12) // 3] * q + (1 - pi[np.arange(12) // 3]) * r, p)
+    assert np.all((0 <= r) & (r <= q) & (q <= 1))
+    odds = (p / (1 - p)).reshape(4, 3)
+    assert np.all(rho <= np.minimum(0.95, np.sqrt(odds.min(axis=1) / odds.max(axis=1))) + 1e-12)
+    assert np.all(rho >= np.minimum(0.2, np.sqrt(odds.min(axis=1) / odds.max(axis=1))) - 1e-12)
+    assert rho.min() > 0.15  # really correlated
+    n = 200_000
+    firing = world.sample_firing(n, _generator(7)).numpy()
+    for i, j in [(0, 1), (0, 2), (4, 5), (9, 11), (0, 3), (2, 7), (5, 10)]:
+        c = i // 3
+        if c == j // 3:
+            joint = pi[c] * q[i] * q[j] + (1 - pi[c]) * r[i] * r[j]
+            phi = (joint - p[i] * p[j]) / np.sqrt(p[i] * (1 - p[i]) * p[j] * (1 - p[j]))
+            assert phi == pytest.approx(rho[c])
+        else:
+            joint = p[i] * p[j]
+        _assert_binomial(np.array([(firing[:, i] & firing[:, j]).sum()]), n, np.array([joint]))
+
+
+def test_cluster_with_a_certain_root_stays_independent():
+    world = LargeWorld(n_features=8, d_in=8, p_max=1.0, correlation="clusters", cluster_size=4)
+    pi, q, r, rho = world.cluster_parameters
+    assert rho[0] == 0 and pi[0] == 0 and rho[1] > 0
+    np.testing.assert_allclose(r[:4], world.root_probabilities[:4])
+    assert world.sample_firing(1000, _generator())[:, 0].all()
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=4), n=st.integers(1, 6),
+       seed=st.integers(0, 1000))
+def test_counting_merge_groups_blocks_by_sample(sizes, n, seed):
+    generator = _generator(seed)
+    blocks = [(torch.randint(n, (size,), generator=generator).sort().values,
+               torch.randint(100, (size,), generator=generator)) for size in sizes]
+    offsets, features = _group_by_sample(blocks, n)
+    for sample in range(n):
+        expected = torch.cat([f[s == sample] for s, f in blocks])  # block after block
+        assert torch.equal(features[offsets[sample] : offsets[sample + 1]], expected)
 
 
 def test_children_fire_with_their_conditional_probability():
@@ -141,9 +190,21 @@ def test_superposition_uses_unit_directions():
     for n in (0, 1, 10):
         activations, firing = world.sample(n, _generator())
         assert activations.shape == (n, 64) and firing.shape == (n, 300)
-    # more rows than one sampling chunk: every row is still filled
-    activations, firing = world.sample(40_000, _generator())
-    torch.testing.assert_close(activations, firing.float() @ world.directions, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("correlation", ["none", "clusters", "low_rank"])
+def test_sparse_and_dense_outputs_agree(correlation):
+    world = LargeWorld(n_features=300, d_in=64, n_trees=20, branching=3, depth=2,
+                       correlation=correlation, magnitude_std=0.2, seed=6)
+    n = 40_000  # more rows than one sampling chunk
+    activations, codes = world.sample_sparse(n, _generator(1))
+    dense_activations, firing = world.sample(n, _generator(1))
+    assert torch.equal(activations, dense_activations) and torch.equal(codes.firing(), firing)
+    torch.testing.assert_close(activations, codes.to_dense() @ world.directions, atol=1e-5,
+                               rtol=0)
+    assert codes.offsets[0] == 0 and codes.offsets[-1] == len(codes.features)
+    assert torch.all(codes.offsets.diff() >= 0)
+    assert int(firing.sum()) == len(codes.features)  # no feature listed twice in a sample
 
 
 def test_config_round_trip_and_determinism():
@@ -166,7 +227,9 @@ def test_config_round_trip_and_determinism():
         ({"n_trees": 10, "branching": 3}, "more than n_features"),
         ({"n_trees": 1, "exclusive_children": True, "child_probability": (0.2, 0.6)},
          "branching \\* max child probability <= 1"),
-        ({"correlation": "full"}, "allowed: none, random, low_rank"),
+        ({"correlation": "full"}, "allowed: none, random, low_rank, clusters"),
+        ({"correlation": "clusters", "correlation_strength": (0.3, 1.2)}, "<= 1"),
+        ({"cluster_size": 0}, "cluster_size = 0"),
         ({"correlation": "low_rank", "correlation_strength": (0.3, 1.0)}, "< 1"),
         ({"magnitude_std": -0.1}, "std >= 0"),
         ({"d_in": 0}, "must be >= 1"),
@@ -176,3 +239,10 @@ def test_config_round_trip_and_determinism():
 def test_invalid_parameters_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         LargeWorld(**{"n_features": 20, "d_in": 8, **overrides})
+
+
+def test_cluster_parameters_and_copula_correlation_belong_to_their_modes():
+    with pytest.raises(ValueError, match="need correlation = 'clusters'"):
+        _ = LargeWorld(n_features=8, d_in=8).cluster_parameters
+    with pytest.raises(ValueError, match="has no copula"):
+        LargeWorld(n_features=8, d_in=8, correlation="clusters").root_correlation()
