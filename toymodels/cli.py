@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             parser.add_argument("--seeds", type=int, default=defaults["seeds"],
                                 help="independent initialisations per configuration")
         parser.add_argument("--seed", type=int, default=0)
+        if name == "hedging-width":
+            parser.add_argument("--new-latents", type=int, default=5,
+                                help="N, latents added by the hedging protocol")
         parser.set_defaults(handler=handler, out_default=f"runs/toy-{name}")
 
 
@@ -127,9 +130,10 @@ def _fmt(values: list[float]) -> str:
 
 
 def _check_sizes(args: argparse.Namespace) -> str:
-    for name in ("samples", "seeds", "restarts"):
+    for name in ("samples", "seeds", "restarts", "new_latents"):
         if getattr(args, name, 1) < 1:
-            raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}")
+            flag = name.replace("_", "-")
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, name)}")
     _small_torch()
     return args.out or args.out_default
 
@@ -154,7 +158,7 @@ def run_hedging_width_command(args: argparse.Namespace) -> int:
     from toymodels.experiments.hedging_width import run_hedging_width
 
     return _report(run_hedging_width(out, n_samples=args.samples, n_seeds=args.seeds,
-                                     seed=args.seed))
+                                     n_new=args.new_latents, seed=args.seed))
 
 
 def run_absorption_command(args: argparse.Namespace) -> int:
