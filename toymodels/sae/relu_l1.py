@@ -31,6 +31,7 @@ class ReLUL1SAE(SAE):
         super().__init__(d_in, n_latents, n_members, **base)
         self.config["l1"] = per_member(l1, n_members, "l1")
         self.register_buffer("l1", torch.tensor(self.config["l1"]))
+        self._workspace: Tensor | None = None  # the fused loss's (2, B, M F) buffers
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
         return pre_MBF.relu()
@@ -46,8 +47,17 @@ class ReLUL1SAE(SAE):
         if (x.dim() != 2 or x.requires_grad or self.n_latents > FUSED_MAX_LATENTS
                 or type(self).reconstruction_loss is not ReLUL1SAE.reconstruction_loss):
             return None
+        # Kept from step to step: the allocator hands large blocks back to the system, so a
+        # fresh one is page-faulted anew each step, which costs more than the work done in it.
+        # Reuse is safe: autograd refuses a backward whose saved buffers were overwritten.
+        shape = (2, x.shape[0], self.n_members * self.n_latents)
+        workspace = self._workspace
+        if (workspace is None or workspace.shape != shape or workspace.dtype != x.dtype
+                or workspace.device != x.device):
+            workspace = self._workspace = x.new_empty(shape)
         return SharedBatchReLUL1Loss.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec,
-                                           self.l1, self.latent_mask if self._narrow else None)
+                                           self.l1, self.latent_mask if self._narrow else None,
+                                           workspace)
 
 
 def _diagonal(matrices_MFF: Tensor, offset: int) -> Tensor:
@@ -71,11 +81,11 @@ def _add_block_product(out_BK: Tensor, codes_BK: Tensor, matrices_MFF: Tensor) -
             out_BK[:, -offset:].addcmul_(diagonal_K[-offset:], codes_BK[:, :K + offset])
 
 
-def _block_gram(codes_BK: Tensor, F: int) -> Tensor:
-    """Each member's code Gram matrix H_m^T H_m (M, F, F), diagonal by diagonal."""
+def _block_gram(codes_BK: Tensor, F: int, products_BK: Tensor) -> Tensor:
+    """Each member's code Gram matrix H_m^T H_m (M, F, F), diagonal by diagonal (products_BK:
+    scratch space shaped like the codes)."""
     K = codes_BK.shape[1]
     gram_MFF = codes_BK.new_zeros(K // F, F, F)
-    products_BK = torch.empty_like(codes_BK)  # one buffer for all diagonals: fresh ones cost more
     for offset in range(F):
         products = torch.mul(codes_BK[:, offset:], codes_BK[:, :K - offset],
                              out=products_BK[:, :K - offset])
@@ -101,7 +111,7 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x_BD: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
-                b_dec: Tensor, l1_M: Tensor, mask_MF: Tensor | None
+                b_dec: Tensor, l1_M: Tensor, mask_MF: Tensor | None, workspace_2BK: Tensor
                 ) -> tuple[Tensor, Tensor, Tensor]:
         M, D, F = W_enc.shape
         B = x_BD.shape[0]
@@ -109,28 +119,29 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
         if mask_MF is not None:
             bias_MF = bias_MF.masked_fill(~mask_MF, float("-inf"))
         W_enc_DK = W_enc.transpose(0, 1).reshape(D, M * F)
-        codes_BK = torch.addmm(bias_MF.reshape(-1), x_BD, W_enc_DK).relu_()
+        codes_BK, scratch_BK = workspace_2BK
+        torch.addmm(bias_MF.reshape(-1), x_BD, W_enc_DK, out=codes_BK).relu_()
         sums_MF = codes_BK.sum(0).view(M, F)
         cross_MFD = (codes_BK.T @ x_BD).view(M, F, D)  # A = H^T x
-        code_gram_MFF = _block_gram(codes_BK, F)  # C
+        code_gram_MFF = _block_gram(codes_BK, F, scratch_BK)  # C
         gram_MFF = torch.bmm(W_dec, W_dec.transpose(1, 2))
         norms_MF = W_dec.norm(dim=-1)
         x_sum_D = x_BD.sum(0)
-        centred = (x_BD.square().sum() - 2 * b_dec @ x_sum_D + B * b_dec.square().sum(-1))
+        centred = (x_BD.ravel() @ x_BD.ravel() - 2 * b_dec @ x_sum_D + B * b_dec.square().sum(-1))
         projected_MFD = cross_MFD - sums_MF[..., None] * b_dec[:, None]  # A - s b^T
         mse_M = (centred - 2 * (W_dec * projected_MFD).sum((1, 2))
                  + (gram_MFF * code_gram_MFF).sum((1, 2))) / B
         sparsity_M = l1_M * (sums_MF * norms_MF).sum(-1) / B
-        ctx.save_for_backward(x_BD, W_enc, W_dec, b_dec, l1_M, codes_BK, sums_MF,
-                              projected_MFD, code_gram_MFF, gram_MFF, norms_MF, x_sum_D)
+        ctx.save_for_backward(x_BD, W_enc, W_dec, b_dec, l1_M, codes_BK, scratch_BK,
+                              sums_MF, projected_MFD, code_gram_MFF, gram_MFF, norms_MF, x_sum_D)
         ctx.mark_non_differentiable(sums_MF)
         return mse_M, sparsity_M, sums_MF
 
     @staticmethod
     def backward(ctx: Any, grad_mse_M: Tensor, grad_sparsity_M: Tensor, _: Tensor
                  ) -> tuple[Tensor | None, ...]:
-        (x_BD, W_enc, W_dec, b_dec, l1_M, codes_BK, sums_MF, projected_MFD,
-         code_gram_MFF, gram_MFF, norms_MF, x_sum_D) = ctx.saved_tensors
+        (x_BD, W_enc, W_dec, b_dec, l1_M, codes_BK, scratch_BK, sums_MF,
+         projected_MFD, code_gram_MFF, gram_MFF, norms_MF, x_sum_D) = ctx.saved_tensors
         M, D, F = W_enc.shape
         B = x_BD.shape[0]
         mse_scale_M = 2 * grad_mse_M / B
@@ -140,11 +151,12 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
         # dL/dH = 2/B (G h - W (x - b)) + l1/B ||W rows||, then through the ReLU.
         W_dec_DK = W_dec.permute(2, 0, 1).reshape(D, M * F)
         offset_MF = torch.bmm(W_dec, b_dec[..., None])[..., 0]  # W b
-        grad_BK = torch.addmm(offset_MF.reshape(-1), x_BD, W_dec_DK, alpha=-1)
+        grad_BK = torch.addmm(offset_MF.reshape(-1), x_BD, W_dec_DK, alpha=-1, out=scratch_BK)
         _add_block_product(grad_BK, codes_BK, gram_MFF)
         grad_BK.mul_(mse_scale_M.repeat_interleave(F))
         grad_BK.add_((l1_scale_M[:, None] * norms_MF).reshape(-1))
-        grad_pre_BK = torch.ops.aten.threshold_backward(grad_BK, codes_BK, 0)
+        grad_pre_BK = torch.ops.aten.threshold_backward.grad_input(grad_BK, codes_BK, 0,
+                                                                   grad_input=grad_BK)
         grad_b_enc_MF = grad_pre_BK.sum(0).view(M, F)
         grad_W_enc = ((x_BD.T @ grad_pre_BK).view(D, M, F).transpose(0, 1)
                       - b_dec[..., None] * grad_b_enc_MF[:, None])
@@ -154,4 +166,4 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
         grad_b_dec = (mse_scale_M[:, None] * (B * b_dec - x_sum_D
                                               + torch.bmm(sums_MF[:, None], W_dec)[:, 0])
                       - torch.bmm(W_enc, grad_b_enc_MF[..., None])[..., 0])
-        return None, grad_W_enc, grad_b_enc_MF, grad_W_dec, grad_b_dec, None, None
+        return None, grad_W_enc, grad_b_enc_MF, grad_W_dec, grad_b_dec, None, None, None
