@@ -105,6 +105,75 @@ def theory_stage(folder: Path) -> None:
     )
 
 
+def command_stage(name: str, *argv: str) -> Stage:
+    """A stage that runs one `sae-hedging` command with `--out` set to its run folder."""
+
+    def build(folder: Path) -> None:
+        from reports.cli import main
+
+        status = main([*argv, "--out", str(folder)])
+        if status != 0:
+            raise ValueError(f"stage {name} failed: sae-hedging {' '.join(argv)} exited {status}")
+
+    return Stage(name, build)
+
+
+def demo_stages(out: Path, model: str, layer: int, tokens: int, with_llm: bool) -> list[Stage]:
+    """The default job: theory, the four toy experiments and, with an LLM, extraction, one SAE
+    trained and evaluated, and the hedging protocol across widths on real activations."""
+    stages = [
+        Stage("theory", theory_stage),
+        command_stage("toy-scenarios", "toy", "scenarios"),
+        command_stage("toy-hedging-width", "toy", "hedging-width"),
+        command_stage("toy-absorption", "toy", "absorption"),
+        command_stage("toy-matryoshka", "toy", "matryoshka"),
+    ]
+    if with_llm:
+        cache = str(out / "llm-activations")
+        stages += [
+            command_stage(
+                "llm-activations",
+                "llm",
+                "extract",
+                "--model",
+                model,
+                "--layer",
+                str(layer),
+                "--tokens",
+                str(tokens),
+            ),
+            command_stage(
+                "llm-train",
+                "llm",
+                "train",
+                "--cache",
+                cache,
+                "--architecture",
+                "topk",
+                "--width",
+                "1024",
+                "--k",
+                "32",
+                "--tokens",
+                str(tokens),
+            ),
+            command_stage(
+                "llm-hedging",
+                "llm",
+                "hedging",
+                "--cache",
+                cache,
+                "--widths",
+                "128,256,512",
+                "--n-new",
+                "32",
+                "--tokens",
+                str(tokens // 2),
+            ),
+        ]
+    return stages
+
+
 def run_pipeline(out: Path, stages: list[Stage], title: str) -> Path:
     """Run the stages that have not finished yet, then rebuild the report from every run."""
     from reports.pdf import build_report
