@@ -119,8 +119,7 @@ def train(
            "sae": sae.full_config()}
     sae.to(device).train()
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
-    fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, **fast)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
     log, step = TrainLog(), 0
     sums = None  # per-member loss sums since the last log, kept on the device (no syncs)
     path = Path(checkpoint_path) if checkpoint_path is not None else None

@@ -122,7 +122,7 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
         codes_BK, scratch_BK = workspace_2BK
         torch.addmm(bias_MF.reshape(-1), x_BD, W_enc_DK, out=codes_BK).relu_()
         sums_MF = codes_BK.sum(0).view(M, F)
-        cross_MFD = (codes_BK.T @ x_BD).view(M, F, D)  # A = H^T x
+        cross_MFD = (x_BD.T @ codes_BK).view(D, M, F).permute(1, 2, 0)  # A = H^T x, faster as A^T
         code_gram_MFF = _block_gram(codes_BK, F, scratch_BK)  # C
         gram_MFF = torch.bmm(W_dec, W_dec.transpose(1, 2))
         norms_MF = W_dec.norm(dim=-1)
