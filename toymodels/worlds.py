@@ -38,8 +38,8 @@ ReLU(magnitude_mean + magnitude_std * N(0, 1)). Directions are orthonormal when 
 random unit vectors otherwise.
 
 Sampling keeps firing sparse wherever the world allows (work ~ firings, not samples x features):
-independent Bernoulli firing comes from a Poisson process on a line (_poisson_line), children are
-drawn only at their parent's events, trigger members only at trigger events; activations are a
+independent Bernoulli firing comes from a Poisson process on a line (_IndependentFiring), children
+are drawn only at their parent's events, trigger members only at trigger events; activations are a
 gather-sum of direction rows (embedding_bag). Only the copula draws n x roots Gaussians.
 """
 
@@ -60,6 +60,7 @@ FIRING_SHAPES = ("zipf", "linear")
 CORRELATIONS = ("none", "random", "low_rank", "clusters")
 _CHUNK = 16384  # rows sampled at a time
 _Block = tuple[torch.Tensor, torch.Tensor]  # (samples_E sorted, features_E): events of a batch
+_EMPTY = torch.zeros(0, dtype=torch.long)
 
 
 @dataclass(frozen=True)
@@ -411,12 +412,18 @@ class LargeWorld:
         return self.sample_codes(n, generator).firing()
 
     def _sample_chunk(self, n: int, generator: torch.Generator | None) -> SparseCodes:
-        root_blocks = self._sample_roots(n, generator)
-        blocks, parent_blocks = list(root_blocks), root_blocks
-        for level in self._levels:
-            parent_blocks = [self._sample_children(level, *block, generator)
-                             for block in parent_blocks]
-            blocks += parent_blocks
+        blocks = self._sample_roots(n, generator)
+        if self._levels:
+            # Events of each level's parents, numbered within the level: first the tree roots.
+            parent_blocks = []
+            for samples_E, roots_E in blocks:
+                is_tree_E = (roots_E < self.n_trees).nonzero().flatten()
+                parent_blocks.append((samples_E[is_tree_E], roots_E[is_tree_E]))
+            for level in self._levels:
+                parent_blocks = [self._sample_children(level, *block, generator)
+                                 for block in parent_blocks]
+                blocks += [(samples_E, children_E + level.start)
+                           for samples_E, children_E in parent_blocks]
         offsets_N1, features_E = _group_by_sample(blocks, n)
         magnitudes_E = torch.full((len(features_E),), float(self.magnitude_mean))
         if self.magnitude_std > 0:
@@ -425,49 +432,42 @@ class LargeWorld:
         return SparseCodes(offsets_N1, features_E, magnitudes_E, self.n_features)
 
     def _sample_children(
-        self, level: _Level, samples_E: torch.Tensor, features_E: torch.Tensor,
+        self, level: _Level, samples_E: torch.Tensor, parents_E: torch.Tensor,
         generator: torch.Generator | None,
     ) -> _Block:
-        """The children events of one level below the parent events in a block (sorted by
-        sample); children only need random numbers where their parent fires."""
-        is_parent_E = (features_E >= level.parent_start) & (
-            features_E < level.parent_start + level.n_parents
-        )
-        samples_E = samples_E[is_parent_E]
-        parents_E = features_E[is_parent_E] - level.parent_start
-        first = level.start - self.n_roots
-        p_PB = self._conditional_probabilities[first : level.stop - self.n_roots]
-        p_EB = p_PB.view(-1, self.branching)[parents_E]
+        """(samples, children numbered within the level) below parent events (sorted by sample,
+        parents numbered within their level): children draw random numbers only there."""
+        first_row = (level.start - self.n_roots) // self.branching
         if self.exclusive_children:
             # Sibling k fires when one uniform falls in [cum_{k-1}, cum_k): at most one fires.
+            cumulative_EB = self._child_probabilities_PB.cumsum(dim=1)[first_row + parents_E]
             uniform_E1 = torch.rand(len(parents_E), 1, generator=generator)
-            chosen_E = (uniform_E1 >= p_EB.cumsum(dim=1)).sum(dim=1)
-            keep_E = chosen_E < self.branching
-            samples_E = samples_E[keep_E]
-            children_E = parents_E[keep_E] * self.branching + chosen_E[keep_E]
-        else:
-            events_E, siblings_E = (
-                torch.rand(p_EB.shape, generator=generator) < p_EB
-            ).nonzero(as_tuple=True)
-            samples_E = samples_E[events_E]
-            children_E = parents_E[events_E] * self.branching + siblings_E
-        return samples_E, children_E + level.start
+            chosen_E = (uniform_E1 >= cumulative_EB).sum(dim=1)
+            keep_E = (chosen_E < self.branching).nonzero().flatten()
+            return samples_E[keep_E], parents_E[keep_E] * self.branching + chosen_E[keep_E]
+        p_EB = self._child_probabilities_PB[first_row + parents_E]
+        events_E, siblings_E = (
+            torch.rand(p_EB.shape, generator=generator) < p_EB
+        ).nonzero(as_tuple=True)
+        return samples_E[events_E], parents_E[events_E] * self.branching + siblings_E
 
     @cached_property
-    def _conditional_probabilities(self) -> torch.Tensor:
-        return torch.as_tensor(self.child_probabilities, dtype=torch.float32)
+    def _child_probabilities_PB(self) -> torch.Tensor:
+        """(all parents, branching) conditional probabilities of each parent's children."""
+        return torch.as_tensor(self.child_probabilities, dtype=torch.float32).view(
+            -1, self.branching)
 
     def _sample_roots(self, n: int, generator: torch.Generator | None) -> list[_Block]:
         """Root events as blocks sorted by sample."""
         if self.correlation in ("random", "low_rank"):
             return [self._sample_copula_roots(n, generator)]
         if self.correlation == "none":
-            return _bernoulli_events(self._root_probabilities_64, n, generator)
+            return self._independent_roots.sample(n, generator)
         return self._sample_cluster_roots(n, generator)
 
     @cached_property
-    def _root_probabilities_64(self) -> torch.Tensor:
-        return torch.as_tensor(self.root_probabilities, dtype=torch.float64)
+    def _independent_roots(self) -> _IndependentFiring:
+        return _IndependentFiring(self.root_probabilities)
 
     def _sample_copula_roots(self, n: int, generator: torch.Generator | None) -> _Block:
         """Dense: the copula Gaussian (n x roots) below each root's threshold."""
@@ -483,16 +483,18 @@ class LargeWorld:
     def _sample_cluster_roots(self, n: int, generator: torch.Generator | None) -> list[_Block]:
         """Background events everywhere except in triggered (sample, cluster) pairs, where the
         members are drawn afresh with their triggered probabilities."""
-        trigger_rates_C, triggered_CM, background_R = self._cluster_tensors
-        samples_T, clusters_T = _poisson_line(trigger_rates_C, n, generator)
-        blocks = _bernoulli_events(background_R, n, generator)
+        triggers, background, triggered_CM = self._cluster_samplers
+        n_clusters = len(triggered_CM)
+        trigger_blocks = triggers.sample(n, generator)  # trigger probabilities are < 1: one block
+        samples_T, clusters_T = trigger_blocks[0] if trigger_blocks else (_EMPTY, _EMPTY)
+        blocks = background.sample(n, generator)
         if len(clusters_T):
-            n_clusters = len(trigger_rates_C)
-            keys_T = samples_T * n_clusters + clusters_T  # sorted, as the events are
+            triggered_NC = torch.zeros(n * n_clusters, dtype=torch.bool)
+            triggered_NC[samples_T * n_clusters + clusters_T] = True
             for b, (samples_E, roots_E) in enumerate(blocks):
-                keys_E = samples_E * n_clusters + roots_E // self.cluster_size
-                slot_E = torch.searchsorted(keys_T, keys_E).clamp_(max=len(keys_T) - 1)
-                untriggered_E = keys_T[slot_E] != keys_E
+                untriggered_E = triggered_NC[samples_E * n_clusters
+                                             + roots_E // self.cluster_size].logical_not_()
+                untriggered_E = untriggered_E.nonzero().flatten()
                 blocks[b] = (samples_E[untriggered_E], roots_E[untriggered_E])
         p_TM = triggered_CM[clusters_T]
         triggers_E, members_E = (
@@ -503,15 +505,14 @@ class LargeWorld:
         return blocks
 
     @cached_property
-    def _cluster_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(Poisson-line rates of the triggers (C,) float64, triggered probabilities
-        (C, cluster_size) float32 padded with 0, background probabilities (R,) float64)."""
+    def _cluster_samplers(self) -> tuple[_IndependentFiring, _IndependentFiring, torch.Tensor]:
+        """(triggers, background firing, triggered probabilities (C, cluster_size) float32
+        padded with 0)."""
         trigger_C, triggered_R, background_R, _ = self.cluster_parameters
         padded = np.zeros(len(trigger_C) * self.cluster_size)
         padded[: self.n_roots] = triggered_R
-        return (torch.as_tensor(-np.log1p(-trigger_C), dtype=torch.float64),
-                torch.as_tensor(padded, dtype=torch.float32).view(len(trigger_C), -1),
-                torch.as_tensor(background_R, dtype=torch.float64))
+        return (_IndependentFiring(trigger_C), _IndependentFiring(background_R),
+                torch.as_tensor(padded, dtype=torch.float32).view(len(trigger_C), -1))
 
     @cached_property
     def _copula_in_noise_units(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -540,48 +541,65 @@ def _random_correlation_factor(
     return factor / np.linalg.norm(factor, axis=1, keepdims=True)
 
 
-def _poisson_line(rates_K: torch.Tensor, n: int, generator: torch.Generator | None) -> _Block:
-    """(sample, item) events of independent Bernoulli(1 - exp(-rate_k)) firing of K items in n
-    samples, sorted by sample then item, each firing once.
+class _IndependentFiring:
+    """Exact sparse sampler of independent Bernoulli(p_k) firing of K items in n samples, with work
+    ~ the number of firings: returns (sample, item) blocks sorted by sample, each firing once.
 
-    Sample s owns the segment [s L, s L + L) of a line, L = sum of the rates, and item k the piece
-    of length rate_k inside it. A rate-1 Poisson process on the line (cumulative sums of Exp(1)
-    gaps) puts independent Poisson(rate_k) counts of points in the pieces; item k fires in sample s
-    when its piece holds a point. Work ~ n L draws; points come out in order, so the points of one
-    firing are neighbours."""
-    length = n * float(rates_K.sum())
-    empty = torch.zeros(0, dtype=torch.long)
-    if length == 0:
-        return empty, empty
-    points, reached = [], 0.0
-    while reached < length:  # almost always once: 4 standard deviations of slack
-        count = int(length - reached + 4 * math.sqrt(length - reached) + 16)
-        gaps = torch.rand(count, generator=generator, dtype=torch.float64).neg_().log1p_().neg_()
-        points.append(gaps.cumsum_(0).add_(reached))
-        reached = float(points[-1][-1])
-    x = torch.cat(points) if len(points) > 1 else points[0]
-    x = x[: int(torch.searchsorted(x, length))]
-    total = length / n
-    samples_E = (x / total).long().clamp_(max=n - 1)
-    bounds_K = rates_K.cumsum(0)
-    items_E = torch.searchsorted(bounds_K, x - samples_E * total, right=True)
-    items_E.clamp_(max=len(rates_K) - 1)
-    keys_E = samples_E * len(rates_K) + items_E
-    first_E = torch.ones_like(keys_E, dtype=torch.bool)
-    torch.ne(keys_E[1:], keys_E[:-1], out=first_E[1:])
-    return samples_E[first_E], items_E[first_E]
+    A Bernoulli(p) is "a Poisson(-log(1 - p)) count is >= 1". Sample s owns the segment
+    [s L, s L + L) of a line, L = sum of the rates, and item k the piece of length rate_k inside it.
+    A rate-1 Poisson process on the line (cumulative sums of Exp(1) gaps) puts independent
+    Poisson(rate_k) counts of points in the pieces; item k fires in sample s when its piece holds
+    a point. Points come out in order, so the points of one firing are neighbours. A point's item
+    comes from a guide table (the first candidate item per cell of width L / cells) plus a few
+    steps. Certain items (p = 1) fire in every sample, as a second block."""
 
+    def __init__(self, p_K: np.ndarray) -> None:
+        certain_K = p_K >= 1
+        self.certain = torch.as_tensor(np.flatnonzero(certain_K))
+        with np.errstate(divide="ignore"):
+            rates_K = np.where(certain_K, 0.0, -np.log1p(-np.minimum(p_K, 1)))
+        self.items_J = torch.as_tensor(np.flatnonzero(rates_K > 0))  # items with a piece
+        bounds_J = np.cumsum(rates_K[rates_K > 0])
+        self.length = float(bounds_J[-1]) if len(bounds_J) else 0.0
+        cells = 8 * len(bounds_J) + 1
+        self.cell_width = self.length / cells
+        # guide[c] = number of bounds <= the start of cell c: a lower bound on the item index.
+        self.guide = torch.as_tensor(
+            np.searchsorted(bounds_J, np.arange(cells) * self.cell_width, side="right"))
+        self.bounds = torch.as_tensor(np.append(bounds_J, np.inf))  # inf: the walk stops there
 
-def _bernoulli_events(p_K: torch.Tensor, n: int, generator: torch.Generator | None) -> list[_Block]:
-    """Blocks of (sample, item) events, each sorted by sample, of independent Bernoulli(p_k)
-    firing: a Poisson line for p < 1 (a Bernoulli(p) is "a Poisson(-log(1 - p)) count is >= 1")
-    and every sample for the certain items."""
-    certain_K = p_K >= 1
-    blocks = [_poisson_line(torch.where(certain_K, 0.0, -torch.log1p(-p_K)), n, generator)]
-    certain = certain_K.nonzero().flatten()
-    if len(certain):
-        blocks.append((torch.arange(n).repeat_interleave(len(certain)), certain.repeat(n)))
-    return blocks
+    def sample(self, n: int, generator: torch.Generator | None) -> list[_Block]:
+        blocks = [self._line(n, generator)] if self.length > 0 and n else []
+        if len(self.certain):
+            blocks.append((torch.arange(n).repeat_interleave(len(self.certain)),
+                           self.certain.repeat(n)))
+        return blocks
+
+    def _line(self, n: int, generator: torch.Generator | None) -> _Block:
+        end = n * self.length
+        points, reached = [], 0.0
+        while reached < end:  # almost always once: 4 standard deviations of slack
+            count = int(end - reached + 4 * math.sqrt(end - reached) + 16)
+            gaps = torch.rand(count, generator=generator, dtype=torch.float64)
+            points.append(gaps.neg_().log1p_().neg_().cumsum_(0).add_(reached))
+            reached = float(points[-1][-1])
+        x = torch.cat(points) if len(points) > 1 else points[0]
+        x = x[: int(torch.searchsorted(x, end))]
+        sample_starts_E = torch.floor(x / self.length)  # float64: a long tensor * float is float32
+        within_E = x.sub_(sample_starts_E * self.length)
+        samples_E = sample_starts_E.long().clamp_(max=n - 1)
+        cells_E = (within_E / self.cell_width).long().clamp_(0, len(self.guide) - 1)
+        items_E = self.guide[cells_E]
+        behind = (self.bounds[items_E] <= within_E).nonzero().flatten()
+        while len(behind):
+            items_E[behind] += 1
+            behind = behind[self.bounds[items_E[behind]] <= within_E[behind]]
+        items_E.clamp_(max=len(self.items_J) - 1)  # a point rounded onto its segment's end
+        keys_E = samples_E * len(self.bounds) + items_E
+        first_E = torch.ones_like(keys_E, dtype=torch.bool)
+        torch.ne(keys_E[1:], keys_E[:-1], out=first_E[1:])
+        first_E = first_E.nonzero().flatten()
+        return samples_E[first_E], self.items_J[items_E[first_E]]
 
 
 def _group_by_sample(blocks: list[_Block], n: int) -> tuple[torch.Tensor, torch.Tensor]:

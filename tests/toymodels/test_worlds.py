@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.special import ndtri
 from scipy.stats import multivariate_normal
 
-from toymodels.worlds import LargeWorld, _group_by_sample
+from toymodels.worlds import LargeWorld, _group_by_sample, _IndependentFiring
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -141,6 +141,23 @@ def test_counting_merge_groups_blocks_by_sample(sizes, n, seed):
     for sample in range(n):
         expected = torch.cat([f[s == sample] for s, f in blocks])  # block after block
         assert torch.equal(features[offsets[sample] : offsets[sample + 1]], expected)
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(p=st.lists(st.sampled_from([0.0, 1e-5, 1e-3, 0.05, 0.3, 0.9, 1.0])
+                  | st.floats(0, 1), min_size=1, max_size=40),
+       seed=st.integers(0, 1000))
+def test_sparse_independent_firing_is_exact(p, seed):
+    """Poisson line + guide table, over spreads of rates (zeros, certain items, tiny rates)."""
+    n, p = 4000, np.array(p)
+    blocks = _IndependentFiring(p).sample(n, _generator(seed))
+    samples = torch.cat([s for s, _ in blocks] + [torch.zeros(0, dtype=torch.long)])
+    items = torch.cat([i for _, i in blocks] + [torch.zeros(0, dtype=torch.long)])
+    for block_samples, _ in blocks:
+        assert torch.all(block_samples.diff() >= 0)  # sorted by sample
+    keys = samples * len(p) + items
+    assert len(torch.unique(keys)) == len(keys)  # each firing once
+    _assert_binomial(np.bincount(items.numpy(), minlength=len(p)), n, p)
 
 
 def test_children_fire_with_their_conditional_probability():
