@@ -111,3 +111,32 @@ def test_training_on_the_cache_learns_to_reconstruct(cache):
     quality = reconstruction_metrics(trained.sae, held_out * trained.input_scale)[0]
     assert quality["explained_variance"] > 0.6 > untrained["explained_variance"] + 0.3
     assert quality["l0"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_sparse_topk_loss_equals_the_generic_path(with_dead):
+    """TopKSAE.loss on a shared batch (the path LLM training takes) against SAE.loss."""
+    generator = torch.Generator().manual_seed(0)
+    sae = make_sae("topk", d_in=16, n_latents=40, n_members=3, widths=[40, 25, 40], k=[4, 6, 2],
+                   aux_k=5, aux_coefficient=0.5, dead_after_samples=10 if with_dead else 10**6,
+                   generator=generator)
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.randn(3, 40, generator=generator) * 0.1)
+        sae.b_dec.copy_(torch.randn(3, 16, generator=generator) * 0.1)
+    x = torch.randn(128, 16, generator=generator)
+    results = {}
+    for name, loss in (("sparse", type(sae).loss), ("generic", type(sae).__mro__[1].loss)):
+        copy = make_sae(**sae.full_config())
+        copy.load_state_dict(sae.state_dict())
+        losses = loss(copy, x)
+        losses["total"].backward()
+        results[name] = (losses, {n: p.grad for n, p in copy.named_parameters()},
+                         copy.samples_since_fired)
+    (sparse, sparse_grads, sparse_counts), (generic, generic_grads, generic_counts) = \
+        results["sparse"], results["generic"]
+    assert bool((generic["aux"] > 0).any()) == with_dead
+    for key in ("total", "mse", "aux", "per_member"):
+        torch.testing.assert_close(sparse[key], generic[key], rtol=1e-5, atol=1e-6)
+    for name, grad in generic_grads.items():
+        torch.testing.assert_close(sparse_grads[name], grad, rtol=1e-4, atol=1e-6)
+    assert torch.equal(sparse_counts, generic_counts)

@@ -1,0 +1,125 @@
+"""Tokens/s of TopK SAE training on cached LLM activations: ours vs SAELens, same data, same
+settings, with held-out explained variance at the same L0.
+
+Ours: toymodels' TopK SAE (16k latents, k = 32 by default) trained by toymodels.train on the
+rows of --acts (tensor "acts", (rows, d_model), as benchmarks/peers/tl_extract.py --save writes
+it), the last --eval-tokens rows held out, batches reshuffled on every pass exactly as the peer
+script does, constant learning rate (SAELens's default schedule), b_dec initialised to the
+geometric median of a batch and, with --normalize, inputs scaled to mean norm sqrt(d_model)
+(both inside the timed part, as the peer's norm estimate is). The peer,
+benchmarks/peers/saelens_train.py, trains SAELens's TopKTrainingSAE with its SAETrainer in
+.peer-venv. Runs are interleaved (ours, peer, ours, peer, ...) because the CPU is shared; each
+pair's ratio is reported, and the median.
+
+    .venv/bin/python benchmarks/bench_train.py --acts /tmp/gemma_l8_acts.safetensors
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from llm.evaluate import reconstruction_metrics
+from llm.training import normalisation_scale
+from toymodels.sae import make_sae
+from toymodels.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
+PEER_SCRIPT = ROOT / "benchmarks" / "peers" / "saelens_train.py"
+
+
+def shuffled_batches(acts_ND: torch.Tensor, seed: int):
+    """data(batch) over the rows, reshuffled on every pass; a pass's last partial batch is
+    dropped (the peer script's order of work)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {"order": torch.empty(0, dtype=torch.long), "next": 0}
+
+    def data(batch: int) -> torch.Tensor:
+        if state["next"] + batch > len(state["order"]):
+            state["order"], state["next"] = torch.randperm(len(acts_ND), generator=generator), 0
+        rows = state["order"][state["next"] : state["next"] + batch]
+        state["next"] += batch
+        return acts_ND[rows]
+
+    return data
+
+
+def measure_ours(args: argparse.Namespace, train_ND: torch.Tensor, held_out_ND: torch.Tensor
+                 ) -> dict:
+    torch.manual_seed(args.seed)
+    sae = make_sae("topk", d_in=train_ND.shape[1], n_latents=args.width, k=args.k,
+                   generator=torch.Generator().manual_seed(args.seed))
+    start = time.perf_counter()
+    scale = normalisation_scale(train_ND[: args.batch]) if args.normalize else 1.0
+    sae.init_b_dec(train_ND[: args.batch] * scale)
+    source = shuffled_batches(train_ND, args.seed)
+    train(sae, (lambda batch: source(batch) * scale) if args.normalize else source,
+          args.tokens, batch_size=args.batch, lr=args.lr, decay_fraction=0.0, seed=args.seed,
+          device="cpu", progress=False, log_every=10**9)
+    seconds = time.perf_counter() - start
+    quality = reconstruction_metrics(sae, held_out_ND * scale)[0]
+    tokens = args.tokens // args.batch * args.batch
+    return {"tokens_per_s": tokens / seconds, "explained_variance": quality["explained_variance"],
+            "l0": quality["l0"], "tokens": tokens, "seconds": seconds}
+
+
+def measure_peer(args: argparse.Namespace) -> dict:
+    command = [str(PEER_PYTHON), str(PEER_SCRIPT), "--acts", str(args.acts),
+               "--width", str(args.width), "--k", str(args.k), "--tokens", str(args.tokens),
+               "--batch", str(args.batch), "--eval-tokens", str(args.eval_tokens),
+               "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
+               "--normalize", "expected_average_only_in" if args.normalize else "none"]
+    result = subprocess.run(command, capture_output=True, text=True, check=True,
+                            cwd=PEER_SCRIPT.parent)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--acts", required=True, help="safetensors file with tensor 'acts'")
+    parser.add_argument("--width", type=int, default=16384)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=81_920, help="training tokens per run")
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--eval-tokens", type=int, default=4096)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--normalize", action="store_true",
+                        help="scale inputs to mean norm sqrt(d_model) (peer: "
+                        "expected_average_only_in)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved (ours, peer) pairs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-peer", action="store_true", help="measure ours alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    acts_ND = load_file(args.acts)["acts"].float()
+    train_ND, held_out_ND = acts_ND[: -args.eval_tokens], acts_ND[-args.eval_tokens :]
+    pairs = []
+    for _ in range(args.repeats):
+        ours = measure_ours(args, train_ND, held_out_ND)
+        peer = None if args.no_peer else measure_peer(args)
+        pairs.append({"ours": ours, "peer": peer, "load_average_1min": os.getloadavg()[0],
+                      "ratio_ours_vs_peer": None if peer is None
+                      else ours["tokens_per_s"] / peer["tokens_per_s"]})
+        print(json.dumps(pairs[-1]), file=sys.stderr)
+    ratios = [p["ratio_ours_vs_peer"] for p in pairs if p["ratio_ours_vs_peer"] is not None]
+    print(json.dumps({
+        "benchmark": "TopK SAE training on cached activations: tokens per second",
+        "width": args.width, "k": args.k, "d_model": acts_ND.shape[1], "batch": args.batch,
+        "tokens_per_run": args.tokens, "normalize": args.normalize, "pairs": pairs,
+        "median_ratio_ours_vs_peer": statistics.median(ratios) if ratios else None,
+        "torch_threads": torch.get_num_threads(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
