@@ -1,9 +1,10 @@
 """`toy scenarios`: trained ReLU-L1 SAEs on the hedging paper's two-feature worlds next to theory.
 
 Every (scenario, L1, width) configuration is trained `restarts` times from the family's random
-tied initialisation, all in ONE stack; the restart with the lowest held-out loss stands for the
-configuration (a single latent has local minima: tracking the child, the parent's complement, or
-dying). Its folded parameters in the feature basis are set next to theory's global optimum.
+tied initialisation (decoder rows of norm 0.1), all in ONE stack; the restart with the lowest
+held-out loss stands for the configuration (a single latent has local minima: tracking the child,
+the parent's complement, or dying). Its folded parameters in the feature basis are set next to
+theory's global optimum.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def train_relu_l1(
     sae = make_sae(
         "relu-l1", d_in=schedule.d_in, n_latents=max(width for _, _, width in members),
         n_members=len(members), widths=[width for _, _, width in members],
-        l1=[l1 for _, l1, _ in members], decoder_init_norm=1.0,
+        l1=[l1 for _, l1, _ in members],
         generator=torch.Generator().manual_seed(schedule.seed),
     )
     if tied:
