@@ -485,8 +485,7 @@ class LargeWorld:
         members are drawn afresh with their triggered probabilities."""
         triggers, background, triggered_CM = self._cluster_samplers
         n_clusters = len(triggered_CM)
-        trigger_blocks = triggers.sample(n, generator)  # trigger probabilities are < 1: one block
-        samples_T, clusters_T = trigger_blocks[0] if trigger_blocks else (_EMPTY, _EMPTY)
+        samples_T, clusters_T = triggers.sample(n, generator)[0]  # all pi < 1: one block
         blocks = background.sample(n, generator)
         if len(clusters_T):
             triggered_NC = torch.zeros(n * n_clusters, dtype=torch.bool)
@@ -569,7 +568,7 @@ class _IndependentFiring:
         self.bounds = torch.as_tensor(np.append(bounds_J, np.inf))  # inf: the walk stops there
 
     def sample(self, n: int, generator: torch.Generator | None) -> list[_Block]:
-        blocks = [self._line(n, generator)] if self.length > 0 and n else []
+        blocks = [self._line(n, generator)]
         if len(self.certain):
             blocks.append((torch.arange(n).repeat_interleave(len(self.certain)),
                            self.certain.repeat(n)))
@@ -577,6 +576,8 @@ class _IndependentFiring:
 
     def _line(self, n: int, generator: torch.Generator | None) -> _Block:
         end = n * self.length
+        if end == 0:
+            return _EMPTY, _EMPTY
         points, reached = [], 0.0
         while reached < end:  # almost always once: 4 standard deviations of slack
             count = int(end - reached + 4 * math.sqrt(end - reached) + 16)
