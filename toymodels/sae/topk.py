@@ -67,9 +67,10 @@ class TopKSAE(SAE):
         M, D, F = self.W_enc.shape
         with torch.no_grad():
             pre_MBF = self.pre_activations(x)
-            scores_MBF = pre_MBF.relu() * self.decoder_norms()[:, None]
-            top_MBK, index_MBK = scores_MBF.topk(self._k_max, dim=-1)
-            del scores_MBF
+            # Ranking pre * norm instead of relu(pre) * norm picks the same latents wherever a
+            # code is non-zero, and saves one pass over (M, B, F).
+            top_MBK, index_MBK = (pre_MBF * self.decoder_norms()[:, None]).topk(self._k_max,
+                                                                                dim=-1)
             ranks_K = torch.arange(self._k_max, device=x.device)
             fires_MBK = (top_MBK > 0) & (ranks_K < self.k[:, None, None])
         centred_MBD = x - self.b_dec[:, None]
