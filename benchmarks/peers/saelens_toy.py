@@ -38,6 +38,9 @@ def hierarchical_world(d_in: int, seed: int) -> tuple[FeatureDictionary, Activat
 def measure(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     features, firing = hierarchical_world(args.d_in, args.seed)
+    # Untimed warm-up: one-time costs (lazy imports such as torch._dynamo, seconds) per process.
+    warm_up = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=args.d_in, d_sae=1))
+    train_toy_sae(warm_up, features, firing, training_samples=args.batch, batch_size=args.batch)
     seconds = 0.0
     for index in range(args.n_saes):
         width = args.widths[index % len(args.widths)]
