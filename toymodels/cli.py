@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("--samples", type=int, default=defaults["samples"],
                             help="training samples per SAE (per stage for hedging-width)")
         if defaults["seeds"] is None:
-            parser.add_argument("--restarts", type=int, default=8,
+            parser.add_argument("--restarts", type=int, default=16,
                                 help="initialisations per configuration (best held-out loss)")
         else:
             parser.add_argument("--seeds", type=int, default=defaults["seeds"],

@@ -31,9 +31,10 @@ def check_run(folder, table, columns, seeds):
 
 @pytest.mark.slow
 def test_width_one_saes_land_on_theorys_optimum_in_every_scenario_and_l1(tmp_path):
-    # All 4 scenarios x 3 L1 x 8 restarts train as one stack; the default schedule is the one
-    # measured to converge (300k samples, lr 1e-2 decaying to 0 over the last 30%).
-    run_scenarios(tmp_path / "scenarios", Schedule(), widths=[1])
+    # All 4 scenarios x 3 L1 x 8 restarts train as one stack with the default schedule, the one
+    # measured to converge (300k samples, lr 1e-2 decaying to 0 over the last 30%); every
+    # configuration had >= 3 of 8 restarts at the optimum, and the best held-out loss picks one.
+    run_scenarios(tmp_path / "scenarios", Schedule(restarts=8), widths=[1])
     run = check_run(tmp_path / "scenarios", "components",
                     ["scenario", "l1", "width", "latent", "quantity", "predicted", "measured"],
                     ["sae_init_and_data"])

@@ -92,7 +92,7 @@ def freeze_decoder_bias(sae: SAE) -> None:
 
 @torch.no_grad()
 def held_out_loss(sae: SAE, data: EmbeddedWorlds, n_samples: int, seed: int,
-                  chunk: int = 8192) -> np.ndarray:
+                  chunk: int = 2048) -> np.ndarray:
     """Each member's loss on n_samples fresh samples (the same samples for members that share a
     world, so restarts are compared on common data): (M,)."""
     was_training = sae.training

@@ -45,7 +45,7 @@ class Schedule:
     batch_size: int = 1024
     lr: float = 1e-2
     decay_fraction: float = 0.3  # linear decay to 0 over the last 30% of steps
-    restarts: int = 8
+    restarts: int = 16  # each lands on the optimum with probability >= 3/8 (measured)
     d_in: int = 50
     held_out_samples: int = 32_768
     seed: int = 0
