@@ -99,15 +99,13 @@ class SparseCodes:
         """The samples of several parts, in order."""
         if len(parts) == 1:
             return parts[0]
-        ends = [part.offsets[1:] for part in parts]
-        shift = 0
-        for i, part in enumerate(parts):
-            ends[i] = ends[i] + shift
-            shift += len(part.features)
+        starts = np.cumsum([0] + [len(part.features) for part in parts])
         return SparseCodes(
-            torch.cat([torch.zeros(1, dtype=torch.long), *ends]),
-            torch.cat([torch.zeros(0, dtype=torch.long)] + [p.features for p in parts]),
-            torch.cat([torch.zeros(0)] + [p.magnitudes for p in parts]),
+            torch.cat([_EMPTY] + [part.offsets[:-1] + int(start)
+                                  for part, start in zip(parts, starts, strict=False)]
+                      + [torch.tensor([int(starts[-1])])]),
+            torch.cat([_EMPTY] + [part.features for part in parts]),
+            torch.cat([torch.zeros(0)] + [part.magnitudes for part in parts]),
             n_features,
         )
 
@@ -577,7 +575,7 @@ class _IndependentFiring:
     def _line(self, n: int, generator: torch.Generator | None) -> _Block:
         end = n * self.length
         if end == 0:
-            return _EMPTY, _EMPTY
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         points, reached = [], 0.0
         while reached < end:  # almost always once: 4 standard deviations of slack
             count = int(end - reached + 4 * math.sqrt(end - reached) + 16)
