@@ -11,9 +11,10 @@ from torch import Tensor
 
 from toymodels.sae.base import SAE, per_member
 
-# The fused loss handles each member's F x F decoder Gram matrix as 2F - 1 diagonals, each one
-# pass over the (B, M F) codes: cheap for the narrow toy SAEs, not for wide ones.
-FUSED_MAX_LATENTS = 8
+# The fused loss handles each member's F x F Gram matrices as diagonals, about 3F passes over the
+# (B, M F) codes: measured on CPU at d_in = 50 it is 2-4x faster than the generic path for F <= 8,
+# 1.2x at F = 16, even at F = 32 and slower beyond.
+FUSED_MAX_LATENTS = 16
 
 
 class ReLUL1SAE(SAE):
