@@ -28,11 +28,16 @@ class PlotRule:
     table: str | None = None  # the table's name (its CSV stem)
     kind: str | None = None  # the run kind (manifest "kind")
     columns: tuple[str, ...] = ()  # numeric columns the table must have, with one complete row
+    varies: str | None = None  # a column that must take at least two values (a line's x axis)
 
     def applies(self, kind: str, table_name: str, table: pd.DataFrame) -> bool:
         if self.table is not None and self.table != table_name:
             return False
         if self.kind is not None and self.kind != kind:
+            return False
+        if self.varies is not None and (
+            self.varies not in table.columns or table[self.varies].nunique() < 2
+        ):
             return False
         if not self.columns:
             return True
@@ -47,14 +52,20 @@ PLOT_RULES: list[PlotRule] = []
 
 
 def register_plot(
-    *, table: str | None = None, kind: str | None = None, columns: tuple[str, ...] = ()
+    *,
+    table: str | None = None,
+    kind: str | None = None,
+    columns: tuple[str, ...] = (),
+    varies: str | None = None,
 ) -> Callable[[PlotFunction], PlotFunction]:
     """Decorator adding a plot rule; at least one key is required so no rule matches everything."""
     if table is None and kind is None and not columns:
         raise ValueError("register_plot needs table=, kind= or columns=; none was given")
 
     def add(draw: PlotFunction) -> PlotFunction:
-        PLOT_RULES.append(PlotRule(draw=draw, table=table, kind=kind, columns=tuple(columns)))
+        PLOT_RULES.append(
+            PlotRule(draw=draw, table=table, kind=kind, columns=tuple(columns), varies=varies)
+        )
         return draw
 
     return add
@@ -72,9 +83,14 @@ def group_columns(table: pd.DataFrame, exclude: tuple[str, ...]) -> list[str]:
     seeds) that are averaged.
     """
     return [
-        c for c in table.columns
-        if c not in exclude and (c == "group" or not pd.api.types.is_numeric_dtype(table[c])
-                                 or pd.api.types.is_bool_dtype(table[c]))
+        c
+        for c in table.columns
+        if c not in exclude
+        and (
+            c == "group"
+            or not pd.api.types.is_numeric_dtype(table[c])
+            or pd.api.types.is_bool_dtype(table[c])
+        )
     ]
 
 
@@ -106,8 +122,16 @@ def predicted_vs_measured(table: pd.DataFrame) -> Figure:
     data = table.dropna(subset=["predicted", "measured"])
     fig, ax = _new_plot("measured vs predicted")
     for label, part in _groups(data, group_columns(data, ("predicted", "measured"))):
-        ax.scatter(part["predicted"], part["measured"], s=28, alpha=0.85, label=label,
-                   edgecolors="white", linewidths=0.5, zorder=3)
+        ax.scatter(
+            part["predicted"],
+            part["measured"],
+            s=28,
+            alpha=0.85,
+            label=label,
+            edgecolors="white",
+            linewidths=0.5,
+            zorder=3,
+        )
     low = float(min(data["predicted"].min(), data["measured"].min()))
     high = float(max(data["predicted"].max(), data["measured"].max()))
     pad = 0.05 * (high - low) or 0.05 * max(abs(high), 1.0)
@@ -119,9 +143,16 @@ def predicted_vs_measured(table: pd.DataFrame) -> Figure:
     ax.set_xlabel("predicted")
     ax.set_ylabel("measured")
     error = (data["measured"] - data["predicted"]).abs()
-    ax.text(0.02, 0.97, f"n = {len(data)}   max |measured - predicted| = {error.max():.3g}",
-            transform=ax.transAxes, va="top", fontsize=9, parse_math=False,
-            bbox={"facecolor": "white", "edgecolor": "0.8"})
+    ax.text(
+        0.02,
+        0.97,
+        f"n = {len(data)}   max |measured - predicted| = {error.max():.3g}",
+        transform=ax.transAxes,
+        va="top",
+        fontsize=9,
+        parse_math=False,
+        bbox={"facecolor": "white", "edgecolor": "0.8"},
+    )
     ax.legend(loc="lower right", fontsize=8)
     return fig
 
@@ -137,11 +168,24 @@ def line_plot(table: pd.DataFrame, x: str, y: str) -> Figure:
         (line,) = ax.plot(summary.index, summary["mean"], marker="o", markersize=4, label=label)
         if (summary["count"] > 1).any():
             repeated = True
-            ax.fill_between(summary.index, summary["min"], summary["max"],
-                            color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.fill_between(
+                summary.index,
+                summary["min"],
+                summary["max"],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     if repeated:
-        fig.text(0.1, 0.06, f"Lines: mean over rows with the same {x} (e.g. seeds); "
-                 "bands: their minimum to maximum.", fontsize=8, color="0.35", parse_math=False)
+        fig.text(
+            0.1,
+            0.06,
+            f"Lines: mean over rows with the same {x} (e.g. seeds); "
+            "bands: their minimum to maximum.",
+            fontsize=8,
+            color="0.35",
+            parse_math=False,
+        )
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
     if ax.get_legend_handles_labels()[1]:
@@ -149,9 +193,27 @@ def line_plot(table: pd.DataFrame, x: str, y: str) -> Figure:
     return fig
 
 
-@register_plot(columns=("width", "hedging_degree"))
+@register_plot(columns=("width", "hedging_degree"), varies="width")
 def hedging_vs_width(table: pd.DataFrame) -> Figure:
     return line_plot(table, "width", "hedging_degree")
+
+
+@register_plot(columns=("mu", "hedging_degree"), varies="mu")
+def hedging_vs_mu(table: pd.DataFrame) -> Figure:
+    """Balance matryoshka sweeps: hedging degree against the level weight mu."""
+    return line_plot(table, "mu", "hedging_degree")
+
+
+@register_plot(columns=("mu", "hedging", "absorption"), varies="mu")
+def hedging_and_absorption_vs_mu(table: pd.DataFrame) -> Figure:
+    """Toy balance matryoshka: the hedging / absorption trade-off over mu."""
+    long = table.melt(
+        id_vars=["mu"],
+        value_vars=["hedging", "absorption"],
+        var_name="measure",
+        value_name="component",
+    )
+    return line_plot(long, "mu", "component")
 
 
 def image_figure(png: Path, title: str) -> Figure:

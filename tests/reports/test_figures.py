@@ -83,3 +83,13 @@ def test_rules_can_be_keyed_by_table_name_and_run_kind(monkeypatch):
 def test_a_rule_that_would_match_everything_is_refused():
     with pytest.raises(ValueError, match="table=, kind= or columns="):
         register_plot()
+
+
+def test_a_sweep_is_plotted_against_the_column_that_varies():
+    """A matryoshka sweep at one width is drawn against mu, not as a one-point width plot."""
+    table = pd.DataFrame({"mu": [0.0, 0.25, 1.0], "width": [512] * 3,
+                          "hedging_degree": [0.3, 0.2, 0.1]})
+    (figure,) = plots_for("llm", "hedging_vs_mu", table)
+    (line,) = figure.axes[0].get_lines()
+    assert list(line.get_xdata()) == [0.0, 0.25, 1.0]
+    assert figure.axes[0].get_xlabel().lower().startswith("mu")
