@@ -63,7 +63,16 @@ def train_relu_l1(
     if schedule.restarts < 1:
         raise ValueError(f"restarts must be >= 1, got {schedule.restarts}")
     members = [c for _ in range(schedule.restarts) for c in configs]
-    data = EmbeddedWorlds(worlds, [w for w, _, _ in members], schedule.d_in, schedule.seed)
+    # Each restart draws its own data stream: restarts sharing one stream were measured to fall
+    # into the same wrong basin together. Held-out losses use common samples per world, so
+    # restarts of one configuration are compared on identical data.
+    n_worlds = len(worlds)
+    data = EmbeddedWorlds(
+        [w for _ in range(schedule.restarts) for w in worlds],
+        [r * n_worlds + w for r in range(schedule.restarts) for w, _, _ in configs],
+        schedule.d_in, schedule.seed,
+    )
+    held_out = EmbeddedWorlds(worlds, [w for w, _, _ in members], schedule.d_in, schedule.seed)
     sae = make_sae(
         "relu-l1", d_in=schedule.d_in, n_latents=max(width for _, _, width in members),
         n_members=len(members), widths=[width for _, _, width in members],
@@ -77,7 +86,7 @@ def train_relu_l1(
     train(sae, data, n_samples=schedule.n_samples, batch_size=schedule.batch_size,
           lr=schedule.lr, decay_fraction=schedule.decay_fraction, seed=schedule.seed,
           progress=False, device="cpu")
-    losses = held_out_loss(sae, data, schedule.held_out_samples, seed=schedule.seed + 1)
+    losses = held_out_loss(sae, held_out, schedule.held_out_samples, seed=schedule.seed + 1)
     params = to_feature_basis(sae, data.directions_ND)
     return [params[m] for m in best_of_restarts(losses, len(configs))]
 
