@@ -9,7 +9,8 @@ geometric median of a batch and, with --normalize, inputs scaled to mean norm sq
 (both inside the timed part, as the peer's norm estimate is). The peer,
 benchmarks/peers/saelens_train.py, trains SAELens's TopKTrainingSAE with its SAETrainer in
 .peer-venv. Runs are interleaved (ours, peer, ours, peer, ...) because the CPU is shared; each
-pair's ratio is reported, and the median.
+pair's ratio is reported, and the median; so is the ratio of tokens per CPU-second (ours: the
+timed part; the peer: its whole process, imports included), which a shared CPU disturbs less.
 
     .venv/bin/python benchmarks/bench_train.py --acts /tmp/gemma_l8_acts.safetensors
 """
@@ -17,6 +18,7 @@ pair's ratio is reported, and the median.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -57,18 +59,19 @@ def measure_ours(args: argparse.Namespace, train_ND: torch.Tensor, held_out_ND: 
     torch.manual_seed(args.seed)
     sae = make_sae("topk", d_in=train_ND.shape[1], n_latents=args.width, k=args.k,
                    generator=torch.Generator().manual_seed(args.seed))
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     scale = normalisation_scale(train_ND[: args.batch]) if args.normalize else 1.0
     sae.init_b_dec(train_ND[: args.batch] * scale)
     source = shuffled_batches(train_ND, args.seed)
     train(sae, (lambda batch: source(batch) * scale) if args.normalize else source,
           args.tokens, batch_size=args.batch, lr=args.lr, decay_fraction=0.0, seed=args.seed,
           device="cpu", progress=False, log_every=10**9)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     quality = reconstruction_metrics(sae, held_out_ND * scale)[0]
     tokens = args.tokens // args.batch * args.batch
-    return {"tokens_per_s": tokens / seconds, "explained_variance": quality["explained_variance"],
-            "l0": quality["l0"], "tokens": tokens, "seconds": seconds}
+    return {"tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu_seconds,
+            "explained_variance": quality["explained_variance"], "l0": quality["l0"],
+            "tokens": tokens, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 def measure_peer(args: argparse.Namespace) -> dict:
@@ -77,9 +80,15 @@ def measure_peer(args: argparse.Namespace) -> dict:
                "--batch", str(args.batch), "--eval-tokens", str(args.eval_tokens),
                "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
                "--normalize", "expected_average_only_in" if args.normalize else "none"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = subprocess.run(command, capture_output=True, text=True, check=True,
                             cwd=PEER_SCRIPT.parent)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peer = json.loads(result.stdout.strip().splitlines()[-1])
+    # CPU time of the whole peer process: its imports and data loading count against it too.
+    cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {**peer, "process_cpu_seconds": cpu_seconds,
+            "tokens_per_cpu_s": peer["tokens"] / cpu_seconds}
 
 
 def main() -> None:
@@ -108,7 +117,9 @@ def main() -> None:
         peer = None if args.no_peer else measure_peer(args)
         pairs.append({"ours": ours, "peer": peer, "load_average_1min": os.getloadavg()[0],
                       "ratio_ours_vs_peer": None if peer is None
-                      else ours["tokens_per_s"] / peer["tokens_per_s"]})
+                      else ours["tokens_per_s"] / peer["tokens_per_s"],
+                      "cpu_ratio_ours_vs_peer": None if peer is None
+                      else ours["tokens_per_cpu_s"] / peer["tokens_per_cpu_s"]})
         print(json.dumps(pairs[-1]), file=sys.stderr)
     ratios = [p["ratio_ours_vs_peer"] for p in pairs if p["ratio_ours_vs_peer"] is not None]
     print(json.dumps({

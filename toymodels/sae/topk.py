@@ -73,8 +73,7 @@ class TopKSAE(SAE):
                                                                                 dim=-1)
             ranks_K = torch.arange(self._k_max, device=x.device)
             fires_MBK = (top_MBK > 0) & (ranks_K < self.k[:, None, None])
-        centred_MBD = x - self.b_dec[:, None]
-        codes_MBK = self._chosen_pre(centred_MBD, index_MBK).relu() * fires_MBK
+        codes_MBK = self._chosen_pre(x, pre_MBF, index_MBK).relu() * fires_MBK
         x_hat_MBD = self._bag_decode(index_MBK, codes_MBK) + self.b_dec[:, None]
         mse = (x - x_hat_MBD).square().sum(-1).mean(-1)
         if self.training:
@@ -86,39 +85,89 @@ class TopKSAE(SAE):
         if self.config["aux_coefficient"] > 0:
             dead_MF = self.dead_latents()
             if bool(dead_MF.any()):  # one sync per step; most steps then skip the aux pass
-                aux = self._sparse_aux_loss(pre_MBF, dead_MF, centred_MBD,
-                                            (x - x_hat_MBD).detach())
+                aux = self._sparse_aux_loss(x, pre_MBF, dead_MF, (x - x_hat_MBD).detach())
         return {"total": (mse + aux).sum(), "mse": mse, "sparsity": torch.zeros_like(mse),
                 "aux": aux, "per_member": mse + aux}
 
-    def _chosen_pre(self, centred_MBD: Tensor, index_MBK: Tensor) -> Tensor:
+    def _chosen_pre(self, x_BD: Tensor, pre_MBF: Tensor, index_MBK: Tensor) -> Tensor:
         """pre-activations (M, B, K) of the chosen latents, with gradients."""
-        M, D, F = self.W_enc.shape
-        B, K = index_MBK.shape[1:]
-        flat_MBK = index_MBK + F * torch.arange(M, device=index_MBK.device)[:, None, None]
-        columns_NKD = nnf.embedding(flat_MBK.view(M * B, K), self.W_enc.transpose(1, 2)
-                                    .reshape(M * F, D))
-        dots_NK = torch.bmm(columns_NKD, centred_MBD.reshape(M * B, D, 1))[..., 0]
-        return dots_NK.view(M, B, K) + self.b_enc.view(-1)[flat_MBK]
+        return _ChosenPre.apply(pre_MBF.gather(-1, index_MBK), _flat(index_MBK, self.n_latents),
+                                x_BD, self.W_enc, self.b_enc, self.b_dec)
 
     def _bag_decode(self, index_MBK: Tensor, codes_MBK: Tensor) -> Tensor:
         """sum_j codes[m, b, j] W_dec[m, index[m, b, j]]: (M, B, D), no b_dec."""
-        M, F, D = self.W_dec.shape
-        B, K = index_MBK.shape[1:]
-        flat_MBK = index_MBK + F * torch.arange(M, device=index_MBK.device)[:, None, None]
-        decoded_ND = nnf.embedding_bag(flat_MBK.view(M * B, K), self.W_dec.view(M * F, D),
-                                       per_sample_weights=codes_MBK.reshape(M * B, K),
-                                       mode="sum")
-        return decoded_ND.view(M, B, D)
+        return _BagDecode.apply(_flat(index_MBK, self.n_latents), codes_MBK, self.W_dec)
 
-    def _sparse_aux_loss(self, pre_MBF: Tensor, dead_MF: Tensor, centred_MBD: Tensor,
+    def _sparse_aux_loss(self, x_BD: Tensor, pre_MBF: Tensor, dead_MF: Tensor,
                          residual_MBD: Tensor) -> Tensor:
         """aux_loss of the base class through the chosen dead latents only."""
         k_aux = min(self.config["aux_k"] or max(self.d_in // 2, 1), self.n_latents)
         with torch.no_grad():
             values_MBK, index_MBK = pre_MBF.masked_fill(~dead_MF[:, None], float("-inf")
                                                         ).topk(k_aux, dim=-1)
-        aux_codes_MBK = self._chosen_pre(centred_MBD, index_MBK).relu() * (values_MBK > 0)
+        aux_codes_MBK = self._chosen_pre(x_BD, pre_MBF, index_MBK).relu() * (values_MBK > 0)
         error_MBD = self._bag_decode(index_MBK, aux_codes_MBK) - residual_MBD
         scale = (dead_MF.sum(-1) / k_aux).clamp(max=1.0)
         return self.config["aux_coefficient"] * scale * error_MBD.square().sum(-1).mean(-1)
+
+
+def _flat(index_MBK: Tensor, n_latents: int) -> Tensor:
+    """Latent indices into the member-major (M F) axis."""
+    members = torch.arange(index_MBK.shape[0], device=index_MBK.device)[:, None, None]
+    return index_MBK + n_latents * members
+
+
+class _ChosenPre(torch.autograd.Function):
+    """pre[m, b, j] = (x_b - b_dec[m]) . W_enc[m, :, f] + b_enc[m, f] for the chosen f = index,
+    given its value from the dense forward; backward in O(B K D) through a sparse product."""
+
+    @staticmethod
+    def forward(ctx: Any, chosen_MBK: Tensor, flat_MBK: Tensor, x_BD: Tensor, W_enc: Tensor,
+                b_enc: Tensor, b_dec: Tensor) -> Tensor:
+        ctx.save_for_backward(flat_MBK, x_BD, W_enc, b_dec)
+        return chosen_MBK.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_MBK: Tensor) -> tuple:
+        flat_MBK, x_BD, W_enc, b_dec = ctx.saved_tensors
+        M, D, F = W_enc.shape
+        B, K = flat_MBK.shape[1:]
+        rows = torch.arange(B, device=x_BD.device).view(1, B, 1).expand(M, B, K)
+        by_latent = torch.sparse_coo_tensor(
+            torch.stack([flat_MBK.reshape(-1), rows.reshape(-1)]), grad_MBK.reshape(-1),
+            (M * F, B), check_invariants=False)
+        grad_b_enc_MF = torch.zeros(M * F, dtype=grad_MBK.dtype, device=grad_MBK.device
+                                    ).index_add_(0, flat_MBK.reshape(-1), grad_MBK.reshape(-1)
+                                                 ).view(M, F)
+        grad_W_enc_MFD = torch.sparse.mm(by_latent, x_BD).view(M, F, D)
+        grad_W_enc_MFD -= grad_b_enc_MF[..., None] * b_dec[:, None]
+        grad_b_dec_MD = -torch.bmm(W_enc, grad_b_enc_MF[..., None])[..., 0]
+        return None, None, None, grad_W_enc_MFD.transpose(1, 2), grad_b_enc_MF, grad_b_dec_MD
+
+
+class _BagDecode(torch.autograd.Function):
+    """sum_j codes[m, b, j] W_dec[flat[m, b, j]] (M, B, D); backward in O(B K D)."""
+
+    @staticmethod
+    def forward(ctx: Any, flat_MBK: Tensor, codes_MBK: Tensor, W_dec: Tensor) -> Tensor:
+        ctx.save_for_backward(flat_MBK, codes_MBK, W_dec)
+        M, F, D = W_dec.shape
+        B, K = flat_MBK.shape[1:]
+        decoded_ND = nnf.embedding_bag(flat_MBK.view(M * B, K), W_dec.view(M * F, D),
+                                       per_sample_weights=codes_MBK.reshape(M * B, K),
+                                       mode="sum")
+        return decoded_ND.view(M, B, D)
+
+    @staticmethod
+    def backward(ctx: Any, grad_MBD: Tensor) -> tuple:
+        flat_MBK, codes_MBK, W_dec = ctx.saved_tensors
+        M, F, D = W_dec.shape
+        B, K = flat_MBK.shape[1:]
+        rows_ND = nnf.embedding(flat_MBK.view(M * B, K), W_dec.view(M * F, D))
+        grad_codes = torch.bmm(rows_ND, grad_MBD.reshape(M * B, D, 1)).view(M, B, K)
+        rows = torch.arange(M * B, device=grad_MBD.device).view(M, B, 1).expand(M, B, K)
+        by_latent = torch.sparse_coo_tensor(
+            torch.stack([flat_MBK.reshape(-1), rows.reshape(-1)]), codes_MBK.reshape(-1),
+            (M * F, M * B), check_invariants=False)
+        grad_W_dec = torch.sparse.mm(by_latent, grad_MBD.reshape(M * B, D)).view(M, F, D)
+        return None, grad_codes, grad_W_dec
