@@ -12,6 +12,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="exact optimal SAE on a feature model (theory)",
         description="Exact optimum of a small SAE on a feature model, in the feature basis.",
     )
+    add_model_arguments(parser)
+    add_spec_arguments(parser)
+    parser.add_argument("--symbolic", action="store_true", help="include closed forms in LaTeX")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
+    parser.set_defaults(handler=run_derive)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--joint or --scenario (with its probability overrides): the feature model."""
     world = parser.add_mutually_exclusive_group(required=True)
     world.add_argument(
         "--joint",
@@ -24,14 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--p-parent", type=float, default=0.25)
     parser.add_argument("--p-child-given-parent", type=float)
     parser.add_argument("--p-child-given-not-parent", type=float)
+
+
+def add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """--width, --l1, --tied, --no-decoder-bias: the SAE variant."""
     parser.add_argument("--width", type=int, default=1)
     parser.add_argument("--l1", type=float, default=0.0)
     parser.add_argument("--tied", action="store_true", help="encoder = decoder transpose")
     parser.add_argument("--no-decoder-bias", action="store_true")
-    parser.add_argument("--symbolic", action="store_true", help="include closed forms in LaTeX")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
-    parser.set_defaults(handler=run_derive)
 
 
 def model_from_args(args: argparse.Namespace):  # noqa: ANN201 (FeatureModel, imported lazily)

@@ -8,7 +8,7 @@ import sympy as sp
 
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
 from theory.features import FeatureModel
-from theory.optimum import global_optimum
+from theory.optimum import Optimum, global_optimum
 from theory.sae import SAESpec
 
 
@@ -16,7 +16,15 @@ def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int
     """Optimum parameters in the feature basis (decoder rows unit norm), its exact expected loss,
     the states each latent fires on and, with `symbolic`, the closed forms of its region."""
     start = time.perf_counter()
-    optimum = global_optimum(model, spec, seed=seed)
+    record = optimum_record(model, spec, global_optimum(model, spec, seed=seed), symbolic)
+    record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def optimum_record(
+    model: FeatureModel, spec: SAESpec, optimum: Optimum, symbolic: bool = False
+) -> dict:
+    """The JSON record of an optimum already found (keys as `derive`'s, without timing)."""
     patterns = ["".join(map(str, pat)) for pat in model.patterns]
     record = {
         **optimum.params.to_json(),
@@ -35,7 +43,6 @@ def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int
     }
     if symbolic:
         record["symbolic"] = closed_forms_latex(model, spec, optimum.active)
-    record["seconds"] = time.perf_counter() - start
     return record
 
 

@@ -46,22 +46,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _register_train(commands: argparse._SubParsersAction) -> None:
+    from theory.cli import add_model_arguments, add_spec_arguments
+
     parser = commands.add_parser(
         "train", help="train one ReLU-L1 SAE on a feature model and compare with `derive`",
         description="Train a ReLU-L1 SAE on a feature model embedded orthonormally in d_in "
         "dimensions; print its parameters in the feature basis next to theory's optimum.",
     )
-    world = parser.add_mutually_exclusive_group(required=True)
-    world.add_argument("--joint", help="state table, e.g. 00:0.6,10:0.2,01:0.05,11:0.15")
-    world.add_argument("--scenario",
-                       help="independent | hierarchical | correlated | anticorrelated")
-    parser.add_argument("--p-parent", type=float, default=0.25)
-    parser.add_argument("--p-child-given-parent", type=float)
-    parser.add_argument("--p-child-given-not-parent", type=float)
-    parser.add_argument("--width", type=int, default=1)
-    parser.add_argument("--l1", type=float, default=0.0)
-    parser.add_argument("--tied", action="store_true", help="encoder = decoder transpose")
-    parser.add_argument("--no-decoder-bias", action="store_true")
+    add_model_arguments(parser)
+    add_spec_arguments(parser)
     parser.add_argument("--d-in", type=int, default=50)
     parser.add_argument("--samples", type=int, default=2_000_000)
     parser.add_argument("--batch-size", type=int, default=1024)
@@ -82,7 +75,7 @@ def _small_torch() -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from theory.cli import model_from_args, spec_from_args
-    from theory.derive import derive
+    from theory.derive import optimum_record
 
     model, spec = model_from_args(args), spec_from_args(args)
     for name in ("samples", "batch_size", "d_in", "restarts"):
@@ -99,8 +92,9 @@ def run_train(args: argparse.Namespace) -> int:
                         restarts=args.restarts, d_in=args.d_in, seed=args.seed)
     (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], schedule,
                                tied=spec.tied, decoder_bias=spec.decoder_bias)
-    theory = derive(model, spec, seed=args.seed)
-    result = compare(model, float(spec.l1), trained, global_optimum(model, spec, seed=args.seed))
+    optimum = global_optimum(model, spec, seed=args.seed)
+    theory = optimum_record(model, spec, optimum)
+    result = compare(model, float(spec.l1), trained, optimum)
     record = {
         **result["params"].to_json(),
         "expected_loss": result["expected_loss"],
