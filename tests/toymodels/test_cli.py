@@ -11,13 +11,6 @@ from toymodels.runs import read_run
 DERIVE_KEYS = {"encoder", "encoder_bias", "decoder", "decoder_bias", "expected_loss"}
 
 
-@pytest.fixture(autouse=True)
-def restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def run_cli(capsys, *argv):
     status = main(list(argv))
     out, err = capsys.readouterr()

@@ -1,7 +1,6 @@
 """Toy experiments: trained SAEs land on theory's optimum; every experiment writes a valid run."""
 
 import pytest
-import torch
 
 from theory.features import SCENARIOS
 from toymodels.experiments.absorption import run_absorption
@@ -9,14 +8,6 @@ from toymodels.experiments.hedging_width import run_hedging_width
 from toymodels.experiments.matryoshka import run_matryoshka
 from toymodels.experiments.scenarios import L1_VALUES, Schedule, run_scenarios
 from toymodels.runs import read_run
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def check_run(folder, table, columns, seeds):

@@ -18,13 +18,6 @@ OPTIONS = {"batch_size": 1024, "lr": 1e-2, "decay_fraction": 0.3, "progress": Fa
            "device": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def protocol_on(name, width, n_new=1, n_members=4):
     """Train `n_members` initialisations, run the protocol and return the row of the member

@@ -21,14 +21,6 @@ ARCHITECTURES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: extra threads only add synchronisation (and stall on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def exact_directions(n_features, d_in, seed):
     """Orthonormal rows exact to float64 precision."""

@@ -14,14 +14,6 @@ from toymodels.train import learning_rate_factor, to_feature_basis, train
 WORLD = scenario("correlated").numeric()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: extra threads only add synchronisation (and stall on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def world_data(d_in=50, dtype=torch.float32):
     """Samples of the two-feature world embedded in d_in dims (global RNG, so train seeds it)."""
