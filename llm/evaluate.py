@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from llm.corpus import Corpus, TokenBatch, token_batches
-from llm.models import LoadedModel, _hook_site
+from llm.models import LoadedModel, hook_site
 from toymodels.metrics import dead_fraction, explained_variance, l0
 from toymodels.sae import SAE
 
@@ -95,7 +95,7 @@ def splice_metrics(
     if n_batches < 1:
         raise ValueError(f"n_batches must be >= 1, got {n_batches}")
     sae = sae.to(model.device).eval()
-    site, read_input = _hook_site(model.layers[layer], hook)
+    site, read_input = hook_site(model.layers[layer], hook)
     keep = {}
 
     def with_sae(acts_BTD: Tensor) -> Tensor:

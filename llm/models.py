@@ -205,7 +205,7 @@ def _decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise ValueError(f"cannot find the {n_layers} decoder layers of {type(model).__name__}")
 
 
-def _hook_site(block: nn.Module, hook: str) -> tuple[nn.Module, bool]:
+def hook_site(block: nn.Module, hook: str) -> tuple[nn.Module, bool]:
     """(module, read its input?) whose input or output is hook point `hook` of this block.
 
     attn_out and mlp_out are what each sublayer adds to the residual stream: for blocks with
@@ -263,7 +263,7 @@ def activations(
     """
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} is out of range; allowed: 0..{model.n_layers - 1}")
-    site, read_input = _hook_site(model.layers[layer], hook)
+    site, read_input = hook_site(model.layers[layer], hook)
 
     def capture_input(module: nn.Module, args: tuple, kwargs: dict) -> None:
         raise _StopForward(args[0] if args else kwargs["hidden_states"])

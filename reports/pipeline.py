@@ -118,60 +118,38 @@ def command_stage(name: str, *argv: str) -> Stage:
     return Stage(name, build)
 
 
+def _argv(template: str, **values: object) -> list[str]:
+    """Split a command template into words, then fill each word (values may contain spaces)."""
+    return [word.format(**values) for word in template.split()]
+
+
 def demo_stages(out: Path, model: str, layer: int, tokens: int, with_llm: bool) -> list[Stage]:
     """The default job: theory, the four toy experiments and, with an LLM, extraction, one SAE
-    trained and evaluated, and the hedging protocol across widths on real activations."""
+    trained and evaluated, and the hedging protocol across widths on real activations.
+    Small batches give SAEs on a CPU-sized cache a few hundred steps."""
     stages = [
         Stage("theory", theory_stage),
-        command_stage("toy-scenarios", "toy", "scenarios"),
-        command_stage("toy-hedging-width", "toy", "hedging-width"),
-        command_stage("toy-absorption", "toy", "absorption"),
-        command_stage("toy-matryoshka", "toy", "matryoshka"),
+        command_stage("toy-scenarios", *_argv("toy scenarios --restarts 8")),
+        command_stage("toy-hedging-width", *_argv("toy hedging-width")),
+        command_stage("toy-absorption", *_argv("toy absorption")),
+        command_stage("toy-matryoshka", *_argv("toy matryoshka")),
     ]
-    if with_llm:
-        cache = str(out / "llm-activations")
-        stages += [
-            command_stage(
-                "llm-activations",
-                "llm",
-                "extract",
-                "--model",
-                model,
-                "--layer",
-                str(layer),
-                "--tokens",
-                str(tokens),
-            ),
-            command_stage(
-                "llm-train",
-                "llm",
-                "train",
-                "--cache",
-                cache,
-                "--architecture",
-                "topk",
-                "--width",
-                "1024",
-                "--k",
-                "32",
-                "--tokens",
-                str(tokens),
-            ),
-            command_stage(
-                "llm-hedging",
-                "llm",
-                "hedging",
-                "--cache",
-                cache,
-                "--widths",
-                "128,256,512",
-                "--n-new",
-                "32",
-                "--tokens",
-                str(tokens // 2),
-            ),
-        ]
-    return stages
+    if not with_llm:
+        return stages
+    paths = {"cache": out / "llm-activations", "sae": out / "llm-train" / "sae"}
+    return stages + [
+        command_stage("llm-activations", *_argv(
+            "llm extract --model {model} --layer {layer} --tokens {tokens}",
+            model=model, layer=layer, tokens=tokens)),
+        command_stage("llm-train", *_argv(
+            "llm train --cache {cache} --architecture topk --width 1024 --k 32 "
+            "--tokens {tokens} --batch-size 512", tokens=2 * tokens, **paths)),
+        command_stage("llm-eval", *_argv("llm eval --sae {sae} --cache {cache} --batches 2",
+                                         **paths)),
+        command_stage("llm-hedging", *_argv(
+            "llm hedging --cache {cache} --widths 128,256,512 --n-new 32 --tokens {tokens} "
+            "--batch-size 512", tokens=tokens // 2, **paths)),
+    ]
 
 
 def run_pipeline(out: Path, stages: list[Stage], title: str) -> Path:

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_models import save_tiny_model, write_text_corpus
 
 import llm.cache
 from llm.cache import ActivationStream, extract, verify
 from llm.corpus import load_corpus, token_batches
 from llm.models import activations, load_model
+from tests.llm.tiny_models import save_tiny_model, write_text_corpus
 
 SETTINGS = dict(layer=1, hook="resid_post", n_tokens=1000, shard_tokens=300, batch_size=4,
                 context_length=16)

@@ -4,10 +4,10 @@ import json
 
 import pandas as pd
 import pytest
-from tiny_models import save_tiny_model, write_text_corpus
 
 from llm.saefiles import load_sae
 from reports.cli import main
+from tests.llm.tiny_models import save_tiny_model, write_text_corpus
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny_models import WORDS, word_tokenizer, write_text_corpus
 
 from llm.corpus import _in_memory, load_corpus, text_sha256, token_batches
+from tests.llm.tiny_models import WORDS, word_tokenizer, write_text_corpus
 
 TOKENIZER = word_tokenizer()
 BOS, EOS, PAD = TOKENIZER.bos_token_id, TOKENIZER.eos_token_id, TOKENIZER.pad_token_id

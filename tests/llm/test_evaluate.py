@@ -4,10 +4,10 @@ model (identity SAE recovers the clean loss, a zero SAE equals zero ablation).""
 import numpy as np
 import pytest
 import torch
-from tiny_cache import CONTEXT, LAYER, tiny_setup
 
 from llm.corpus import token_batches
 from llm.evaluate import reconstruction_metrics, splice_metrics
+from tests.llm.tiny_cache import CONTEXT, LAYER, tiny_setup
 from toymodels.sae import make_sae
 
 D = 32

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
-from tiny_models import save_tiny_model
 
 from llm.models import HOOKS, OFFLINE_MODELS, _verify_folder, activations, load_model
+from tests.llm.tiny_models import save_tiny_model
 
 
 @pytest.fixture(scope="module", params=["gemma3", "llama"])

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from tiny_cache import tiny_setup
 
 import llm.training
 from llm.evaluate import reconstruction_metrics
@@ -16,6 +15,7 @@ from llm.training import (
     split_cache,
     train_on_cache,
 )
+from tests.llm.tiny_cache import tiny_setup
 from toymodels.sae import make_sae
 
 

@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-from tiny_models import save_tiny_model, write_text_corpus
-
 from llm.cache import extract
 from llm.corpus import load_corpus
 from llm.models import load_model
+from tests.llm.tiny_models import save_tiny_model, write_text_corpus
 
 LAYER, HOOK, CONTEXT = 1, "resid_post", 16
 

@@ -5,8 +5,8 @@ import pytest
 import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import feature_models, sae_params, sae_specs
 
+from tests.theory.strategies import feature_models, sae_params, sae_specs
 from theory.features import FeatureModel, independent, scenario
 from theory.sae import (
     SAEParams,

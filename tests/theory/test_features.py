@@ -7,8 +7,8 @@ import pytest
 import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import feature_models, two_feature_scenarios
 
+from tests.theory.strategies import feature_models, two_feature_scenarios
 from theory.features import (
     FeatureModel,
     from_table,

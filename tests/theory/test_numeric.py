@@ -6,8 +6,8 @@ import sympy as sp
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import check_grad, minimize
-from strategies import feature_models, sae_params, sae_specs
 
+from tests.theory.strategies import feature_models, sae_params, sae_specs
 from theory.features import from_table, independent, scenario, two_feature
 from theory.numeric import _Layout, _pre_activations, loss_and_gradient, numeric_optimum
 from theory.sae import SAEParams, SAESpec, codes, expected_loss

@@ -8,8 +8,8 @@ import pytest
 import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import feature_models
 
+from tests.theory.strategies import feature_models
 from theory import closed_forms
 from theory.features import SCENARIOS, independent, scenario
 from theory.numeric import numeric_optimum
