@@ -8,12 +8,9 @@ be compared with theory's optimum.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from theory.sae import SAEParams
+from toymodels.runs import atomic_write
 from toymodels.sae import SAE
 
 DataSource = Callable[[int], Tensor]
@@ -60,20 +58,6 @@ def learning_rate_factor(step: int, n_steps: int, warmup_steps: int, decay_fract
     if step >= decay_start and decay_fraction > 0:
         factor *= (n_steps - step) / (n_steps - decay_start)
     return factor
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def train(
@@ -131,7 +115,8 @@ def train(
 
     def save() -> None:
         if path is not None:
-            _atomic_torch_save(_checkpoint(run, step, sums, sae, optimizer, data, log), path)
+            state = _checkpoint(run, step, sums, sae, optimizer, data, log)
+            atomic_write(path, lambda f: torch.save(state, f))
 
     bar = tqdm(total=n_steps, initial=step, disable=not progress, unit="step",
                desc=sae.architecture)
