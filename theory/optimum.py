@@ -353,12 +353,7 @@ def global_optimum(
             to_beat = np.inf if best is None else best.loss
             candidates = _search_region(world, spec, active, l1, starts, to_beat)
         for directions in candidates:
-            params = _realise(world, spec, directions, active, l1)
-            if params is None:
-                continue
-            loss = float(expected_loss(world, params, l1))
-            if _better(loss, active, best, world):
-                best = Optimum(params, loss, _fired(active), len(regions))
+            best = _consider(best, world, spec, directions, active, l1, len(regions))
     assert best is not None  # the all-dead SAE is always consistent
     return best
 
@@ -386,13 +381,30 @@ def _width1_optimum(
     for value, active, directions in candidates:
         if best is not None and value > best.loss + TIE_TOL:
             break
-        params = _realise(world, spec, directions, active, l1)
-        if params is not None:
-            loss = float(expected_loss(world, params, l1))
-            if _better(loss, active, best, world):
-                best = Optimum(params, loss, _fired(active), len(regions))
+        best = _consider(best, world, spec, directions, active, l1, len(regions))
     assert best is not None  # the all-dead SAE is always consistent
     return best
+
+
+def _consider(
+    best: Optimum | None,
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    directions: np.ndarray,
+    active: np.ndarray,
+    l1: float,
+    n_regions: int,
+) -> Optimum | None:
+    """`best`, or this region's stationary point if it is consistent and better."""
+    params = _realise(world, spec, directions, active, l1)
+    if params is None:
+        return best
+    loss = float(expected_loss(world, params, l1))
+    return (
+        Optimum(params, loss, _fired(active), n_regions)
+        if _better(loss, active, best, world)
+        else best
+    )
 
 
 def _better(
