@@ -14,7 +14,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -186,7 +186,8 @@ class ActivationStream:
     Each epoch visits the shards in a fresh random order; rows are mixed within a pool of at most
     `buffer_shards` shards, so memory stays bounded however large the cache is. Every row is
     served exactly once per epoch, and the sequence is fixed by `seed`. Each shard is checked
-    against its sha256 when read.
+    against its sha256 when read. `shards` restricts the stream to those shard indices (e.g. the
+    training split).
     """
 
     def __init__(
@@ -197,6 +198,7 @@ class ActivationStream:
         buffer_shards: int = 4,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        shards: Sequence[int] | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
         self.manifest = read_manifest(self.cache_dir)
@@ -204,6 +206,13 @@ class ActivationStream:
             raise ValueError(f"activation cache {cache_dir} is incomplete; rerun the extraction")
         if buffer_shards < 1:
             raise ValueError(f"buffer_shards {buffer_shards} must be >= 1")
+        all_shards = self.manifest["shards"]
+        indices = range(len(all_shards)) if shards is None else list(shards)
+        if not indices or any(not 0 <= i < len(all_shards) for i in indices):
+            raise ValueError(
+                f"shards {list(indices)} must be a non-empty subset of 0..{len(all_shards) - 1}"
+            )
+        self._shards = [all_shards[i] for i in indices]
         self.batch_size = batch_size
         self.d_model = self.manifest["d_model"]
         self.dtype, self.device = dtype, torch.device(device)
@@ -224,7 +233,7 @@ class ActivationStream:
         return queue_ND[:batch_size].to(self.device)
 
     def _shuffled_chunks(self) -> Iterator[torch.Tensor]:
-        shards = self.manifest["shards"]
+        shards = self._shards
         keep_rows = (self._buffer_shards - 1) * self.manifest["config"]["shard_tokens"]
         for _ in itertools.count():
             pool_ND = torch.empty(0, self.d_model, dtype=self.dtype)

@@ -76,12 +76,8 @@ def split_cache(cache_dir: str | Path, held_out_tokens: int = 16_384) -> CacheSp
 def shard_stream(split: CacheSplit, shards: tuple[int, ...], seed: int,
                  buffer_shards: int = 4) -> ActivationStream:
     """An ActivationStream over the given shards only."""
-    stream = ActivationStream(split.cache_dir, seed=seed, buffer_shards=buffer_shards)
-    # ActivationStream serves every shard of its cache; it reads its shard list when the first
-    # batch is drawn, so restricting the list here restricts the stream.
-    stream.manifest = {**stream.manifest,
-                       "shards": [split.manifest["shards"][i] for i in shards]}
-    return stream
+    return ActivationStream(split.cache_dir, seed=seed, buffer_shards=buffer_shards,
+                            shards=shards)
 
 
 def held_out_activations(split: CacheSplit, n_tokens: int | None = None) -> Tensor:

@@ -176,3 +176,15 @@ def test_real_gemma_truncated_extraction_matches_its_full_forward(tmp_path):
         full_ids.append(batch.input_ids_BT[batch.keep_BT])
     assert torch.equal(ids_N.long(), torch.cat(full_ids)[:300])
     torch.testing.assert_close(acts_ND, torch.cat(full_acts)[:300], rtol=1e-4, atol=1e-3)
+
+
+def test_stream_over_a_shard_subset_serves_only_those_rows(tiny, corpus, tmp_path):
+    extract(tiny, corpus, out_dir=tmp_path, **SETTINGS)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    shard = manifest["shards"][1]
+    stream = ActivationStream(tmp_path, seed=0, shards=[1])
+    rows_ND = stream(shard["n_tokens"])
+    expected_ND = load_file(tmp_path / shard["file"])["activations"]
+    assert torch.equal(_sorted_rows(rows_ND), _sorted_rows(expected_ND))
+    with pytest.raises(ValueError, match=r"shards \[7\]"):
+        ActivationStream(tmp_path, shards=[7])
