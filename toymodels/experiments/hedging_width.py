@@ -64,7 +64,7 @@ def run_hedging_width(
                    generator=torch.Generator().manual_seed(seed))
 
     def data(batch: int) -> torch.Tensor:
-        return world.sample(batch)[0]
+        return world.sample_sparse(batch)[0]  # the firing pattern is not needed here
 
     train(sae, data, n_samples, seed=seed, **options)
     rows, _, _ = hedging_protocol(sae, data, n_samples, n_new, seed=seed + 1, **options)
