@@ -31,8 +31,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+LINTED := theory toymodels llm reports tests benchmarks
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check theory toymodels llm reports tests benchmarks
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -71,8 +71,11 @@ def timed(function, *args) -> tuple[float, object]:
 def full_forward(model: LoadedModel, batch) -> None:
     """The plain transformers forward with every hidden state (and the unembedding)."""
     with torch.no_grad():
-        model.model(input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT,
-                    output_hidden_states=True)
+        model.model(
+            input_ids=batch.input_ids_BT,
+            attention_mask=batch.attention_mask_BT,
+            output_hidden_states=True,
+        )
 
 
 def peer_figure(args: argparse.Namespace) -> dict | None:
@@ -81,9 +84,20 @@ def peer_figure(args: argparse.Namespace) -> dict | None:
     python, script = ROOT / ".peer-venv/bin/python", ROOT / "benchmarks/peers/tl_extract.py"
     if not (python.exists() and script.exists()):
         return None
-    command = [str(python), str(script), "--layer", str(args.layer), "--batch", str(args.batch),
-               "--ctx", str(args.ctx), "--n-batches", str(args.n_batches),
-               "--threads", str(args.threads)]
+    command = [
+        str(python),
+        str(script),
+        "--layer",
+        str(args.layer),
+        "--batch",
+        str(args.batch),
+        "--ctx",
+        str(args.ctx),
+        "--n-batches",
+        str(args.n_batches),
+        "--threads",
+        str(args.threads),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -118,8 +132,10 @@ def main() -> None:
     # medians of per-batch ratios: each compares measurements made seconds apart.
     rows, outputs = [], {"float32": [], "bfloat16": []}
     for batch in batches[1:]:
-        row = {"peak_fp32": matmul_gflops(torch.float32, shapes),
-               "peak_bf16": matmul_gflops(torch.bfloat16, shapes)}
+        row = {
+            "peak_fp32": matmul_gflops(torch.float32, shapes),
+            "peak_bf16": matmul_gflops(torch.bfloat16, shapes),
+        }
         for dtype in models:
             row[dtype], acts_BTD = timed(extract, dtype, batch)
             outputs[dtype].append(acts_BTD)
@@ -134,12 +150,17 @@ def main() -> None:
     ours_bf16 = median([tokens / r["bfloat16"] for r in rows])
     peer = peer_figure(args)
     result = {
-        "model": f"{args.model} (4-bit GGUF, dequantized)", "layer": args.layer,
-        "batch": args.batch, "ctx": args.ctx, "threads": args.threads,
-        "timed_batches": args.n_batches, "mflop_per_token": flops / 1e6,
+        "model": f"{args.model} (4-bit GGUF, dequantized)",
+        "layer": args.layer,
+        "batch": args.batch,
+        "ctx": args.ctx,
+        "threads": args.threads,
+        "timed_batches": args.n_batches,
+        "mflop_per_token": flops / 1e6,
         "matmul_gflops_fp32": median([r["peak_fp32"] for r in rows]),
         "matmul_gflops_bf16": median([r["peak_bf16"] for r in rows]),
-        "ours_fp32_tokens_per_s": ours_fp32, "ours_bf16_tokens_per_s": ours_bf16,
+        "ours_fp32_tokens_per_s": ours_fp32,
+        "ours_bf16_tokens_per_s": ours_bf16,
         "full_forward_fp32_tokens_per_s": tokens / full_seconds,
         # The full forward against our fp32 runs on the same batch just before and after it.
         "ratio_vs_full_forward": full_seconds / statistics.mean([rows[0]["float32"], fp32_after]),

@@ -29,9 +29,20 @@ import torch
 from toymodels.worlds import LargeWorld
 
 WORLD = dict(
-    n_features=1000, d_in=256, seed=0, firing="zipf", p_max=0.4, zipf_exponent=0.7,
-    n_trees=100, branching=2, depth=2, exclusive_children=True, correlation="clusters",
-    cluster_size=4, correlation_strength=(0.3, 0.9), magnitude_std=0.15,
+    n_features=1000,
+    d_in=256,
+    seed=0,
+    firing="zipf",
+    p_max=0.4,
+    zipf_exponent=0.7,
+    n_trees=100,
+    branching=2,
+    depth=2,
+    exclusive_children=True,
+    correlation="clusters",
+    cluster_size=4,
+    correlation_strength=(0.3, 0.9),
+    magnitude_std=0.15,
 )
 
 
@@ -55,10 +66,14 @@ def _measure(contenders: dict, batch: int, rounds: int) -> dict:
     rates = {name: round(batch / statistics.median(t)) for name, t in times.items()}
     cpu_rates = {name: round(batch / statistics.median(t)) for name, t in cpu_times.items()}
     ratios = {
-        f"sparse_vs_{name}": round(statistics.median(
-            other / sparse for sparse, other in zip(times["sparse"], times[name], strict=True)
-        ), 3)
-        for name in contenders if name != "sparse"
+        f"sparse_vs_{name}": round(
+            statistics.median(
+                other / sparse for sparse, other in zip(times["sparse"], times[name], strict=True)
+            ),
+            3,
+        )
+        for name in contenders
+        if name != "sparse"
     }
     return {"samples_per_s": rates, "ratios": ratios, "samples_per_cpu_s": cpu_rates}
 
@@ -84,16 +99,24 @@ def main() -> None:
         torch.set_num_threads(threads)
         by_threads[threads] = _measure(contenders, args.batch, args.rounds)
     codes = world.sample_codes(65536, generator)
-    print(json.dumps({
-        "world": {"n_features": world.n_features, "d_in": world.d_in, "n_roots": world.n_roots,
-                  "true_l0": round(world.true_l0, 3),
-                  "measured_l0": round(len(codes.features) / codes.n_samples, 3)},
-        "batch": args.batch,
-        "rounds": args.rounds,
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-        "target_samples_per_s": 1_000_000,
-        "by_torch_threads": by_threads,
-    }))
+    print(
+        json.dumps(
+            {
+                "world": {
+                    "n_features": world.n_features,
+                    "d_in": world.d_in,
+                    "n_roots": world.n_roots,
+                    "true_l0": round(world.true_l0, 3),
+                    "measured_l0": round(len(codes.features) / codes.n_samples, 3),
+                },
+                "batch": args.batch,
+                "rounds": args.rounds,
+                "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+                "target_samples_per_s": 1_000_000,
+                "by_torch_threads": by_threads,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -41,18 +41,40 @@ def measure_ours(args: argparse.Namespace) -> dict:
     world = scenario("hierarchical").numeric()
     directions = orthonormal_directions(2, args.d_in, torch.Generator().manual_seed(args.seed))
     widths = [args.widths[i % len(args.widths)] for i in range(args.n_saes)]
-    sae = make_sae("relu-l1", d_in=args.d_in, n_latents=max(widths), n_members=args.n_saes,
-                   widths=widths, l1=args.l1, generator=torch.Generator().manual_seed(args.seed))
+    sae = make_sae(
+        "relu-l1",
+        d_in=args.d_in,
+        n_latents=max(widths),
+        n_members=args.n_saes,
+        widths=widths,
+        l1=args.l1,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
 
     def data(batch: int) -> torch.Tensor:
         return sample_activations(world, directions, batch)
 
     # Untimed warm-up, as in the peer: one-time costs (lazy imports such as torch._dynamo).
-    train(make_sae("relu-l1", d_in=args.d_in, n_latents=1), data, n_samples=args.batch,
-          batch_size=args.batch, device=args.device, progress=False)
+    train(
+        make_sae("relu-l1", d_in=args.d_in, n_latents=1),
+        data,
+        n_samples=args.batch,
+        batch_size=args.batch,
+        device=args.device,
+        progress=False,
+    )
     start = time.perf_counter()
-    log = train(sae, data, n_samples=args.samples, batch_size=args.batch, lr=args.lr,
-                seed=args.seed, device=args.device, progress=False, log_every=100)
+    log = train(
+        sae,
+        data,
+        n_samples=args.samples,
+        batch_size=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        progress=False,
+        log_every=100,
+    )
     seconds = time.perf_counter() - start
     steps = args.samples // args.batch
     return {
@@ -70,13 +92,31 @@ def measure_peer(args: argparse.Namespace) -> dict | None:
         return json.loads(Path(args.peer_json).read_text())
     if args.no_peer or not (PEER_PYTHON.exists() and PEER_SCRIPT.exists()):
         return None
-    command = [str(PEER_PYTHON), str(PEER_SCRIPT), "--n-saes", str(args.peer_n_saes),
-               "--samples", str(args.peer_samples or args.samples), "--d-in", str(args.d_in),
-               "--widths", ",".join(map(str, args.widths)), "--batch", str(args.batch),
-               "--l1", str(args.l1), "--lr", str(args.lr), "--seed", str(args.seed),
-               "--threads", str(args.threads)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True,
-                            cwd=PEER_SCRIPT.parent)
+    command = [
+        str(PEER_PYTHON),
+        str(PEER_SCRIPT),
+        "--n-saes",
+        str(args.peer_n_saes),
+        "--samples",
+        str(args.peer_samples or args.samples),
+        "--d-in",
+        str(args.d_in),
+        "--widths",
+        ",".join(map(str, args.widths)),
+        "--batch",
+        str(args.batch),
+        "--l1",
+        str(args.l1),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=True, cwd=PEER_SCRIPT.parent
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -85,20 +125,27 @@ def main() -> None:
     parser.add_argument("--n-saes", type=int, default=64)
     parser.add_argument("--samples", type=int, default=2_000_000, help="samples per SAE")
     parser.add_argument("--d-in", type=int, default=50)
-    parser.add_argument("--widths", type=lambda s: [int(w) for w in s.split(",")],
-                        default=[1, 2, 3, 4], help="comma-separated widths, cycled over the SAEs")
+    parser.add_argument(
+        "--widths",
+        type=lambda s: [int(w) for w in s.split(",")],
+        default=[1, 2, 3, 4],
+        help="comma-separated widths, cycled over the SAEs",
+    )
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--l1", type=float, default=0.01)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--peer-n-saes", type=int, default=4,
-                        help="SAEs the peer trains one after another")
-    parser.add_argument("--peer-samples", type=int,
-                        help="samples per SAE for the peer (default: --samples)")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="alternate ours and the peer this many times")
+    parser.add_argument(
+        "--peer-n-saes", type=int, default=4, help="SAEs the peer trains one after another"
+    )
+    parser.add_argument(
+        "--peer-samples", type=int, help="samples per SAE for the peer (default: --samples)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="alternate ours and the peer this many times"
+    )
     parser.add_argument("--peer-json", help="read the peer's JSON from this file instead")
     parser.add_argument("--no-peer", action="store_true", help="report ours alone")
     args = parser.parse_args()
@@ -107,13 +154,16 @@ def main() -> None:
     for _ in range(args.rounds):
         ours = measure_ours(args)
         peer = measure_peer(args)
-        rounds.append({
-            "ours": ours,
-            "peer": peer,
-            "ratio_ours_vs_peer": (None if peer is None
-                                   else ours["samples_per_s"] / peer["samples_per_s"]),
-            "load_average_1min": os.getloadavg()[0],
-        })
+        rounds.append(
+            {
+                "ours": ours,
+                "peer": peer,
+                "ratio_ours_vs_peer": (
+                    None if peer is None else ours["samples_per_s"] / peer["samples_per_s"]
+                ),
+                "load_average_1min": os.getloadavg()[0],
+            }
+        )
     ratios = [r["ratio_ours_vs_peer"] for r in rounds if r["ratio_ours_vs_peer"] is not None]
     report = {
         "benchmark": "toy sweep: SAE-samples per second",

@@ -54,41 +54,85 @@ def shuffled_batches(acts_ND: torch.Tensor, seed: int):
     return data
 
 
-def measure_ours(args: argparse.Namespace, train_ND: torch.Tensor, held_out_ND: torch.Tensor
-                 ) -> dict:
+def measure_ours(
+    args: argparse.Namespace, train_ND: torch.Tensor, held_out_ND: torch.Tensor
+) -> dict:
     torch.manual_seed(args.seed)
-    sae = make_sae("topk", d_in=train_ND.shape[1], n_latents=args.width, k=args.k,
-                   generator=torch.Generator().manual_seed(args.seed))
+    sae = make_sae(
+        "topk",
+        d_in=train_ND.shape[1],
+        n_latents=args.width,
+        k=args.k,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     start, cpu_start = time.perf_counter(), time.process_time()
     scale = normalisation_scale(train_ND[: args.batch]) if args.normalize else 1.0
     sae.init_b_dec(train_ND[: args.batch] * scale)
     source = shuffled_batches(train_ND, args.seed)
-    train(sae, (lambda batch: source(batch) * scale) if args.normalize else source,
-          args.tokens, batch_size=args.batch, lr=args.lr, decay_fraction=0.0, seed=args.seed,
-          device="cpu", progress=False, log_every=10**9)
+    train(
+        sae,
+        (lambda batch: source(batch) * scale) if args.normalize else source,
+        args.tokens,
+        batch_size=args.batch,
+        lr=args.lr,
+        decay_fraction=0.0,
+        seed=args.seed,
+        device="cpu",
+        progress=False,
+        log_every=10**9,
+    )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     quality = reconstruction_metrics(sae, held_out_ND * scale)[0]
     tokens = args.tokens // args.batch * args.batch
-    return {"tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu_seconds,
-            "explained_variance": quality["explained_variance"], "l0": quality["l0"],
-            "tokens": tokens, "seconds": seconds, "cpu_seconds": cpu_seconds}
+    return {
+        "tokens_per_s": tokens / seconds,
+        "tokens_per_cpu_s": tokens / cpu_seconds,
+        "explained_variance": quality["explained_variance"],
+        "l0": quality["l0"],
+        "tokens": tokens,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+    }
 
 
 def measure_peer(args: argparse.Namespace) -> dict:
-    command = [str(PEER_PYTHON), str(PEER_SCRIPT), "--acts", str(args.acts),
-               "--width", str(args.width), "--k", str(args.k), "--tokens", str(args.tokens),
-               "--batch", str(args.batch), "--eval-tokens", str(args.eval_tokens),
-               "--lr", str(args.lr), "--seed", str(args.seed), "--threads", str(args.threads),
-               "--normalize", "expected_average_only_in" if args.normalize else "none"]
+    command = [
+        str(PEER_PYTHON),
+        str(PEER_SCRIPT),
+        "--acts",
+        str(args.acts),
+        "--width",
+        str(args.width),
+        "--k",
+        str(args.k),
+        "--tokens",
+        str(args.tokens),
+        "--batch",
+        str(args.batch),
+        "--eval-tokens",
+        str(args.eval_tokens),
+        "--lr",
+        str(args.lr),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+        "--normalize",
+        "expected_average_only_in" if args.normalize else "none",
+    ]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(command, capture_output=True, text=True, check=True,
-                            cwd=PEER_SCRIPT.parent)
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=True, cwd=PEER_SCRIPT.parent
+    )
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     peer = json.loads(result.stdout.strip().splitlines()[-1])
     # CPU time of the whole peer process: its imports and data loading count against it too.
     cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {**peer, "process_cpu_seconds": cpu_seconds,
-            "tokens_per_cpu_s": peer["tokens"] / cpu_seconds}
+    return {
+        **peer,
+        "process_cpu_seconds": cpu_seconds,
+        "tokens_per_cpu_s": peer["tokens"] / cpu_seconds,
+    }
 
 
 def main() -> None:
@@ -100,9 +144,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--eval-tokens", type=int, default=4096)
     parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--normalize", action="store_true",
-                        help="scale inputs to mean norm sqrt(d_model) (peer: "
-                        "expected_average_only_in)")
+    parser.add_argument(
+        "--normalize",
+        action="store_true",
+        help="scale inputs to mean norm sqrt(d_model) (peer: expected_average_only_in)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="interleaved (ours, peer) pairs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -115,21 +161,39 @@ def main() -> None:
     for _ in range(args.repeats):
         ours = measure_ours(args, train_ND, held_out_ND)
         peer = None if args.no_peer else measure_peer(args)
-        pairs.append({"ours": ours, "peer": peer, "load_average_1min": os.getloadavg()[0],
-                      "ratio_ours_vs_peer": None if peer is None
-                      else ours["tokens_per_s"] / peer["tokens_per_s"],
-                      "cpu_ratio_ours_vs_peer": None if peer is None
-                      else ours["tokens_per_cpu_s"] / peer["tokens_per_cpu_s"]})
+        pairs.append(
+            {
+                "ours": ours,
+                "peer": peer,
+                "load_average_1min": os.getloadavg()[0],
+                "ratio_ours_vs_peer": None
+                if peer is None
+                else ours["tokens_per_s"] / peer["tokens_per_s"],
+                "cpu_ratio_ours_vs_peer": None
+                if peer is None
+                else ours["tokens_per_cpu_s"] / peer["tokens_per_cpu_s"],
+            }
+        )
         print(json.dumps(pairs[-1]), file=sys.stderr)
     ratios = [p["ratio_ours_vs_peer"] for p in pairs if p["ratio_ours_vs_peer"] is not None]
-    print(json.dumps({
-        "benchmark": "TopK SAE training on cached activations: tokens per second",
-        "width": args.width, "k": args.k, "d_model": acts_ND.shape[1], "batch": args.batch,
-        "tokens_per_run": args.tokens, "normalize": args.normalize, "pairs": pairs,
-        "median_ratio_ours_vs_peer": statistics.median(ratios) if ratios else None,
-        "torch_threads": torch.get_num_threads(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "benchmark": "TopK SAE training on cached activations: tokens per second",
+                "width": args.width,
+                "k": args.k,
+                "d_model": acts_ND.shape[1],
+                "batch": args.batch,
+                "tokens_per_run": args.tokens,
+                "normalize": args.normalize,
+                "pairs": pairs,
+                "median_ratio_ours_vs_peer": statistics.median(ratios) if ratios else None,
+                "torch_threads": torch.get_num_threads(),
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

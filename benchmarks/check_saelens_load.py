@@ -47,8 +47,12 @@ def write_ours(folder: Path) -> None:
                 sae.log_threshold.fill_(-1.0)
             if architecture in ("batchtopk", "matryoshka"):
                 sae.threshold.fill_(0.3)
-        save_sae(sae, folder / architecture, input_scale=1.7,
-                 metadata={"model_name": "check", "hook_name": "blocks.0.hook_resid_post"})
+        save_sae(
+            sae,
+            folder / architecture,
+            input_scale=1.7,
+            metadata={"model_name": "check", "hook_name": "blocks.0.hook_resid_post"},
+        )
         from llm.saefiles import load_sae
 
         ours = load_sae(folder / architecture).sae
@@ -89,12 +93,23 @@ def main() -> None:
         raise SystemExit(f"{PEER_PYTHON} is missing: build it with bash benchmarks/peer_env.sh")
     with tempfile.TemporaryDirectory() as tmp:
         write_ours(Path(tmp))
-        result = subprocess.run([str(PEER_PYTHON), __file__, "--peer", tmp],
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [str(PEER_PYTHON), __file__, "--peer", tmp], capture_output=True, text=True, check=True
+        )
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    print(json.dumps({"check": "SAELens SAE.load_from_disk reads our files", "d_in": D_IN,
-                      "width": WIDTH, "inputs": 2048, "architectures": report,
-                      "command": " ".join([Path(sys.executable).name, *sys.argv])}, indent=1))
+    print(
+        json.dumps(
+            {
+                "check": "SAELens SAE.load_from_disk reads our files",
+                "d_in": D_IN,
+                "width": WIDTH,
+                "inputs": 2048,
+                "architectures": report,
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

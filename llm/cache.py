@@ -61,10 +61,17 @@ def extract(
         raise ValueError(f"n_tokens {n_tokens} and shard_tokens {shard_tokens} must be >= 1")
     out_dir = Path(out_dir)
     config = {
-        "model": model.name, "model_dtype": str(model.dtype).removeprefix("torch."),
-        "layer": layer, "hook": hook, "dtype": dtype, "n_tokens": n_tokens,
-        "shard_tokens": shard_tokens, "batch_size": batch_size, "context_length": context_length,
-        "corpus": corpus.name, "corpus_sha256": corpus.sha256,
+        "model": model.name,
+        "model_dtype": str(model.dtype).removeprefix("torch."),
+        "layer": layer,
+        "hook": hook,
+        "dtype": dtype,
+        "n_tokens": n_tokens,
+        "shard_tokens": shard_tokens,
+        "batch_size": batch_size,
+        "context_length": context_length,
+        "corpus": corpus.name,
+        "corpus_sha256": corpus.sha256,
     }
     manifest = _resume_or_start(out_dir, config, model.d_model)
     if manifest["complete"]:
@@ -125,18 +132,25 @@ def _resume_or_start(out_dir: Path, config: dict, d_model: int) -> dict:
     path = out_dir / MANIFEST
     if not path.exists():
         manifest = {
-            "format": FORMAT, "model": config["model"], "layer": config["layer"],
-            "hook": config["hook"], "dtype": config["dtype"], "d_model": d_model,
+            "format": FORMAT,
+            "model": config["model"],
+            "layer": config["layer"],
+            "hook": config["hook"],
+            "dtype": config["dtype"],
+            "d_model": d_model,
             "corpus": {"name": config["corpus"], "sha256": config["corpus_sha256"]},
             "n_tokens": 0,
             "n_shards_planned": math.ceil(config["n_tokens"] / config["shard_tokens"]),
-            "shards": [], "complete": False, "config": config,
+            "shards": [],
+            "complete": False,
+            "config": config,
         }
         atomic_write_json(path, manifest)
         return manifest
     manifest = json.loads(path.read_text())
     differing = sorted(
-        key for key in config.keys() | manifest["config"].keys()
+        key
+        for key in config.keys() | manifest["config"].keys()
         if config.get(key) != manifest["config"].get(key)
     )
     if differing:

@@ -28,7 +28,13 @@ from toymodels.runs import atomic_write_json
 EMBEDDED = "python-docs"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
 _SKIPPED_STDLIB_DIRS = {
-    "site-packages", "dist-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo",
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "lib2to3",
+    "turtledemo",
 }
 
 
@@ -131,8 +137,10 @@ def _python_docs() -> Iterator[list[str]]:
 
 
 def _local_corpus(path: Path) -> Corpus:
-    files = [path] if path.is_file() else sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES
+    files = (
+        [path]
+        if path.is_file()
+        else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in TEXT_SUFFIXES)
     )
     if not files:
         raise ValueError(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {path}")

@@ -47,28 +47,34 @@ def reconstruction_metrics(sae: SAE, acts_ND: Tensor, batch_size: int = 4096) ->
     results = []
     for m in range(M):
         active = sae.latent_mask[m].cpu()
-        results.append({
-            "explained_variance": explained_variance(acts_ND, x_hat_MND[m]),
-            "l0": float(l0_sum_M[m] / len(acts_ND)),
-            "dead_fraction": dead_fraction(fired_MF[m][active]),
-            "mse": float((acts_ND - x_hat_MND[m]).double().square().sum(-1).mean()),
-        })
+        results.append(
+            {
+                "explained_variance": explained_variance(acts_ND, x_hat_MND[m]),
+                "l0": float(l0_sum_M[m] / len(acts_ND)),
+                "dead_fraction": dead_fraction(fired_MF[m][active]),
+                "mse": float((acts_ND - x_hat_MND[m]).double().square().sum(-1).mean()),
+            }
+        )
     return results
 
 
-def _replacing_hook(site: nn.Module, read_input: bool,
-                    replace: Callable[[Tensor], Tensor]) -> torch.utils.hooks.RemovableHandle:
+def _replacing_hook(
+    site: nn.Module, read_input: bool, replace: Callable[[Tensor], Tensor]
+) -> torch.utils.hooks.RemovableHandle:
     if read_input:
+
         def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             if args:
                 return (replace(args[0]), *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": replace(kwargs["hidden_states"])}
+
         return site.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def hook(module: nn.Module, args: tuple, output: object) -> object:
         if isinstance(output, tuple):
             return (replace(output[0]), *output[1:])
         return replace(output)
+
     return site.register_forward_hook(hook)
 
 
@@ -118,13 +124,18 @@ def splice_metrics(
         counted_BT = keep["BT"][:, 1:]  # predictions whose target is a kept position
         targets_N1 = batch.input_ids_BT.to(model.device)[:, 1:][counted_BT][:, None]
 
-        def log_probs(replace: Callable[[Tensor], Tensor] | None, batch: TokenBatch = batch,
-                      counted_BT: Tensor = counted_BT) -> Tensor:
+        def log_probs(
+            replace: Callable[[Tensor], Tensor] | None,
+            batch: TokenBatch = batch,
+            counted_BT: Tensor = counted_BT,
+        ) -> Tensor:
             handle = None if replace is None else _replacing_hook(site, read_input, replace)
             try:
-                logits = model.model(input_ids=batch.input_ids_BT.to(model.device),
-                                     attention_mask=batch.attention_mask_BT.to(model.device),
-                                     use_cache=False).logits
+                logits = model.model(
+                    input_ids=batch.input_ids_BT.to(model.device),
+                    attention_mask=batch.attention_mask_BT.to(model.device),
+                    use_cache=False,
+                ).logits
             finally:
                 if handle is not None:
                     handle.remove()
@@ -142,12 +153,15 @@ def splice_metrics(
         if used == n_batches:
             break
     if n_predictions == 0:
-        raise ValueError(f"no evaluation text is left after the first {skip_tokens} tokens of "
-                         f"corpus {corpus.name!r}")
+        raise ValueError(
+            f"no evaluation text is left after the first {skip_tokens} tokens of "
+            f"corpus {corpus.name!r}"
+        )
     metrics = {name: value / n_predictions for name, value in sums.items()}
     denominator = metrics["ce_zero"] - metrics["ce_clean"]
-    metrics["ce_loss_recovered"] = ((metrics["ce_zero"] - metrics["ce_sae"]) / denominator
-                                    if denominator != 0 else float("nan"))
+    metrics["ce_loss_recovered"] = (
+        (metrics["ce_zero"] - metrics["ce_sae"]) / denominator if denominator != 0 else float("nan")
+    )
     metrics["n_predictions"] = n_predictions
     metrics["n_batches"] = used
     return metrics

@@ -280,7 +280,8 @@ def activations(
     try:
         with torch.no_grad():
             model.model.base_model(
-                input_ids=input_ids_BT.to(model.device), attention_mask=attention_mask_BT,
+                input_ids=input_ids_BT.to(model.device),
+                attention_mask=attention_mask_BT,
                 use_cache=False,
             )
     except _StopForward as stop:

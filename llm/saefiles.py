@@ -35,8 +35,12 @@ OUR_FORMAT = "sae-hedging-sae/1"
 SAELENS_FORMAT_VERSION = "6.0.0"
 
 # What SAELens calls each of our architectures at inference time.
-_SAELENS_ARCHITECTURE = {"relu-l1": "standard", "topk": "topk", "batchtopk": "jumprelu",
-                         "jumprelu": "jumprelu"}
+_SAELENS_ARCHITECTURE = {
+    "relu-l1": "standard",
+    "topk": "topk",
+    "batchtopk": "jumprelu",
+    "jumprelu": "jumprelu",
+}
 
 
 @dataclass
@@ -78,14 +82,18 @@ def save_sae(
     config = one.full_config()
     if not bool(active.all()):
         if config["architecture"] == "matryoshka":
-            raise ValueError("a matryoshka member with masked latents cannot be written: its "
-                             "levels would no longer match")
+            raise ValueError(
+                "a matryoshka member with masked latents cannot be written: its "
+                "levels would no longer match"
+            )
         config.update(n_latents=int(active.sum()), widths=[int(active.sum())])
     one.fold_input_scale(input_scale)
     one.fold_decoder_norms()
     tensors = {
-        "W_enc": one.W_enc[0][:, active], "b_enc": one.b_enc[0][active],
-        "W_dec": one.W_dec[0][active], "b_dec": one.b_dec[0],
+        "W_enc": one.W_enc[0][:, active],
+        "b_enc": one.b_enc[0][active],
+        "W_dec": one.W_dec[0][active],
+        "b_dec": one.b_dec[0],
     }
     ours: dict[str, Any] = {"format": OUR_FORMAT, "config": config}
     architecture = _saelens_architecture(one)
@@ -105,8 +113,11 @@ def save_sae(
         "apply_b_dec_to_input": True,
         "normalize_activations": "none",
         "reshape_activations": "none",
-        "metadata": {"sae_lens_version": SAELENS_FORMAT_VERSION,
-                     "sae_lens_training_version": None, **(metadata or {})},
+        "metadata": {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            **(metadata or {}),
+        },
         OUR_KEY: ours,
     }
     if architecture == "topk":
@@ -131,14 +142,21 @@ def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAEFile:
     elif (path / GEMMA_SCOPE_FILE).is_file():
         loaded = _load_gemma_scope(path / GEMMA_SCOPE_FILE)
     else:
-        raise ValueError(f"{path} is neither an SAE folder ({CFG_FILE} + {WEIGHTS_FILE}) nor a "
-                         f"Gemma Scope {GEMMA_SCOPE_FILE}")
+        raise ValueError(
+            f"{path} is neither an SAE folder ({CFG_FILE} + {WEIGHTS_FILE}) nor a "
+            f"Gemma Scope {GEMMA_SCOPE_FILE}"
+        )
     loaded.sae.to(device).eval()
     return loaded
 
 
-def _fill(sae: SAE, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, W_dec_FD: torch.Tensor,
-          b_dec_D: torch.Tensor) -> None:
+def _fill(
+    sae: SAE,
+    W_enc_DF: torch.Tensor,
+    b_enc_F: torch.Tensor,
+    W_dec_FD: torch.Tensor,
+    b_dec_D: torch.Tensor,
+) -> None:
     with torch.no_grad():
         sae.W_enc[0] = W_enc_DF
         sae.b_enc[0] = b_enc_F
@@ -147,16 +165,16 @@ def _fill(sae: SAE, W_enc_DF: torch.Tensor, b_enc_F: torch.Tensor, W_dec_FD: tor
 
 
 def _check_shapes(tensors: dict[str, torch.Tensor], d_in: int, d_sae: int, where: Path) -> None:
-    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in),
-                "b_dec": (d_in,)}
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
     if "threshold" in tensors:
         expected["threshold"] = (d_sae,)
     for name, shape in expected.items():
         if name not in tensors:
             raise ValueError(f"{where} has no tensor {name!r}; found {sorted(tensors)}")
         if tuple(tensors[name].shape) != shape:
-            raise ValueError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, "
-                             f"expected {shape}")
+            raise ValueError(
+                f"{where}: {name} has shape {tuple(tensors[name].shape)}, expected {shape}"
+            )
 
 
 def _jumprelu_from(tensors: dict[str, torch.Tensor], d_in: int, d_sae: int) -> SAE:
@@ -171,8 +189,10 @@ def _jumprelu_from(tensors: dict[str, torch.Tensor], d_in: int, d_sae: int) -> S
 
 def _load_saelens_layout(folder: Path) -> SAEFile:
     cfg = json.loads((folder / CFG_FILE).read_text())
-    tensors = {name: t.float() for name, t in
-               load_safetensors((folder / WEIGHTS_FILE).read_bytes()).items()}
+    tensors = {
+        name: t.float()
+        for name, t in load_safetensors((folder / WEIGHTS_FILE).read_bytes()).items()
+    }
     d_in, d_sae = int(cfg["d_in"]), int(cfg["d_sae"])
     _check_shapes(tensors, d_in, d_sae, folder / WEIGHTS_FILE)
     metadata = dict(cfg.get("metadata") or {})
@@ -191,19 +211,24 @@ def _load_saelens_layout(folder: Path) -> SAEFile:
         return SAEFile(sae, "sae-hedging", metadata)
 
     if cfg.get("normalize_activations", "none") not in ("none", None):
-        raise ValueError(f"{folder}: normalize_activations {cfg['normalize_activations']!r} "
-                         "needs a scaling factor the folder does not hold; allowed: none")
+        raise ValueError(
+            f"{folder}: normalize_activations {cfg['normalize_activations']!r} "
+            "needs a scaling factor the folder does not hold; allowed: none"
+        )
     architecture = cfg.get("architecture", "standard")
     if architecture == "standard":
-        sae = make_sae("relu-l1", d_in=d_in, n_latents=d_sae,
-                       l1=float(cfg.get("l1_coefficient", 0.0)))
+        sae = make_sae(
+            "relu-l1", d_in=d_in, n_latents=d_sae, l1=float(cfg.get("l1_coefficient", 0.0))
+        )
     elif architecture == "topk":
         sae = make_sae("topk", d_in=d_in, n_latents=d_sae, k=int(cfg["k"]))
     elif architecture == "jumprelu":
         sae = _jumprelu_from(tensors, d_in, d_sae)
     else:
-        raise ValueError(f"{folder}: SAELens architecture {architecture!r} is not supported; "
-                         "allowed: standard, topk, jumprelu")
+        raise ValueError(
+            f"{folder}: SAELens architecture {architecture!r} is not supported; "
+            "allowed: standard, topk, jumprelu"
+        )
     b_enc = tensors["b_enc"]
     if not cfg.get("apply_b_dec_to_input", True):
         # Ours always encodes x - b_dec; x W_enc + b = (x - b_dec) W_enc + (b + b_dec W_enc).
@@ -215,8 +240,10 @@ def _load_saelens_layout(folder: Path) -> SAEFile:
             # SAELens ranks and outputs pre * ||W_dec||: our folded SAE computes exactly that.
             sae.fold_decoder_norms()
         elif not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
-            raise ValueError(f"{folder}: a TopK SAE that ranks raw pre-activations needs "
-                             "unit-norm decoder rows to be represented here")
+            raise ValueError(
+                f"{folder}: a TopK SAE that ranks raw pre-activations needs "
+                "unit-norm decoder rows to be represented here"
+            )
     return SAEFile(sae, "saelens", metadata)
 
 
@@ -224,8 +251,12 @@ def _load_gemma_scope(path: Path) -> SAEFile:
     """Gemma Scope JumpReLU: codes = ReLU(pre) * (pre > threshold), pre = x W_enc + b_enc (no
     decoder bias subtracted from the input), x_hat = codes W_dec + b_dec."""
     with np.load(path) as data:
-        tensors = {("W_" + key[2:] if key.startswith("w_") else key):
-                   torch.from_numpy(np.asarray(data[key], dtype=np.float32)) for key in data}
+        tensors = {
+            ("W_" + key[2:] if key.startswith("w_") else key): torch.from_numpy(
+                np.asarray(data[key], dtype=np.float32)
+            )
+            for key in data
+        }
     if "W_enc" not in tensors or tensors["W_enc"].ndim != 2:
         raise ValueError(f"{path} has no 2-D W_enc; found {sorted(tensors)}")
     d_in, d_sae = tensors["W_enc"].shape
@@ -240,8 +271,12 @@ def _load_gemma_scope(path: Path) -> SAEFile:
 
 def saelens_hook_name(layer: int, hook: str) -> str:
     """TransformerLens's name for our hook point (what SAELens records as hook_name)."""
-    names = {"resid_pre": "hook_resid_pre", "resid_post": "hook_resid_post",
-             "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
+    names = {
+        "resid_pre": "hook_resid_pre",
+        "resid_post": "hook_resid_post",
+        "attn_out": "hook_attn_out",
+        "mlp_out": "hook_mlp_out",
+    }
     if hook not in names:
         raise ValueError(f"unknown hook point {hook!r}; allowed: {', '.join(names)}")
     return f"blocks.{layer}.{names[hook]}"

@@ -66,18 +66,20 @@ def split_cache(cache_dir: str | Path, held_out_tokens: int = 16_384) -> CacheSp
         if rows >= held_out_tokens:
             break
     if not held_out:
-        raise ValueError(f"activation cache {cache_dir} has {n_shards} shard; training and "
-                         "held-out evaluation need at least 2 (extract more tokens or use a "
-                         "smaller shard size)")
+        raise ValueError(
+            f"activation cache {cache_dir} has {n_shards} shard; training and "
+            "held-out evaluation need at least 2 (extract more tokens or use a "
+            "smaller shard size)"
+        )
     train_shards = tuple(range(held_out[0]))
     return CacheSplit(cache_dir, manifest, train_shards, tuple(held_out))
 
 
-def shard_stream(split: CacheSplit, shards: tuple[int, ...], seed: int,
-                 buffer_shards: int = 4) -> ActivationStream:
+def shard_stream(
+    split: CacheSplit, shards: tuple[int, ...], seed: int, buffer_shards: int = 4
+) -> ActivationStream:
     """An ActivationStream over the given shards only."""
-    return ActivationStream(split.cache_dir, seed=seed, buffer_shards=buffer_shards,
-                            shards=shards)
+    return ActivationStream(split.cache_dir, seed=seed, buffer_shards=buffer_shards, shards=shards)
 
 
 def held_out_activations(split: CacheSplit, n_tokens: int | None = None) -> Tensor:
@@ -97,8 +99,14 @@ class CacheData:
     as an uninterrupted one.
     """
 
-    def __init__(self, split: CacheSplit, seed: int = 0, scale: float = 1.0,
-                 buffer_shards: int = 4, restart_every: int | None = None) -> None:
+    def __init__(
+        self,
+        split: CacheSplit,
+        seed: int = 0,
+        scale: float = 1.0,
+        buffer_shards: int = 4,
+        restart_every: int | None = None,
+    ) -> None:
         if restart_every is not None and restart_every < 1:
             raise ValueError(f"restart_every must be >= 1 rows, got {restart_every}")
         self.split, self.seed, self.scale = split, seed, scale
@@ -107,8 +115,9 @@ class CacheData:
         self._restart()
 
     def _restart(self) -> None:
-        self._stream = shard_stream(self.split, self.split.train_shards, self.seed,
-                                    self.buffer_shards)
+        self._stream = shard_stream(
+            self.split, self.split.train_shards, self.seed, self.buffer_shards
+        )
 
     def __call__(self, batch_size: int) -> Tensor:
         if self.restart_every and self.rows_served and self.rows_served % self.restart_every == 0:
@@ -118,15 +127,21 @@ class CacheData:
         return batch_BD * self.scale if self.scale != 1.0 else batch_BD
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows_served": self.rows_served, "seed": self.seed, "scale": self.scale,
-                "restart_every": self.restart_every}
+        return {
+            "rows_served": self.rows_served,
+            "seed": self.seed,
+            "scale": self.scale,
+            "restart_every": self.restart_every,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         mine = (self.seed, self.scale, self.restart_every)
         theirs = (state["seed"], state["scale"], state["restart_every"])
         if mine != theirs:
-            raise ValueError(f"data state for (seed, scale, restart_every) = {theirs} cannot "
-                             f"resume a source with {mine}")
+            raise ValueError(
+                f"data state for (seed, scale, restart_every) = {theirs} cannot "
+                f"resume a source with {mine}"
+            )
         self.rows_served = state["rows_served"]
         remaining = self.rows_served % (self.restart_every or self.rows_served + 1)
         self._restart()
@@ -186,13 +201,25 @@ def train_on_cache(
     if b_dec_init not in B_DEC_INITS:
         raise ValueError(f"unknown b_dec init {b_dec_init!r}; allowed: {', '.join(B_DEC_INITS)}")
     if sae.d_in != split.d_model:
-        raise ValueError(f"the SAE takes d_in = {sae.d_in} but the cache holds d_model = "
-                         f"{split.d_model} activations")
+        raise ValueError(
+            f"the SAE takes d_in = {sae.d_in} but the cache holds d_model = "
+            f"{split.d_model} activations"
+        )
     sample_ND = input_sample(split, init_rows, seed)
     scale = normalisation_scale(sample_ND) if normalize else 1.0
     sae.init_b_dec(sample_ND * scale, method=b_dec_init)
     data = CacheData(split, seed=seed, scale=scale)
-    log = train(sae, data, n_tokens, batch_size=batch_size, lr=lr, seed=seed, device=device,
-                checkpoint_path=checkpoint_path, checkpoint_every=checkpoint_every,
-                progress=progress, **train_options)
+    log = train(
+        sae,
+        data,
+        n_tokens,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        checkpoint_path=checkpoint_path,
+        checkpoint_every=checkpoint_every,
+        progress=progress,
+        **train_options,
+    )
     return TrainedSAE(sae, scale, log)

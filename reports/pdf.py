@@ -223,8 +223,11 @@ def four_bit_evidence(config: Mapping[str, Any], manifest: Mapping[str, Any]) ->
             if (
                 ("quant" in name and (FOUR_BIT.search(text) or value == 4))
                 or (FOUR_BIT.search(name) and value is True)
-                or (any(w in name for w in ("model", "checkpoint", "gguf"))
-                    and isinstance(value, str) and FOUR_BIT.search(text))
+                or (
+                    any(w in name for w in ("model", "checkpoint", "gguf"))
+                    and isinstance(value, str)
+                    and FOUR_BIT.search(text)
+                )
             ):
                 evidence.append(f"{source}.{key} = {text}")
     return evidence
@@ -253,8 +256,9 @@ class _TextPage:
         indent = len(text) - len(text.lstrip(" "))
         across = int(PAGE_SIZE[0] * 72 * (1 - 2 * MARGIN) / (size * SANS_ADVANCE))
         for line in textwrap.wrap(text, across, subsequent_indent=" " * indent) or [""]:
-            self.figure.text(MARGIN, self.y, line, fontsize=size, va="top", parse_math=False,
-                             **style)
+            self.figure.text(
+                MARGIN, self.y, line, fontsize=size, va="top", parse_math=False, **style
+            )
             self.skip(size * 1.45)
 
     def skip(self, points: float) -> None:
@@ -298,24 +302,50 @@ def _draw_rows(page: _TextPage, table: _Table, rows: list[list[str]]) -> None:
     for index, cells in enumerate([table.header, *rows]):
         top = page.y
         if index % 2 == 0 and index > 0:
-            fig.add_artist(Rectangle((MARGIN - 0.5 * char, top - row_height), span + char,
-                                     row_height, transform=fig.transFigure, color="0.94",
-                                     zorder=0))
+            fig.add_artist(
+                Rectangle(
+                    (MARGIN - 0.5 * char, top - row_height),
+                    span + char,
+                    row_height,
+                    transform=fig.transFigure,
+                    color="0.94",
+                    zorder=0,
+                )
+            )
         columns = zip(cells, starts, table.widths, table.right_aligned, strict=True)
         for cell, start, width, right in columns:
             x = MARGIN + (start + width if right else start) * char
-            fig.text(x, top - row_height / 2, cell, fontsize=table.font, family=MONO,
-                     ha="right" if right else "left", va="center_baseline", parse_math=False,
-                     weight="bold" if index == 0 else "normal")
+            fig.text(
+                x,
+                top - row_height / 2,
+                cell,
+                fontsize=table.font,
+                family=MONO,
+                ha="right" if right else "left",
+                va="center_baseline",
+                parse_math=False,
+                weight="bold" if index == 0 else "normal",
+            )
         page.y -= row_height
         if index == 0:
-            fig.add_artist(Rectangle((MARGIN - 0.5 * char, page.y), span + char, 0.0006,
-                                     transform=fig.transFigure, color="0.3"))
+            fig.add_artist(
+                Rectangle(
+                    (MARGIN - 0.5 * char, page.y),
+                    span + char,
+                    0.0006,
+                    transform=fig.transFigure,
+                    color="0.3",
+                )
+            )
 
 
 def _table_pages(
-    heading: str, section: str, subheading: str, table: _Table,
-    preamble: Iterable[tuple[str, dict[str, Any]]] = (), note: str = "",
+    heading: str,
+    section: str,
+    subheading: str,
+    table: _Table,
+    preamble: Iterable[tuple[str, dict[str, Any]]] = (),
+    note: str = "",
 ) -> Iterator[Figure]:
     """One table over as many pages as it needs; `preamble` lines open the first page and
     `note` closes the last."""
@@ -360,23 +390,28 @@ def _data_table(frame: pd.DataFrame) -> tuple[_Table, str]:
         [_cut("" if pd.isna(v) else format_value(v), MAX_CELL_CHARS) for v in shown[c]]
         for c in frame.columns
     ]
-    widths = [min(MAX_CELL_CHARS, max([len(h)] + [len(v) for v in cells]))
-              for h, cells in zip(header, columns, strict=True)]
+    widths = [
+        min(MAX_CELL_CHARS, max([len(h)] + [len(v) for v in cells]))
+        for h, cells in zip(header, columns, strict=True)
+    ]
     header = [_cut(h, w) for h, w in zip(header, widths, strict=True)]
     right = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
     notes = []
     if len(frame) > len(shown):
-        notes.append(f"Showing {len(shown)} of {len(frame)} rows; "
-                     f"{len(frame) - len(shown)} rows left out.")
+        notes.append(
+            f"Showing {len(shown)} of {len(frame)} rows; {len(frame) - len(shown)} rows left out."
+        )
     kept = len(widths)
-    while kept > 1 and sum(widths[:kept]) + COLUMN_GAP * (kept - 1) > _chars_across(
-            MIN_TABLE_FONT):
+    while kept > 1 and sum(widths[:kept]) + COLUMN_GAP * (kept - 1) > _chars_across(MIN_TABLE_FONT):
         kept -= 1
     if kept < len(widths):
         notes.append(f"{len(widths) - kept} columns left out: {', '.join(header[kept:])}.")
     span = sum(widths[:kept]) + COLUMN_GAP * (kept - 1)
-    font = TABLE_FONT if span <= _chars_across(TABLE_FONT) else max(
-        MIN_TABLE_FONT, TABLE_FONT * _chars_across(TABLE_FONT) / span)
+    font = (
+        TABLE_FONT
+        if span <= _chars_across(TABLE_FONT)
+        else max(MIN_TABLE_FONT, TABLE_FONT * _chars_across(TABLE_FONT) / span)
+    )
     rows = [list(cells[:kept]) for cells in zip(*columns, strict=True)]
     table = _Table(header[:kept], rows, widths[:kept], right[:kept], font)
     return table, " ".join(notes)
@@ -390,17 +425,24 @@ def _title_page(title: str, date: datetime, runs: list[RunRecord]) -> Figure:
     page.y = 0.86  # the title sits lower than a heading
     page.write(title, size=22, weight="bold")
     page.skip(8)
-    page.write(f"Date: {date.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC "
-               "(latest run creation time)", size=10.5)
-    page.write(f"Rebuilt from {len(runs)} run folder{'s' * (len(runs) != 1)} by sae-hedging "
-               f"{_toolkit_version()}; nothing was retrained.", size=10.5)
+    page.write(
+        f"Date: {date.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC (latest run creation time)",
+        size=10.5,
+    )
+    page.write(
+        f"Rebuilt from {len(runs)} run folder{'s' * (len(runs) != 1)} by sae-hedging "
+        f"{_toolkit_version()}; nothing was retrained.",
+        size=10.5,
+    )
     page.skip(14)
     page.write("Runs", size=13, weight="bold", color="#1f4e79")
     for number, run in enumerate(runs[:MAX_TITLE_PAGE_RUNS], start=1):
         page.write(f"{number}. {run.folder.name}  ({run.kind})", size=10.5, weight="bold")
         created = f"{run.created:%Y-%m-%d %H:%M}" if run.created else "creation time unknown"
-        details = (f"{run.folder}  ·  {created}  ·  {len(run.tables)} tables, "
-                   f"{len(run.images)} images, {len(run.formulas)} formulas")
+        details = (
+            f"{run.folder}  ·  {created}  ·  {len(run.tables)} tables, "
+            f"{len(run.images)} images, {len(run.formulas)} formulas"
+        )
         if four_bit_evidence(run.config, run.manifest):
             details += "  ·  4-bit quantized model"
         page.write("     " + details, size=8.5, color="0.3")
@@ -413,22 +455,28 @@ def _run_pages(number: int, run: RunRecord) -> Iterator[Figure]:
     heading = f"Run {number}: {run.folder.name}"
     subheading = f"{run.folder}  ·  kind {run.kind}"
     yield from _config_pages(heading, subheading, run)
-    yield from _table_pages(heading, "Metrics", subheading,
-                            _key_value_table(flatten(run.metrics), ("metric", "value")))
+    yield from _table_pages(
+        heading, "Metrics", subheading, _key_value_table(flatten(run.metrics), ("metric", "value"))
+    )
     for name, frame in run.tables.items():
         table, note = _data_table(frame)
         section = f"Table {name}  (tables/{name}.csv, {len(frame)} rows x {frame.shape[1]} columns)"
         yield from _table_pages(heading, section, subheading, table, note=note)
         for figure in plots_for(run.kind, name, frame):
-            figure.suptitle(f"{heading}  ·  table {name}", fontsize=9, color="0.35", x=0.07,
-                            ha="left")
+            figure.suptitle(
+                f"{heading}  ·  table {name}", fontsize=9, color="0.35", x=0.07, ha="left"
+            )
             yield figure
     for image in run.images:
         yield image_figure(image, f"{heading}  ·  {image.relative_to(run.folder)}")
     if run.formulas:
         yield from _formula_pages(heading, subheading, run.formulas)
-    yield from _table_pages(heading, "Provenance (manifest.json)", subheading,
-                            _key_value_table(_provenance(run.manifest), ("item", "value")))
+    yield from _table_pages(
+        heading,
+        "Provenance (manifest.json)",
+        subheading,
+        _key_value_table(_provenance(run.manifest), ("item", "value")),
+    )
 
 
 def _config_pages(heading: str, subheading: str, run: RunRecord) -> Iterator[Figure]:
@@ -440,13 +488,21 @@ def _config_pages(heading: str, subheading: str, run: RunRecord) -> Iterator[Fig
     ]
     evidence = four_bit_evidence(run.config, run.manifest)
     if evidence:
-        preamble.append(("This run used a 4-bit quantized model: its numbers come from a "
-                         "quantized checkpoint, not full-precision weights.",
-                         {"size": 10, "weight": "bold", "color": "#b00020"}))
+        preamble.append(
+            (
+                "This run used a 4-bit quantized model: its numbers come from a "
+                "quantized checkpoint, not full-precision weights.",
+                {"size": 10, "weight": "bold", "color": "#b00020"},
+            )
+        )
         preamble.extend((f"    {line}", {"size": 9, "color": "#b00020"}) for line in evidence)
-    yield from _table_pages(heading, "Configuration", subheading,
-                            _key_value_table(flatten(run.config), ("setting", "value")),
-                            preamble=preamble)
+    yield from _table_pages(
+        heading,
+        "Configuration",
+        subheading,
+        _key_value_table(flatten(run.config), ("setting", "value")),
+        preamble=preamble,
+    )
 
 
 def _provenance(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -487,8 +543,11 @@ def _formula_pages(heading: str, subheading: str, formulas: Mapping[str, str]) -
         except ValueError:
             scale, height = 0.0, 0.0
         typeset = FORMULA_FONT * scale >= MIN_FORMULA_FONT
-        shown = source if len(source) <= MAX_RAW_FORMULA_CHARS else (
-            source[:MAX_RAW_FORMULA_CHARS] + " ...")
+        shown = (
+            source
+            if len(source) <= MAX_RAW_FORMULA_CHARS
+            else (source[:MAX_RAW_FORMULA_CHARS] + " ...")
+        )
         needed = 30 + (height + 14 if typeset else 14 + 13 * len(shown) / _chars_across(9))
         if page.room < needed and page.y < TOP - 0.1:
             yield page.figure
@@ -497,8 +556,7 @@ def _formula_pages(heading: str, subheading: str, formulas: Mapping[str, str]) -
         page.write(name, size=9.5, color="0.35")
         if typeset:
             page.skip(6)
-            page.figure.text(MARGIN + 0.02, page.y, math, fontsize=FORMULA_FONT * scale,
-                             va="top")
+            page.figure.text(MARGIN + 0.02, page.y, math, fontsize=FORMULA_FONT * scale, va="top")
             page.skip(height + 8)
         else:
             reason = "too wide to typeset" if scale else "mathtext cannot parse this"

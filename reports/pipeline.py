@@ -138,17 +138,36 @@ def demo_stages(out: Path, model: str, layer: int, tokens: int, with_llm: bool) 
         return stages
     paths = {"cache": out / "llm-activations", "sae": out / "llm-train" / "sae"}
     return stages + [
-        command_stage("llm-activations", *_argv(
-            "llm extract --model {model} --layer {layer} --tokens {tokens}",
-            model=model, layer=layer, tokens=tokens)),
-        command_stage("llm-train", *_argv(
-            "llm train --cache {cache} --architecture topk --width 1024 --k 32 "
-            "--tokens {tokens} --batch-size 512", tokens=2 * tokens, **paths)),
-        command_stage("llm-eval", *_argv("llm eval --sae {sae} --cache {cache} --batches 2",
-                                         **paths)),
-        command_stage("llm-hedging", *_argv(
-            "llm hedging --cache {cache} --widths 128,256,512 --n-new 32 --tokens {tokens} "
-            "--batch-size 512", tokens=tokens // 2, **paths)),
+        command_stage(
+            "llm-activations",
+            *_argv(
+                "llm extract --model {model} --layer {layer} --tokens {tokens}",
+                model=model,
+                layer=layer,
+                tokens=tokens,
+            ),
+        ),
+        command_stage(
+            "llm-train",
+            *_argv(
+                "llm train --cache {cache} --architecture topk --width 1024 --k 32 "
+                "--tokens {tokens} --batch-size 512",
+                tokens=2 * tokens,
+                **paths,
+            ),
+        ),
+        command_stage(
+            "llm-eval", *_argv("llm eval --sae {sae} --cache {cache} --batches 2", **paths)
+        ),
+        command_stage(
+            "llm-hedging",
+            *_argv(
+                "llm hedging --cache {cache} --widths 128,256,512 --n-new 32 --tokens {tokens} "
+                "--batch-size 512",
+                tokens=tokens // 2,
+                **paths,
+            ),
+        ),
     ]
 
 

@@ -9,39 +9,68 @@ import time
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     toy = subparsers.add_parser(
-        "toy", help="toy-model training and experiments (theory vs trained SAEs)",
+        "toy",
+        help="toy-model training and experiments (theory vs trained SAEs)",
         description="Train toy SAEs on theory's feature models and run the toy experiments.",
     )
     commands = toy.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
     _register_train(commands)
     for name, handler, help_, defaults in (
-        ("scenarios", run_scenarios_command,
-         "two-feature scenarios x L1 x width 1, 2 against theory's optimum",
-         {"samples": 300_000, "seeds": None}),
-        ("hedging-width", run_hedging_width_command,
-         "hedging degree vs width on the paper's 50-feature world (BatchTopK)",
-         {"samples": 150_000, "seeds": 2}),
-        ("absorption", run_absorption_command,
-         "absorption in a wide SAE on the 4-feature hierarchy vs theory's offset",
-         {"samples": 1_000_000, "seeds": 2}),
-        ("matryoshka", run_matryoshka_command,
-         "balance matryoshka: hedging and absorption vs mu",
-         {"samples": 400_000, "seeds": 3}),
+        (
+            "scenarios",
+            run_scenarios_command,
+            "two-feature scenarios x L1 x width 1, 2 against theory's optimum",
+            {"samples": 300_000, "seeds": None},
+        ),
+        (
+            "hedging-width",
+            run_hedging_width_command,
+            "hedging degree vs width on the paper's 50-feature world (BatchTopK)",
+            {"samples": 150_000, "seeds": 2},
+        ),
+        (
+            "absorption",
+            run_absorption_command,
+            "absorption in a wide SAE on the 4-feature hierarchy vs theory's offset",
+            {"samples": 1_000_000, "seeds": 2},
+        ),
+        (
+            "matryoshka",
+            run_matryoshka_command,
+            "balance matryoshka: hedging and absorption vs mu",
+            {"samples": 400_000, "seeds": 3},
+        ),
     ):
         parser = commands.add_parser(name, help=help_, description=help_)
         parser.add_argument("--out", help=f"run folder (default runs/toy-{name})")
-        parser.add_argument("--samples", type=int, default=defaults["samples"],
-                            help="training samples per SAE (per stage for hedging-width)")
+        parser.add_argument(
+            "--samples",
+            type=int,
+            default=defaults["samples"],
+            help="training samples per SAE (per stage for hedging-width)",
+        )
         if defaults["seeds"] is None:
-            parser.add_argument("--restarts", type=int, default=16,
-                                help="initialisations per configuration (best held-out loss)")
+            parser.add_argument(
+                "--restarts",
+                type=int,
+                default=16,
+                help="initialisations per configuration (best held-out loss)",
+            )
         else:
-            parser.add_argument("--seeds", type=int, default=defaults["seeds"],
-                                help="independent initialisations per configuration")
+            parser.add_argument(
+                "--seeds",
+                type=int,
+                default=defaults["seeds"],
+                help="independent initialisations per configuration",
+            )
         parser.add_argument("--seed", type=int, default=0)
         if name == "hedging-width":
-            parser.add_argument("--new-latents", type=int, default=5,
-                                help="N, latents added by the hedging protocol")
+            parser.add_argument(
+                "--new-latents",
+                type=int,
+                default=5,
+                help="N, latents added by the hedging protocol",
+            )
         parser.set_defaults(handler=handler, out_default=f"runs/toy-{name}")
 
 
@@ -49,7 +78,8 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     from theory.cli import add_model_arguments, add_spec_arguments
 
     parser = commands.add_parser(
-        "train", help="train one ReLU-L1 SAE on a feature model and compare with `derive`",
+        "train",
+        help="train one ReLU-L1 SAE on a feature model and compare with `derive`",
         description="Train a ReLU-L1 SAE on a feature model embedded orthonormally in d_in "
         "dimensions; print its parameters in the feature basis next to theory's optimum.",
     )
@@ -59,8 +89,12 @@ def _register_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", type=int, default=2_000_000)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--restarts", type=int, default=1,
-                        help="initialisations trained side by side; the best held-out loss wins")
+    parser.add_argument(
+        "--restarts",
+        type=int,
+        default=1,
+        help="initialisations trained side by side; the best held-out loss wins",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
     parser.set_defaults(handler=run_train)
@@ -88,10 +122,21 @@ def run_train(args: argparse.Namespace) -> int:
     from toymodels.experiments.scenarios import Schedule, compare, train_relu_l1
 
     start = time.perf_counter()
-    schedule = Schedule(n_samples=args.samples, batch_size=args.batch_size, lr=args.lr,
-                        restarts=args.restarts, d_in=args.d_in, seed=args.seed)
-    (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], schedule,
-                               tied=spec.tied, decoder_bias=spec.decoder_bias)
+    schedule = Schedule(
+        n_samples=args.samples,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        restarts=args.restarts,
+        d_in=args.d_in,
+        seed=args.seed,
+    )
+    (trained,) = train_relu_l1(
+        [model],
+        [(0, float(spec.l1), spec.width)],
+        schedule,
+        tied=spec.tied,
+        decoder_bias=spec.decoder_bias,
+    )
     optimum = global_optimum(model, spec, seed=args.seed)
     theory = optimum_record(model, spec, optimum)
     result = compare(model, float(spec.l1), trained, optimum)
@@ -104,18 +149,26 @@ def run_train(args: argparse.Namespace) -> int:
             "decoder_child_components": result["decoder_child_components"],
             "loss_gap": result["loss_gap"],
         },
-        "training": {**vars(schedule), "architecture": "relu-l1", "tied": spec.tied,
-                     "decoder_bias": spec.decoder_bias},
+        "training": {
+            **vars(schedule),
+            "architecture": "relu-l1",
+            "tied": spec.tied,
+            "decoder_bias": spec.decoder_bias,
+        },
         "seconds": time.perf_counter() - start,
     }
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    print(f"expected loss {record['expected_loss']:.6g} (theory {theory['expected_loss']:.6g}, "
-          f"gap {result['loss_gap']:.3g})")
+    print(
+        f"expected loss {record['expected_loss']:.6g} (theory {theory['expected_loss']:.6g}, "
+        f"gap {result['loss_gap']:.3g})"
+    )
     for i, (dec, opt) in enumerate(zip(record["decoder"], theory["decoder"], strict=True)):
-        print(f"latent {i}: decoder {_fmt(dec)} theory {_fmt(opt)} cosine distance "
-              f"{result['decoder_cosine_distance'][i]:.4f}")
+        print(
+            f"latent {i}: decoder {_fmt(dec)} theory {_fmt(opt)} cosine distance "
+            f"{result['decoder_cosine_distance'][i]:.4f}"
+        )
     return 0
 
 
@@ -143,29 +196,31 @@ def run_scenarios_command(args: argparse.Namespace) -> int:
     out = _check_sizes(args)
     from toymodels.experiments.scenarios import Schedule, run_scenarios
 
-    return _report(run_scenarios(out, Schedule(n_samples=args.samples, restarts=args.restarts,
-                                               seed=args.seed)))
+    return _report(
+        run_scenarios(out, Schedule(n_samples=args.samples, restarts=args.restarts, seed=args.seed))
+    )
 
 
 def run_hedging_width_command(args: argparse.Namespace) -> int:
     out = _check_sizes(args)
     from toymodels.experiments.hedging_width import run_hedging_width
 
-    return _report(run_hedging_width(out, n_samples=args.samples, n_seeds=args.seeds,
-                                     n_new=args.new_latents, seed=args.seed))
+    return _report(
+        run_hedging_width(
+            out, n_samples=args.samples, n_seeds=args.seeds, n_new=args.new_latents, seed=args.seed
+        )
+    )
 
 
 def run_absorption_command(args: argparse.Namespace) -> int:
     out = _check_sizes(args)
     from toymodels.experiments.absorption import run_absorption
 
-    return _report(run_absorption(out, n_samples=args.samples, n_seeds=args.seeds,
-                                  seed=args.seed))
+    return _report(run_absorption(out, n_samples=args.samples, n_seeds=args.seeds, seed=args.seed))
 
 
 def run_matryoshka_command(args: argparse.Namespace) -> int:
     out = _check_sizes(args)
     from toymodels.experiments.matryoshka import run_matryoshka
 
-    return _report(run_matryoshka(out, n_samples=args.samples, n_seeds=args.seeds,
-                                  seed=args.seed))
+    return _report(run_matryoshka(out, n_samples=args.samples, n_seeds=args.seeds, seed=args.seed))

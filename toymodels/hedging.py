@@ -45,8 +45,9 @@ def hedging_protocol(
         raise ValueError(f"n_new must be a positive integer, got {n_new!r}")
     stages = {
         "control": copy.deepcopy(initial),
-        "extended": initial.add_latents(n_new, scale=new_latent_scale,
-                                        generator=torch.Generator().manual_seed(seed)),
+        "extended": initial.add_latents(
+            n_new, scale=new_latent_scale, generator=torch.Generator().manual_seed(seed)
+        ),
     }
     for name, sae in stages.items():
         checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{name}.pt"
@@ -58,9 +59,22 @@ def hedging_protocol(
         W_dec_ctrl_FD = control.W_dec[m][control.latent_mask[m]].detach().cpu()
         # The member's original latents first, then the new ones (they sit after all old ones).
         W_dec_ext_GD = extended.W_dec[m][extended.latent_mask[m]].detach().cpu()
-        result = hedging_degree(W_dec_ctrl_FD, W_dec_ext_GD, n_new, n_random=n_random,
-                                generator=torch.Generator().manual_seed(seed))
-        rows.append({"member": m, "width": int(control.latent_mask[m].sum()), "n_new": n_new,
-                     "samples_per_stage": n_samples, "h": result["h"], "p": result["p"],
-                     "p_rand": result["p_rand"]})
+        result = hedging_degree(
+            W_dec_ctrl_FD,
+            W_dec_ext_GD,
+            n_new,
+            n_random=n_random,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        rows.append(
+            {
+                "member": m,
+                "width": int(control.latent_mask[m].sum()),
+                "n_new": n_new,
+                "samples_per_stage": n_samples,
+                "h": result["h"],
+                "p": result["p"],
+                "p_rand": result["p_rand"],
+            }
+        )
     return rows, control, extended

@@ -43,14 +43,15 @@ class TrainLog:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """"auto" means CUDA when available, else CPU."""
+    """ "auto" means CUDA when available, else CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def learning_rate_factor(step: int, n_steps: int, warmup_steps: int, decay_fraction: float
-                         ) -> float:
+def learning_rate_factor(
+    step: int, n_steps: int, warmup_steps: int, decay_fraction: float
+) -> float:
     """Linear warm-up over warmup_steps, then constant, then linear decay to 0 over the last
     decay_fraction of the steps."""
     factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
@@ -94,13 +95,20 @@ def train(
             f"got {lr}, {warmup_steps}, {decay_fraction}"
         )
     if checkpoint_every < 1 or log_every < 1:
-        raise ValueError(f"checkpoint_every and log_every must be >= 1, got "
-                         f"{checkpoint_every}, {log_every}")
+        raise ValueError(
+            f"checkpoint_every and log_every must be >= 1, got {checkpoint_every}, {log_every}"
+        )
     device = resolve_device(device)
     n_steps = n_samples // batch_size
-    run = {"n_samples": n_samples, "batch_size": batch_size, "lr": lr,
-           "warmup_steps": warmup_steps, "decay_fraction": decay_fraction, "seed": seed,
-           "sae": sae.full_config()}
+    run = {
+        "n_samples": n_samples,
+        "batch_size": batch_size,
+        "lr": lr,
+        "warmup_steps": warmup_steps,
+        "decay_fraction": decay_fraction,
+        "seed": seed,
+        "sae": sae.full_config(),
+    }
     sae.to(device).train()
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
@@ -118,8 +126,9 @@ def train(
             state = _checkpoint(run, step, sums, sae, optimizer, data, log)
             atomic_write(path, lambda f: torch.save(state, f))
 
-    bar = tqdm(total=n_steps, initial=step, disable=not progress, unit="step",
-               desc=sae.architecture)
+    bar = tqdm(
+        total=n_steps, initial=step, disable=not progress, unit="step", desc=sae.architecture
+    )
     while step < n_steps:
         factor = learning_rate_factor(step, n_steps, warmup_steps, decay_fraction)
         for group in optimizer.param_groups:
@@ -146,10 +155,24 @@ def train(
     return log
 
 
-def _checkpoint(run: dict, step: int, sums: Tensor | None, sae: SAE,
-                optimizer: torch.optim.Optimizer, data: DataSource, log: TrainLog) -> dict:
-    state = {"run": run, "step": step, "sums": sums, "sae": sae.state_dict(),
-             "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "log": log}
+def _checkpoint(
+    run: dict,
+    step: int,
+    sums: Tensor | None,
+    sae: SAE,
+    optimizer: torch.optim.Optimizer,
+    data: DataSource,
+    log: TrainLog,
+) -> dict:
+    state = {
+        "run": run,
+        "step": step,
+        "sums": sums,
+        "sae": sae.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "log": log,
+    }
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     if hasattr(data, "state_dict"):
@@ -157,13 +180,21 @@ def _checkpoint(run: dict, step: int, sums: Tensor | None, sae: SAE,
     return state
 
 
-def _resume(path: Path, run: dict, sae: SAE, optimizer: torch.optim.Optimizer, data: DataSource,
-            log: TrainLog) -> tuple[int, Tensor | None]:
+def _resume(
+    path: Path,
+    run: dict,
+    sae: SAE,
+    optimizer: torch.optim.Optimizer,
+    data: DataSource,
+    log: TrainLog,
+) -> tuple[int, Tensor | None]:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if state["run"] != run:
         changed = sorted(k for k in run if state["run"].get(k) != run[k])
-        raise ValueError(f"checkpoint {path} belongs to a different run (differs in {changed}); "
-                         "delete it or use another checkpoint_path")
+        raise ValueError(
+            f"checkpoint {path} belongs to a different run (differs in {changed}); "
+            "delete it or use another checkpoint_path"
+        )
     sae.load_state_dict(state["sae"])
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"])
@@ -186,8 +217,10 @@ def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEPa
     dropped: they only add loss, so theory's loss of these params is a lower bound on the SAE's.
     """
     if not sae.relu_codes:
-        raise ValueError(f"theory's SAEParams describe ReLU codes; {sae.architecture!r} SAEs "
-                         "are not ReLU SAEs (allowed: relu-l1, matryoshka with inner relu-l1)")
+        raise ValueError(
+            f"theory's SAEParams describe ReLU codes; {sae.architecture!r} SAEs "
+            "are not ReLU SAEs (allowed: relu-l1, matryoshka with inner relu-l1)"
+        )
     F_ND = torch.as_tensor(np.asarray(directions_ND), dtype=torch.float64)
     if F_ND.dim() != 2 or F_ND.shape[1] != sae.d_in:
         raise ValueError(f"directions must be (n_features, {sae.d_in}), got {tuple(F_ND.shape)}")
@@ -203,10 +236,12 @@ def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEPa
             b_dec = sae.b_dec[m].detach().cpu().double()
             b_dec_in_span = F_ND @ b_dec
             b_dec_orthogonal = b_dec - F_ND.T @ b_dec_in_span
-            params.append(SAEParams(
-                encoder=(W_enc_DK.T @ F_ND.T).numpy(),
-                encoder_bias=(b_enc - W_enc_DK.T @ b_dec_orthogonal).numpy(),
-                decoder=(W_dec_KD @ F_ND.T).numpy(),
-                decoder_bias=b_dec_in_span.numpy(),
-            ))
+            params.append(
+                SAEParams(
+                    encoder=(W_enc_DK.T @ F_ND.T).numpy(),
+                    encoder_bias=(b_enc - W_enc_DK.T @ b_dec_orthogonal).numpy(),
+                    decoder=(W_dec_KD @ F_ND.T).numpy(),
+                    decoder_bias=b_dec_in_span.numpy(),
+                )
+            )
     return params

@@ -101,9 +101,14 @@ class SparseCodes:
             return parts[0]
         starts = np.cumsum([0] + [len(part.features) for part in parts])
         return SparseCodes(
-            torch.cat([_EMPTY] + [part.offsets[:-1] + int(start)
-                                  for part, start in zip(parts, starts, strict=False)]
-                      + [torch.tensor([int(starts[-1])])]),
+            torch.cat(
+                [_EMPTY]
+                + [
+                    part.offsets[:-1] + int(start)
+                    for part, start in zip(parts, starts, strict=False)
+                ]
+                + [torch.tensor([int(starts[-1])])]
+            ),
             torch.cat([_EMPTY] + [part.features for part in parts]),
             torch.cat([torch.zeros(0)] + [part.magnitudes for part in parts]),
             n_features,
@@ -147,8 +152,15 @@ class LargeWorld:
     magnitude_std: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("n_features", "d_in", "n_trees", "branching", "depth", "correlation_rank",
-                     "cluster_size"):
+        for name in (
+            "n_features",
+            "d_in",
+            "n_trees",
+            "branching",
+            "depth",
+            "correlation_rank",
+            "cluster_size",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
@@ -218,8 +230,15 @@ class LargeWorld:
         0.39 down to 0.05, random correlations with strengths in (0.3, 0.9), magnitude std 0.15
         (true L0 = 10.95)."""
         return cls(
-            n_features=50, d_in=100, seed=seed, firing="linear", p_max=0.395, p_min=0.05,
-            correlation="random", correlation_strength=(0.3, 0.9), magnitude_std=0.15,
+            n_features=50,
+            d_in=100,
+            seed=seed,
+            firing="linear",
+            p_max=0.395,
+            p_min=0.05,
+            correlation="random",
+            correlation_strength=(0.3, 0.9),
+            magnitude_std=0.15,
         )
 
     def to_config(self) -> dict:
@@ -325,8 +344,10 @@ class LargeWorld:
                 self.n_roots, lo, hi, self.correlated_fraction, self.positive_fraction, rng
             )
             idiosyncratic_R = np.zeros(self.n_roots)
-        return (torch.as_tensor(factor_RK, dtype=torch.float32),
-                torch.as_tensor(idiosyncratic_R, dtype=torch.float32))
+        return (
+            torch.as_tensor(factor_RK, dtype=torch.float32),
+            torch.as_tensor(idiosyncratic_R, dtype=torch.float32),
+        )
 
     def root_correlation(self) -> np.ndarray:
         """(R, R) correlation matrix of the copula's Gaussian (identity without correlation)."""
@@ -344,8 +365,9 @@ class LargeWorld:
         q_R[i] in a triggered sample, r_R[i] otherwise; rho_C[c] is the firing correlation of
         every pair in cluster c (the requested strength capped at the feasible maximum)."""
         if self.correlation != "clusters":
-            raise ValueError(f"cluster_parameters need correlation = 'clusters', not "
-                             f"{self.correlation!r}")
+            raise ValueError(
+                f"cluster_parameters need correlation = 'clusters', not {self.correlation!r}"
+            )
         p_R = self.root_probabilities
         n_clusters = -(-self.n_roots // self.cluster_size)
         rng = np.random.default_rng([self.seed, 2])
@@ -357,8 +379,9 @@ class LargeWorld:
             odds_min_C = np.minimum.reduceat(odds_R, starts_C)
             odds_max_C = np.maximum.reduceat(odds_R, starts_C)
             correlatable_C = (np.bincount(cluster_R) > 1) & np.isfinite(odds_max_C)
-            rho_C = np.where(correlatable_C,
-                             np.minimum(requested_C, np.sqrt(odds_min_C / odds_max_C)), 0.0)
+            rho_C = np.where(
+                correlatable_C, np.minimum(requested_C, np.sqrt(odds_min_C / odds_max_C)), 0.0
+            )
             o_C = np.sqrt(odds_min_C * odds_max_C)
             pi_C = np.where(rho_C > 0, o_C / (1 + o_C), 0.0)
             pi_R, rho_R = pi_C[cluster_R], rho_C[cluster_R]
@@ -374,8 +397,9 @@ class LargeWorld:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"number of samples must be an integer >= 0, got {n!r}")
         # Chunks of rows keep the working set (events, copula Gaussians) cache-sized.
-        chunks = [self._sample_chunk(min(_CHUNK, n - start), generator)
-                  for start in range(0, n, _CHUNK)]
+        chunks = [
+            self._sample_chunk(min(_CHUNK, n - start), generator) for start in range(0, n, _CHUNK)
+        ]
         return SparseCodes.concatenate(chunks, self.n_features)
 
     def embed(self, codes: SparseCodes) -> torch.Tensor:
@@ -384,8 +408,12 @@ class LargeWorld:
         if codes.n_features != self.n_features:
             raise ValueError(f"codes have {codes.n_features} features, the world {self.n_features}")
         return torch.nn.functional.embedding_bag(
-            codes.features, self.directions, codes.offsets, mode="sum",
-            per_sample_weights=codes.magnitudes, include_last_offset=True,
+            codes.features,
+            self.directions,
+            codes.offsets,
+            mode="sum",
+            per_sample_weights=codes.magnitudes,
+            include_last_offset=True,
         )
 
     def sample_sparse(
@@ -418,10 +446,12 @@ class LargeWorld:
                 is_tree_E = (roots_E < self.n_trees).nonzero().flatten()
                 parent_blocks.append((samples_E[is_tree_E], roots_E[is_tree_E]))
             for level in self._levels:
-                parent_blocks = [self._sample_children(level, *block, generator)
-                                 for block in parent_blocks]
-                blocks += [(samples_E, children_E + level.start)
-                           for samples_E, children_E in parent_blocks]
+                parent_blocks = [
+                    self._sample_children(level, *block, generator) for block in parent_blocks
+                ]
+                blocks += [
+                    (samples_E, children_E + level.start) for samples_E, children_E in parent_blocks
+                ]
         offsets_N1, features_E = _group_by_sample(blocks, n)
         magnitudes_E = torch.full((len(features_E),), float(self.magnitude_mean))
         if self.magnitude_std > 0:
@@ -430,7 +460,10 @@ class LargeWorld:
         return SparseCodes(offsets_N1, features_E, magnitudes_E, self.n_features)
 
     def _sample_children(
-        self, level: _Level, samples_E: torch.Tensor, parents_E: torch.Tensor,
+        self,
+        level: _Level,
+        samples_E: torch.Tensor,
+        parents_E: torch.Tensor,
         generator: torch.Generator | None,
     ) -> _Block:
         """(samples, children numbered within the level) below parent events (sorted by sample,
@@ -444,16 +477,17 @@ class LargeWorld:
             keep_E = (chosen_E < self.branching).nonzero().flatten()
             return samples_E[keep_E], parents_E[keep_E] * self.branching + chosen_E[keep_E]
         p_EB = self._child_probabilities_PB[first_row + parents_E]
-        events_E, siblings_E = (
-            torch.rand(p_EB.shape, generator=generator) < p_EB
-        ).nonzero(as_tuple=True)
+        events_E, siblings_E = (torch.rand(p_EB.shape, generator=generator) < p_EB).nonzero(
+            as_tuple=True
+        )
         return samples_E[events_E], parents_E[events_E] * self.branching + siblings_E
 
     @cached_property
     def _child_probabilities_PB(self) -> torch.Tensor:
         """(all parents, branching) conditional probabilities of each parent's children."""
         return torch.as_tensor(self.child_probabilities, dtype=torch.float32).view(
-            -1, self.branching)
+            -1, self.branching
+        )
 
     def _sample_roots(self, n: int, generator: torch.Generator | None) -> list[_Block]:
         """Root events as blocks sorted by sample."""
@@ -489,16 +523,18 @@ class LargeWorld:
             triggered_NC = torch.zeros(n * n_clusters, dtype=torch.bool)
             triggered_NC[samples_T * n_clusters + clusters_T] = True
             for b, (samples_E, roots_E) in enumerate(blocks):
-                untriggered_E = triggered_NC[samples_E * n_clusters
-                                             + roots_E // self.cluster_size].logical_not_()
+                untriggered_E = triggered_NC[
+                    samples_E * n_clusters + roots_E // self.cluster_size
+                ].logical_not_()
                 untriggered_E = untriggered_E.nonzero().flatten()
                 blocks[b] = (samples_E[untriggered_E], roots_E[untriggered_E])
         p_TM = triggered_CM[clusters_T]
-        triggers_E, members_E = (
-            torch.rand(p_TM.shape, generator=generator) < p_TM
-        ).nonzero(as_tuple=True)
-        blocks.append((samples_T[triggers_E], clusters_T[triggers_E] * self.cluster_size
-                       + members_E))
+        triggers_E, members_E = (torch.rand(p_TM.shape, generator=generator) < p_TM).nonzero(
+            as_tuple=True
+        )
+        blocks.append(
+            (samples_T[triggers_E], clusters_T[triggers_E] * self.cluster_size + members_E)
+        )
         return blocks
 
     @cached_property
@@ -508,8 +544,11 @@ class LargeWorld:
         trigger_C, triggered_R, background_R, _ = self.cluster_parameters
         padded = np.zeros(len(trigger_C) * self.cluster_size)
         padded[: self.n_roots] = triggered_R
-        return (_IndependentFiring(trigger_C), _IndependentFiring(background_R),
-                torch.as_tensor(padded, dtype=torch.float32).view(len(trigger_C), -1))
+        return (
+            _IndependentFiring(trigger_C),
+            _IndependentFiring(background_R),
+            torch.as_tensor(padded, dtype=torch.float32).view(len(trigger_C), -1),
+        )
 
     @cached_property
     def _copula_in_noise_units(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -523,7 +562,11 @@ class LargeWorld:
 
 
 def _random_correlation_factor(
-    n: int, lo: float, hi: float, correlated_fraction: float, positive_fraction: float,
+    n: int,
+    lo: float,
+    hi: float,
+    correlated_fraction: float,
+    positive_fraction: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
     """(n, n) factor L with L L^T the nearest valid correlation matrix to a random target."""
@@ -562,14 +605,16 @@ class _IndependentFiring:
         self.cell_width = self.length / cells
         # guide[c] = number of bounds <= the start of cell c: a lower bound on the item index.
         self.guide = torch.as_tensor(
-            np.searchsorted(bounds_J, np.arange(cells) * self.cell_width, side="right"))
+            np.searchsorted(bounds_J, np.arange(cells) * self.cell_width, side="right")
+        )
         self.bounds = torch.as_tensor(np.append(bounds_J, np.inf))  # inf: the walk stops there
 
     def sample(self, n: int, generator: torch.Generator | None) -> list[_Block]:
         blocks = [self._line(n, generator)]
         if len(self.certain):
-            blocks.append((torch.arange(n).repeat_interleave(len(self.certain)),
-                           self.certain.repeat(n)))
+            blocks.append(
+                (torch.arange(n).repeat_interleave(len(self.certain)), self.certain.repeat(n))
+            )
         return blocks
 
     def _line(self, n: int, generator: torch.Generator | None) -> _Block:

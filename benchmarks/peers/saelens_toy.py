@@ -49,8 +49,12 @@ def measure(args: argparse.Namespace) -> dict:
         )
         with stopwatch() as timing:
             train_toy_sae(
-                sae, features, firing, training_samples=args.samples,
-                batch_size=args.batch, lr=args.lr,
+                sae,
+                features,
+                firing,
+                training_samples=args.samples,
+                batch_size=args.batch,
+                lr=args.lr,
             )
         seconds += timing["seconds"]
     return {
@@ -72,7 +76,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--samples", type=int, default=1_000_000, help="samples per SAE")
     parser.add_argument("--d-in", type=int, default=50)
     parser.add_argument(
-        "--widths", type=lambda s: [int(w) for w in s.split(",")], default=[1, 2, 3, 4],
+        "--widths",
+        type=lambda s: [int(w) for w in s.split(",")],
+        default=[1, 2, 3, 4],
         help="comma-separated SAE widths, cycled over the N SAEs",
     )
     parser.add_argument("--batch", type=int, default=4096)

@@ -64,7 +64,9 @@ def measure(args: argparse.Namespace) -> dict:
         raise ValueError(f"--batch {args.batch} exceeds the {train_ND.shape[0]} training rows")
     sae = TopKTrainingSAE(
         TopKTrainingSAEConfig(
-            d_in=train_ND.shape[1], d_sae=args.width, k=args.k,
+            d_in=train_ND.shape[1],
+            d_sae=args.width,
+            k=args.k,
             normalize_activations=args.normalize,
         )
     )
@@ -111,8 +113,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval-tokens", type=int, default=4096, help="held-out rows (the last)")
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument(
-        "--normalize", choices=["none", "expected_average_only_in"],
-        default="none", help="SAELens normalize_activations",
+        "--normalize",
+        choices=["none", "expected_average_only_in"],
+        default="none",
+        help="SAELens normalize_activations",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)

@@ -31,9 +31,7 @@ def measure(args: argparse.Namespace) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
 
     def batch_tokens():
-        tokens_BT = torch.randint(
-            0, model.cfg.d_vocab, (args.batch, args.ctx), generator=generator
-        )
+        tokens_BT = torch.randint(0, model.cfg.d_vocab, (args.batch, args.ctx), generator=generator)
         tokens_BT[:, 0] = model.tokenizer.bos_token_id
         return tokens_BT
 

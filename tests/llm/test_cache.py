@@ -13,8 +13,9 @@ from llm.corpus import load_corpus, token_batches
 from llm.models import activations, load_model
 from tests.llm.tiny_models import save_tiny_model, write_text_corpus
 
-SETTINGS = dict(layer=1, hook="resid_post", n_tokens=1000, shard_tokens=300, batch_size=4,
-                context_length=16)
+SETTINGS = dict(
+    layer=1, hook="resid_post", n_tokens=1000, shard_tokens=300, batch_size=4, context_length=16
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,10 @@ def corpus(tmp_path_factory):
 def _shards(cache_dir):
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     tensors = [load_file(cache_dir / shard["file"]) for shard in manifest["shards"]]
-    return (torch.cat([t["activations"] for t in tensors]),
-            torch.cat([t["token_ids"] for t in tensors]))
+    return (
+        torch.cat([t["activations"] for t in tensors]),
+        torch.cat([t["token_ids"] for t in tensors]),
+    )
 
 
 def _direct(model, corpus, n_tokens, layer, hook, batch_size, context_length, **_):
@@ -159,8 +162,9 @@ def test_real_gemma_truncated_extraction_matches_its_full_forward(tmp_path):
     gemma = load_model("gemma3-270m", device="cpu")
     assert (gemma.n_layers, gemma.d_model) == (18, 640)
     corpus = load_corpus()
-    settings = dict(layer=5, hook="resid_post", n_tokens=300, shard_tokens=128, batch_size=2,
-                    context_length=80)
+    settings = dict(
+        layer=5, hook="resid_post", n_tokens=300, shard_tokens=128, batch_size=2, context_length=80
+    )
     manifest = extract(gemma, corpus, out_dir=tmp_path, **settings)
     assert [s["n_tokens"] for s in manifest["shards"]] == [128, 128, 44]
     acts_ND, ids_N = _shards(tmp_path)
@@ -169,7 +173,8 @@ def test_real_gemma_truncated_extraction_matches_its_full_forward(tmp_path):
     for batch in [next(batches), next(batches)]:
         with torch.no_grad():  # all 18 layers, hidden states recorded by transformers itself
             hidden = gemma.model.base_model(
-                input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT,
+                input_ids=batch.input_ids_BT,
+                attention_mask=batch.attention_mask_BT,
                 output_hidden_states=True,
             ).hidden_states
         full_acts.append(hidden[6][batch.keep_BT])

@@ -16,9 +16,30 @@ def extracted(tmp_path_factory):
     model = save_tiny_model(folder / "model", "gemma3")
     text = write_text_corpus(folder / "text", n_files=12)
     out = folder / "extract"
-    status = main(["llm", "extract", "--model", str(model), "--layer", "1", "--tokens", "2400",
-                   "--corpus", str(text), "--out", str(out), "--shard-tokens", "600",
-                   "--batch-size", "8", "--context-length", "16", "--device", "cpu"])
+    status = main(
+        [
+            "llm",
+            "extract",
+            "--model",
+            str(model),
+            "--layer",
+            "1",
+            "--tokens",
+            "2400",
+            "--corpus",
+            str(text),
+            "--out",
+            str(out),
+            "--shard-tokens",
+            "600",
+            "--batch-size",
+            "8",
+            "--context-length",
+            "16",
+            "--device",
+            "cpu",
+        ]
+    )
     assert status == 0
     return folder, model, text, out
 
@@ -38,9 +59,28 @@ def test_extract_writes_a_run_with_the_cache(extracted):
 
 def test_train_then_eval(extracted, tmp_path):
     _, model, text, out = extracted
-    train = ["llm", "train", "--cache", str(out), "--architecture", "batchtopk", "--width",
-             "48", "--k", "4", "--tokens", "2560", "--batch-size", "64", "--held-out-tokens",
-             "500", "--device", "cpu", "--out", str(tmp_path / "train")]
+    train = [
+        "llm",
+        "train",
+        "--cache",
+        str(out),
+        "--architecture",
+        "batchtopk",
+        "--width",
+        "48",
+        "--k",
+        "4",
+        "--tokens",
+        "2560",
+        "--batch-size",
+        "64",
+        "--held-out-tokens",
+        "500",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "train"),
+    ]
     assert main(train) == 0
     metrics = _read(tmp_path / "train", "metrics.json")
     assert 0 < metrics["explained_variance"] <= 1 and metrics["input_scale"] > 0
@@ -51,29 +91,83 @@ def test_train_then_eval(extracted, tmp_path):
     assert len(pd.read_csv(tmp_path / "train" / "tables" / "training_log.csv")) >= 1
     assert main(train) == 0  # a second call resumes the finished checkpoint
     assert _read(tmp_path / "train", "metrics.json")["explained_variance"] == pytest.approx(
-        metrics["explained_variance"])
+        metrics["explained_variance"]
+    )
 
-    assert main(["llm", "eval", "--sae", str(tmp_path / "train" / "sae"), "--cache", str(out),
-                 "--corpus", str(text), "--batches", "1", "--batch-size", "2",
-                 "--held-out-tokens", "500", "--device", "cpu",
-                 "--out", str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "llm",
+                "eval",
+                "--sae",
+                str(tmp_path / "train" / "sae"),
+                "--cache",
+                str(out),
+                "--corpus",
+                str(text),
+                "--batches",
+                "1",
+                "--batch-size",
+                "2",
+                "--held-out-tokens",
+                "500",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     evaluation = _read(tmp_path / "eval", "metrics.json")
-    assert evaluation["explained_variance"] == pytest.approx(metrics["explained_variance"],
-                                                             abs=1e-4)
+    assert evaluation["explained_variance"] == pytest.approx(
+        metrics["explained_variance"], abs=1e-4
+    )
     assert evaluation["ce_zero"] > 0 and evaluation["n_predictions"] > 0
     assert _read(tmp_path / "eval", "manifest.json")["model"] == str(model)
 
 
 def test_hedging_writes_its_tables(extracted, tmp_path):
     _, _, _, out = extracted
-    assert main(["llm", "hedging", "--cache", str(out), "--widths", "8,16", "--n-new", "4",
-                 "--tokens", "640", "--batch-size", "64", "--k", "3", "--l1", "0.5",
-                 "--mus", "0,1", "--held-out-tokens", "500", "--device", "cpu",
-                 "--out", str(tmp_path / "hedging")]) == 0
+    assert (
+        main(
+            [
+                "llm",
+                "hedging",
+                "--cache",
+                str(out),
+                "--widths",
+                "8,16",
+                "--n-new",
+                "4",
+                "--tokens",
+                "640",
+                "--batch-size",
+                "64",
+                "--k",
+                "3",
+                "--l1",
+                "0.5",
+                "--mus",
+                "0,1",
+                "--held-out-tokens",
+                "500",
+                "--device",
+                "cpu",
+                "--out",
+                str(tmp_path / "hedging"),
+            ]
+        )
+        == 0
+    )
     table = pd.read_csv(tmp_path / "hedging" / "tables" / "hedging_vs_width.csv")
     assert {"width", "architecture", "seed", "hedging_degree", "n_new"} <= set(table.columns)
     assert sorted(zip(table.architecture, table.width, strict=True)) == [
-        ("batchtopk", 8), ("batchtopk", 16), ("relu-l1", 8), ("relu-l1", 16)]
+        ("batchtopk", 8),
+        ("batchtopk", 16),
+        ("relu-l1", 8),
+        ("relu-l1", 16),
+    ]
     assert table.hedging_degree.between(0, 1).all() and (table.n_new == 4).all()
     mu_table = pd.read_csv(tmp_path / "hedging" / "tables" / "hedging_vs_mu.csv")
     assert sorted(mu_table.mu) == [0.0, 1.0]
@@ -82,15 +176,22 @@ def test_hedging_writes_its_tables(extracted, tmp_path):
     assert "spearman_width_vs_hedging_batchtopk" in metrics
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["llm", "train", "--cache", "{tmp}", "--out", "{tmp}/x"], "not an activation cache"),
-    (["llm", "hedging", "--cache", "{out}", "--architectures", "gated", "--out", "{tmp}/h"],
-     "unknown architectures"),
-    (["llm", "hedging", "--cache", "{out}", "--widths", "8,x"], "comma-separated integers"),
-    (["llm", "eval", "--sae", "{tmp}", "--cache", "{out}", "--out", "{tmp}/e"],
-     "neither an SAE folder"),
-    (["llm", "train", "--cache", "{out}", "--architecture", "gated"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["llm", "train", "--cache", "{tmp}", "--out", "{tmp}/x"], "not an activation cache"),
+        (
+            ["llm", "hedging", "--cache", "{out}", "--architectures", "gated", "--out", "{tmp}/h"],
+            "unknown architectures",
+        ),
+        (["llm", "hedging", "--cache", "{out}", "--widths", "8,x"], "comma-separated integers"),
+        (
+            ["llm", "eval", "--sae", "{tmp}", "--cache", "{out}", "--out", "{tmp}/e"],
+            "neither an SAE folder",
+        ),
+        (["llm", "train", "--cache", "{out}", "--architecture", "gated"], "invalid choice"),
+    ],
+)
 def test_bad_input_is_one_line_and_status_2(extracted, tmp_path, capsys, argv, message):
     out = extracted[3]
     argv = [a.format(tmp=tmp_path, out=out) for a in argv]

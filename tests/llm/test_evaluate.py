@@ -21,8 +21,9 @@ def tiny(tmp_path_factory):
 
 def test_reconstruction_metrics_match_a_direct_computation():
     generator = torch.Generator().manual_seed(0)
-    sae = make_sae("relu-l1", d_in=8, n_latents=6, n_members=2, widths=[4, 6], l1=0.1,
-                   generator=generator)
+    sae = make_sae(
+        "relu-l1", d_in=8, n_latents=6, n_members=2, widths=[4, 6], l1=0.1, generator=generator
+    )
     with torch.no_grad():
         sae.b_enc.copy_(torch.randn(2, 6, generator=generator) - 0.5)
         sae.W_enc[1, :, 5] = -10  # latent 5 of member 1 never fires on these inputs
@@ -37,7 +38,8 @@ def test_reconstruction_metrics_match_a_direct_computation():
         x_hat = codes @ W_dec[:width] + b_dec
         error = ((x - x_hat) ** 2).sum()
         assert result["explained_variance"] == pytest.approx(
-            1 - error / ((x - x.mean(0)) ** 2).sum(), rel=1e-5)
+            1 - error / ((x - x.mean(0)) ** 2).sum(), rel=1e-5
+        )
         assert result["mse"] == pytest.approx(error / len(x), rel=1e-5)
         assert result["l0"] == pytest.approx((codes > 0).sum(1).mean())
         assert result["dead_fraction"] == pytest.approx(1 - (codes > 0).any(0).mean())
@@ -62,21 +64,34 @@ def _clean_cross_entropy(model, corpus, n_batches, batch_size):
         if i == n_batches:
             break
         with torch.no_grad():
-            logits = model.model(input_ids=batch.input_ids_BT,
-                                 attention_mask=batch.attention_mask_BT).logits
+            logits = model.model(
+                input_ids=batch.input_ids_BT, attention_mask=batch.attention_mask_BT
+            ).logits
         counted = batch.keep_BT[:, 1:]
-        losses.append(torch.nn.functional.cross_entropy(
-            logits[:, :-1][counted], batch.input_ids_BT[:, 1:][counted], reduction="none"))
+        losses.append(
+            torch.nn.functional.cross_entropy(
+                logits[:, :-1][counted], batch.input_ids_BT[:, 1:][counted], reduction="none"
+            )
+        )
     return float(torch.cat(losses).mean())
 
 
 @pytest.mark.parametrize("hook", ["resid_post", "resid_pre", "mlp_out"])
 def test_identity_sae_recovers_the_clean_loss_and_zero_sae_the_ablation(tiny, hook):
     model, corpus = tiny
-    identity = splice_metrics(model, _identity_sae(), corpus, LAYER, hook, n_batches=2,
-                              batch_size=3, context_length=CONTEXT)
-    assert identity["ce_clean"] == pytest.approx(_clean_cross_entropy(model, corpus, 2, 3),
-                                                 rel=1e-5)
+    identity = splice_metrics(
+        model,
+        _identity_sae(),
+        corpus,
+        LAYER,
+        hook,
+        n_batches=2,
+        batch_size=3,
+        context_length=CONTEXT,
+    )
+    assert identity["ce_clean"] == pytest.approx(
+        _clean_cross_entropy(model, corpus, 2, 3), rel=1e-5
+    )
     assert identity["ce_sae"] == pytest.approx(identity["ce_clean"], rel=1e-5)
     assert identity["kl"] == pytest.approx(0, abs=1e-5)
     assert identity["ce_loss_recovered"] == pytest.approx(1, abs=1e-3)
@@ -85,8 +100,9 @@ def test_identity_sae_recovers_the_clean_loss_and_zero_sae_the_ablation(tiny, ho
     zero = _identity_sae()
     with torch.no_grad():
         zero.W_dec.zero_()
-    ablated = splice_metrics(model, zero, corpus, LAYER, hook, n_batches=2, batch_size=3,
-                             context_length=CONTEXT)
+    ablated = splice_metrics(
+        model, zero, corpus, LAYER, hook, n_batches=2, batch_size=3, context_length=CONTEXT
+    )
     assert ablated["ce_sae"] == pytest.approx(ablated["ce_zero"], rel=1e-6)
     assert ablated["ce_loss_recovered"] == pytest.approx(0, abs=1e-4)
     assert ablated["kl"] > 1e-4
@@ -94,11 +110,21 @@ def test_identity_sae_recovers_the_clean_loss_and_zero_sae_the_ablation(tiny, ho
 
 def test_evaluation_text_skips_the_cached_tokens(tiny):
     model, corpus = tiny
-    everything = splice_metrics(model, _identity_sae(), corpus, LAYER, n_batches=1,
-                                batch_size=2, context_length=CONTEXT)
-    after = splice_metrics(model, _identity_sae(), corpus, LAYER, n_batches=1, batch_size=2,
-                           context_length=CONTEXT, skip_tokens=1)
+    everything = splice_metrics(
+        model, _identity_sae(), corpus, LAYER, n_batches=1, batch_size=2, context_length=CONTEXT
+    )
+    after = splice_metrics(
+        model,
+        _identity_sae(),
+        corpus,
+        LAYER,
+        n_batches=1,
+        batch_size=2,
+        context_length=CONTEXT,
+        skip_tokens=1,
+    )
     assert everything["ce_clean"] != after["ce_clean"]
     with pytest.raises(ValueError, match="no evaluation text"):
-        splice_metrics(model, _identity_sae(), corpus, LAYER, skip_tokens=10**9,
-                       context_length=CONTEXT)
+        splice_metrics(
+            model, _identity_sae(), corpus, LAYER, skip_tokens=10**9, context_length=CONTEXT
+        )

@@ -62,8 +62,9 @@ def test_saved_then_loaded_sae_gives_the_folded_members_codes(architecture, conf
 @pytest.mark.parametrize("architecture", ["relu-l1", "batchtopk", "jumprelu"])
 def test_input_scale_is_folded_back(architecture, tmp_path):
     """An SAE trained on x * s, written with input_scale = s, maps raw x to x_hat / s."""
-    sae = _trained_like(architecture, k=3) if "topk" in architecture else \
-        _trained_like(architecture)
+    sae = (
+        _trained_like(architecture, k=3) if "topk" in architecture else _trained_like(architecture)
+    )
     scale = 3.0
     x = torch.randn(256, D)
     save_sae(sae, tmp_path, member=0, input_scale=scale)
@@ -87,16 +88,27 @@ def test_foreign_saelens_folder_without_decoder_bias_on_input(tmp_path):
     generator = torch.Generator().manual_seed(3)
     W_enc, W_dec = torch.randn(D, 10, generator=generator), torch.randn(10, D, generator=generator)
     b_enc, b_dec = torch.randn(10, generator=generator), torch.randn(D, generator=generator)
-    save_file({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec},
-              tmp_path / "sae_weights.safetensors")
-    (tmp_path / "cfg.json").write_text(json.dumps({
-        "architecture": "standard", "d_in": D, "d_sae": 10, "apply_b_dec_to_input": False,
-        "normalize_activations": "none", "metadata": {"hook_name": "blocks.3.hook_resid_post"},
-    }))
+    save_file(
+        {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec},
+        tmp_path / "sae_weights.safetensors",
+    )
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "architecture": "standard",
+                "d_in": D,
+                "d_sae": 10,
+                "apply_b_dec_to_input": False,
+                "normalize_activations": "none",
+                "metadata": {"hook_name": "blocks.3.hook_resid_post"},
+            }
+        )
+    )
     loaded = load_sae(tmp_path)
     x = torch.randn(128, D)
-    torch.testing.assert_close(loaded.sae.encode(x)[0], torch.relu(x @ W_enc + b_enc),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        loaded.sae.encode(x)[0], torch.relu(x @ W_enc + b_enc), atol=1e-5, rtol=1e-5
+    )
     assert loaded.source_format == "saelens"
     assert loaded.metadata["hook_name"] == "blocks.3.hook_resid_post"
 
@@ -122,8 +134,12 @@ def test_gemma_scope_npz_encodes_as_the_jumprelu_formula(tmp_path):
     np.testing.assert_allclose(ours[away], codes[away], atol=1e-4, rtol=1e-4)
     assert (codes > 0).mean() > 0.05 and (codes == 0).mean() > 0.05
     x_hat = codes @ params["W_dec"] + params["b_dec"]
-    np.testing.assert_allclose(sae(torch.from_numpy(x))[0].detach().numpy()[away.all(1)],
-                               x_hat[away.all(1)], atol=1e-3, rtol=1e-4)
+    np.testing.assert_allclose(
+        sae(torch.from_numpy(x))[0].detach().numpy()[away.all(1)],
+        x_hat[away.all(1)],
+        atol=1e-3,
+        rtol=1e-4,
+    )
 
 
 def test_bad_paths_and_files_are_refused(tmp_path):

@@ -28,8 +28,9 @@ def _all_rows(cache_dir, shards):
     from safetensors.torch import load_file
 
     manifest = llm.training.read_manifest(cache_dir)
-    return torch.cat([load_file(cache_dir / manifest["shards"][i]["file"])["activations"]
-                      for i in shards])
+    return torch.cat(
+        [load_file(cache_dir / manifest["shards"][i]["file"])["activations"] for i in shards]
+    )
 
 
 def _sorted_rows(rows_ND):
@@ -74,8 +75,14 @@ def test_normalisation_scale_gives_mean_norm_sqrt_d():
 
 
 def _topk(seed=0):
-    return make_sae("topk", d_in=32, n_latents=64, k=4, dead_after_samples=500,
-                    generator=torch.Generator().manual_seed(seed))
+    return make_sae(
+        "topk",
+        d_in=32,
+        n_latents=64,
+        k=4,
+        dead_after_samples=500,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def test_resume_equals_uninterrupted_training(cache, tmp_path, monkeypatch):
@@ -96,10 +103,10 @@ def test_resume_equals_uninterrupted_training(cache, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train_on_cache(_topk(), split, 64 * 30, checkpoint_path=checkpoint, **settings)
     monkeypatch.setattr(CacheData, "__call__", real_call)
-    resumed = train_on_cache(_topk(), split, 64 * 30, checkpoint_path=checkpoint,
-                             **settings).sae
-    for (name, value), expected in zip(resumed.state_dict().items(),
-                                       reference.state_dict().values(), strict=True):
+    resumed = train_on_cache(_topk(), split, 64 * 30, checkpoint_path=checkpoint, **settings).sae
+    for (name, value), expected in zip(
+        resumed.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
         assert torch.equal(value, expected), name
 
 
@@ -117,9 +124,18 @@ def test_training_on_the_cache_learns_to_reconstruct(cache):
 def test_sparse_topk_loss_equals_the_generic_path(with_dead):
     """TopKSAE.loss on a shared batch (the path LLM training takes) against SAE.loss."""
     generator = torch.Generator().manual_seed(0)
-    sae = make_sae("topk", d_in=16, n_latents=40, n_members=3, widths=[40, 25, 40], k=[4, 6, 2],
-                   aux_k=5, aux_coefficient=0.5, dead_after_samples=10 if with_dead else 10**6,
-                   generator=generator)
+    sae = make_sae(
+        "topk",
+        d_in=16,
+        n_latents=40,
+        n_members=3,
+        widths=[40, 25, 40],
+        k=[4, 6, 2],
+        aux_k=5,
+        aux_coefficient=0.5,
+        dead_after_samples=10 if with_dead else 10**6,
+        generator=generator,
+    )
     with torch.no_grad():
         sae.b_enc.copy_(torch.randn(3, 40, generator=generator) * 0.1)
         sae.b_dec.copy_(torch.randn(3, 16, generator=generator) * 0.1)
@@ -130,10 +146,15 @@ def test_sparse_topk_loss_equals_the_generic_path(with_dead):
         copy.load_state_dict(sae.state_dict())
         losses = loss(copy, x)
         losses["total"].backward()
-        results[name] = (losses, {n: p.grad for n, p in copy.named_parameters()},
-                         copy.samples_since_fired)
-    (sparse, sparse_grads, sparse_counts), (generic, generic_grads, generic_counts) = \
-        results["sparse"], results["generic"]
+        results[name] = (
+            losses,
+            {n: p.grad for n, p in copy.named_parameters()},
+            copy.samples_since_fired,
+        )
+    (sparse, sparse_grads, sparse_counts), (generic, generic_grads, generic_counts) = (
+        results["sparse"],
+        results["generic"],
+    )
     assert bool((generic["aux"] > 0).any()) == with_dead
     for key in ("total", "mse", "aux", "per_member"):
         torch.testing.assert_close(sparse[key], generic[key], rtol=1e-5, atol=1e-6)

@@ -14,6 +14,15 @@ def tiny_setup(folder: Path, n_tokens: int = 2400, shard_tokens: int = 600):
     """(model, corpus, cache folder): d_model 32, shards of shard_tokens rows."""
     model = load_model(str(save_tiny_model(folder / "model", "gemma3")), "cpu")
     corpus = load_corpus(str(write_text_corpus(folder / "text", n_files=12)))
-    extract(model, corpus, LAYER, HOOK, n_tokens, folder / "cache", shard_tokens=shard_tokens,
-            batch_size=8, context_length=CONTEXT)
+    extract(
+        model,
+        corpus,
+        LAYER,
+        HOOK,
+        n_tokens,
+        folder / "cache",
+        shard_tokens=shard_tokens,
+        batch_size=8,
+        context_length=CONTEXT,
+    )
     return model, corpus, folder / "cache"

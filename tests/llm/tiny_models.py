@@ -28,7 +28,10 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>",
+        pad_token="<pad>",
+        eos_token="<eos>",
+        bos_token="<bos>",
+        unk_token="<unk>",
     )
 
 
@@ -36,9 +39,16 @@ def tiny_model(architecture: str, n_layers: int = 3, seed: int = 0) -> torch.nn.
     """A random `architecture` ("gemma3" or "llama") causal LM with d_model 32."""
     torch.manual_seed(seed)
     shared = dict(
-        vocab_size=len(SPECIALS) + len(WORDS), hidden_size=32, intermediate_size=64,
-        num_hidden_layers=n_layers, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        vocab_size=len(SPECIALS) + len(WORDS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=n_layers,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
     )
     if architecture == "gemma3":
         # A sliding window shorter than the test contexts, so both attention kinds matter.

@@ -66,8 +66,18 @@ def test_report_is_a_whole_pdf_with_one_page_per_part(report: bytes):
 def test_pages_show_the_run_in_order(report: bytes, run_folder: Path):
     manifest = json.loads((run_folder / "manifest.json").read_text())
     broken_formula = json.loads((run_folder / "metrics.json").read_text())["formulas"]["broken"]
-    (title, config, metrics, hedging_table, hedging_plot, predicted_table, scatter, png,
-     formulas, provenance) = page_texts(report)
+    (
+        title,
+        config,
+        metrics,
+        hedging_table,
+        hedging_plot,
+        predicted_table,
+        scatter,
+        png,
+        formulas,
+        provenance,
+    ) = page_texts(report)
     assert "Toy report" in title and str(run_folder) in title and "4-bit quantized" in title
     assert "This run used a 4-bit quantized model" in config
     assert "model_quantization = Q4_K_M" in config
@@ -173,9 +183,17 @@ def test_other_settings_are_not_mistaken_for_four_bit(config, manifest):
 @pytest.mark.parametrize(
     ("value", "text"),
     [
-        (0.4375, "0.4375"), (2.5e-05, "2.500e-05"), (250_000_000.0, "250000000"),
-        (12345.6, "1.235e+04"), (0.0, "0"), (-0.001234, "-0.001234"), (float("nan"), "nan"),
-        (True, "true"), (None, "null"), (7, "7"), ([0.5, 2], "[0.5, 2]"),
+        (0.4375, "0.4375"),
+        (2.5e-05, "2.500e-05"),
+        (250_000_000.0, "250000000"),
+        (12345.6, "1.235e+04"),
+        (0.0, "0"),
+        (-0.001234, "-0.001234"),
+        (float("nan"), "nan"),
+        (True, "true"),
+        (None, "null"),
+        (7, "7"),
+        ([0.5, 2], "[0.5, 2]"),
         (list(range(15)), "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... (3 more)]"),
     ],
 )
@@ -191,4 +209,3 @@ def test_format_number_keeps_four_significant_digits():
 def test_flatten_gives_dotted_keys_and_keeps_empty_dicts():
     nested = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": "x"}
     assert flatten(nested) == [("a.b", 1), ("a.c.d", [1, 2]), ("e", {}), ("f", "x")]
-

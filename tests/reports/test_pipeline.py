@@ -39,8 +39,12 @@ def test_a_failing_command_stage_names_itself(tmp_path):
 def test_demo_stages_cover_every_floor(tmp_path):
     out = tmp_path / "with space"
     stages = demo_stages(out, "gemma3-270m", 6, 1000, with_llm=True)
-    assert [s.name for s in stages][-4:] == ["llm-activations", "llm-train", "llm-eval",
-                                             "llm-hedging"]
+    assert [s.name for s in stages][-4:] == [
+        "llm-activations",
+        "llm-train",
+        "llm-eval",
+        "llm-hedging",
+    ]
     assert [s.name for s in demo_stages(out, "m", 6, 1000, with_llm=False)][-1] == "toy-matryoshka"
 
 

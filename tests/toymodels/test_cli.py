@@ -18,15 +18,31 @@ def run_cli(capsys, *argv):
 
 
 def test_train_prints_the_trained_sae_next_to_derive(capsys):
-    status, out, _ = run_cli(capsys, "toy", "train", "--joint", "00:0.6,10:0.2,01:0.05,11:0.15",
-                             "--width", "1", "--l1", "0.02", "--samples", "200000",
-                             "--restarts", "4", "--json")
+    status, out, _ = run_cli(
+        capsys,
+        "toy",
+        "train",
+        "--joint",
+        "00:0.6,10:0.2,01:0.05,11:0.15",
+        "--width",
+        "1",
+        "--l1",
+        "0.02",
+        "--samples",
+        "200000",
+        "--restarts",
+        "4",
+        "--json",
+    )
     assert status == 0
     record = json.loads(out)
     assert DERIVE_KEYS <= set(record) and DERIVE_KEYS <= set(record["theory"])
     assert {"fires_on", "spec", "model"} <= set(record["theory"])
-    assert set(record["difference"]) == {"decoder_cosine_distance", "decoder_child_components",
-                                         "loss_gap"}
+    assert set(record["difference"]) == {
+        "decoder_cosine_distance",
+        "decoder_child_components",
+        "loss_gap",
+    }
     decoder = torch.tensor(record["decoder"], dtype=torch.float64)
     assert decoder.shape == (1, 2)
     torch.testing.assert_close(decoder.norm(dim=1), torch.ones(1, dtype=torch.float64))
@@ -35,17 +51,27 @@ def test_train_prints_the_trained_sae_next_to_derive(capsys):
     assert theory_child > 0.1
     assert record["decoder"][0][1] == pytest.approx(theory_child, abs=0.03)
     assert record["difference"]["loss_gap"] == pytest.approx(
-        record["expected_loss"] - record["theory"]["expected_loss"])
+        record["expected_loss"] - record["theory"]["expected_loss"]
+    )
 
 
 def test_train_scenario_tied_without_decoder_bias(capsys):
-    status, out, _ = run_cli(capsys, "toy", "train", "--scenario", "independent", "--tied",
-                             "--no-decoder-bias", "--samples", "20000", "--json")
+    status, out, _ = run_cli(
+        capsys,
+        "toy",
+        "train",
+        "--scenario",
+        "independent",
+        "--tied",
+        "--no-decoder-bias",
+        "--samples",
+        "20000",
+        "--json",
+    )
     assert status == 0
     record = json.loads(out)
     assert record["decoder_bias"] == [0.0, 0.0]
-    assert record["theory"]["spec"] == {"width": 1, "l1": 0.0, "tied": True,
-                                        "decoder_bias": False}
+    assert record["theory"]["spec"] == {"width": 1, "l1": 0.0, "tied": True, "decoder_bias": False}
     # tied before folding means encoder rows parallel to decoder rows after it
     encoder = torch.tensor(record["encoder"], dtype=torch.float64)
     decoder = torch.tensor(record["decoder"], dtype=torch.float64)
@@ -53,15 +79,18 @@ def test_train_scenario_tied_without_decoder_bias(capsys):
     torch.testing.assert_close(cosine, torch.ones(1, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--joint", "00:0.6,10:0.2"], "sum to"),
-    (["--scenario", "sideways"], "unknown scenario"),
-    (["--scenario", "hierarchical", "--samples", "0"], "--samples must be >= 1"),
-    (["--scenario", "hierarchical", "--d-in", "1"], "d_in"),
-    (["--scenario", "hierarchical", "--lr", "-1"], "--lr must be > 0"),
-    (["--scenario", "hierarchical", "--width", "0"], "width"),
-    (["--scenario", "hierarchical", "--samples", "100", "--batch-size", "1000"], "batch_size"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--joint", "00:0.6,10:0.2"], "sum to"),
+        (["--scenario", "sideways"], "unknown scenario"),
+        (["--scenario", "hierarchical", "--samples", "0"], "--samples must be >= 1"),
+        (["--scenario", "hierarchical", "--d-in", "1"], "d_in"),
+        (["--scenario", "hierarchical", "--lr", "-1"], "--lr must be > 0"),
+        (["--scenario", "hierarchical", "--width", "0"], "width"),
+        (["--scenario", "hierarchical", "--samples", "100", "--batch-size", "1000"], "batch_size"),
+    ],
+)
 def test_bad_train_input_is_one_line_with_status_two(capsys, argv, message):
     status, out, err = run_cli(capsys, "toy", "train", *argv)
     assert status == 2
@@ -70,8 +99,17 @@ def test_bad_train_input_is_one_line_with_status_two(capsys, argv, message):
 
 
 def test_experiment_command_writes_a_run_folder(capsys, tmp_path):
-    status, out, _ = run_cli(capsys, "toy", "matryoshka", "--samples", "2048", "--seeds", "1",
-                             "--out", str(tmp_path / "m"))
+    status, out, _ = run_cli(
+        capsys,
+        "toy",
+        "matryoshka",
+        "--samples",
+        "2048",
+        "--seeds",
+        "1",
+        "--out",
+        str(tmp_path / "m"),
+    )
     assert status == 0 and "best_mu" in out
     assert "matryoshka_vs_mu" in read_run(tmp_path / "m")["tables"]
     status, _, err = run_cli(capsys, "toy", "absorption", "--seeds", "0")

@@ -26,9 +26,12 @@ def test_width_one_saes_land_on_theorys_optimum_in_every_scenario_and_l1(tmp_pat
     # measured to converge (300k samples, lr 1e-2 decaying to 0 over the last 30%); every
     # configuration had >= 3 of 8 restarts at the optimum, and the best held-out loss picks one.
     run_scenarios(tmp_path / "scenarios", Schedule(restarts=8), widths=[1])
-    run = check_run(tmp_path / "scenarios", "components",
-                    ["scenario", "l1", "width", "latent", "quantity", "predicted", "measured"],
-                    ["sae_init_and_data"])
+    run = check_run(
+        tmp_path / "scenarios",
+        "components",
+        ["scenario", "l1", "width", "latent", "quantity", "predicted", "measured"],
+        ["sae_init_and_data"],
+    )
     losses, components = run["tables"]["losses"], run["tables"]["components"]
     assert len(losses) == len(SCENARIOS) * len(L1_VALUES)
     assert (losses.max_decoder_cosine_distance < 0.02).all(), losses
@@ -41,23 +44,41 @@ def test_width_one_saes_land_on_theorys_optimum_in_every_scenario_and_l1(tmp_pat
 
 
 def test_scenarios_run_at_a_tiny_size(tmp_path):
-    run_scenarios(tmp_path / "s", Schedule(n_samples=4096, restarts=2),
-                  scenarios=["correlated"], l1_values=[0.02], widths=[1])
-    run = check_run(tmp_path / "s", "components",
-                    ["scenario", "l1", "width", "latent", "quantity", "predicted", "measured",
-                     "difference"], ["sae_init_and_data", "held_out"])
+    run_scenarios(
+        tmp_path / "s",
+        Schedule(n_samples=4096, restarts=2),
+        scenarios=["correlated"],
+        l1_values=[0.02],
+        widths=[1],
+    )
+    run = check_run(
+        tmp_path / "s",
+        "components",
+        ["scenario", "l1", "width", "latent", "quantity", "predicted", "measured", "difference"],
+        ["sae_init_and_data", "held_out"],
+    )
     assert set(run["tables"]["components"].quantity) == {
-        "decoder_parent", "decoder_child", "encoder_parent", "encoder_child", "encoder_bias"}
+        "decoder_parent",
+        "decoder_child",
+        "encoder_parent",
+        "encoder_child",
+        "encoder_bias",
+    }
     assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(run["tables"]["losses"])
     with pytest.raises(ValueError, match="unknown scenario"):
         run_scenarios(tmp_path / "bad", scenarios=["sideways"])
 
 
 def test_hedging_width_runs_at_a_tiny_size(tmp_path):
-    run_hedging_width(tmp_path / "h", n_samples=4096, n_seeds=1, widths=[15, 50], n_new=3,
-                      dead_after_samples=1024)
-    run = check_run(tmp_path / "h", "hedging_vs_width", ["width", "seed", "hedging_degree"],
-                    ["sae_init", "protocol", "world"])
+    run_hedging_width(
+        tmp_path / "h", n_samples=4096, n_seeds=1, widths=[15, 50], n_new=3, dead_after_samples=1024
+    )
+    run = check_run(
+        tmp_path / "h",
+        "hedging_vs_width",
+        ["width", "seed", "hedging_degree"],
+        ["sae_init", "protocol", "world"],
+    )
     table = run["tables"]["hedging_vs_width"]
     assert sorted(table.width) == [15, 50] and (table.n_new == 3).all()
     assert (table.hedging_degree >= 0).all()
@@ -65,11 +86,20 @@ def test_hedging_width_runs_at_a_tiny_size(tmp_path):
 
 
 def test_absorption_runs_at_a_tiny_size(tmp_path):
-    run_absorption(tmp_path / "a", n_samples=4096, n_seeds=1, l1_values=[0.03],
-                   leaks=[0.0, 0.05], eval_samples=2000)
-    run = check_run(tmp_path / "a", "absorption",
-                    ["l1", "leak", "seed", "absorption_fraction", "encoder_child", "predicted",
-                     "measured"], ["sae_init_and_data", "evaluation"])
+    run_absorption(
+        tmp_path / "a",
+        n_samples=4096,
+        n_seeds=1,
+        l1_values=[0.03],
+        leaks=[0.0, 0.05],
+        eval_samples=2000,
+    )
+    run = check_run(
+        tmp_path / "a",
+        "absorption",
+        ["l1", "leak", "seed", "absorption_fraction", "encoder_child", "predicted", "measured"],
+        ["sae_init_and_data", "evaluation"],
+    )
     table = run["tables"]["absorption"].set_index("leak")
     # theory: full absorption without a leak, partial with one
     assert table.loc[0.0, "predicted"] == 1.0
@@ -78,7 +108,11 @@ def test_absorption_runs_at_a_tiny_size(tmp_path):
 
 def test_matryoshka_runs_at_a_tiny_size(tmp_path):
     run_matryoshka(tmp_path / "m", n_samples=4096, n_seeds=1, mu_values=[0.0, 1.0])
-    run = check_run(tmp_path / "m", "matryoshka_vs_mu", ["mu", "seed", "hedging", "absorption"],
-                    ["sae_init_and_data"])
+    run = check_run(
+        tmp_path / "m",
+        "matryoshka_vs_mu",
+        ["mu", "seed", "hedging", "absorption"],
+        ["sae_init_and_data"],
+    )
     assert sorted(run["tables"]["matryoshka_vs_mu"].mu) == [0.0, 1.0]
     assert run["metrics"]["best_mu"] in (0.0, 1.0)

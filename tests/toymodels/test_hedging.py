@@ -14,17 +14,28 @@ from toymodels.sae import make_sae
 from toymodels.train import train
 
 L1 = 0.02
-OPTIONS = {"batch_size": 1024, "lr": 1e-2, "decay_fraction": 0.3, "progress": False,
-           "device": "cpu"}
-
+OPTIONS = {
+    "batch_size": 1024,
+    "lr": 1e-2,
+    "decay_fraction": 0.3,
+    "progress": False,
+    "device": "cpu",
+}
 
 
 def protocol_on(name, width, n_new=1, n_members=4):
     """Train `n_members` initialisations, run the protocol and return the row of the member
     with the lowest held-out loss (single latents have local minima) and the data source."""
     data = EmbeddedWorlds([scenario(name)], [0] * n_members, d_in=50)
-    initial = make_sae("relu-l1", d_in=50, n_latents=width, n_members=n_members, l1=L1,
-                       decoder_init_norm=1.0, generator=torch.Generator().manual_seed(0))
+    initial = make_sae(
+        "relu-l1",
+        d_in=50,
+        n_latents=width,
+        n_members=n_members,
+        l1=L1,
+        decoder_init_norm=1.0,
+        generator=torch.Generator().manual_seed(0),
+    )
     train(initial, data, 200_000, seed=0, **OPTIONS)
     before = {k: v.clone() for k, v in initial.state_dict().items()}
     rows, control, extended = hedging_protocol(initial, data, 200_000, n_new, seed=1, **OPTIONS)

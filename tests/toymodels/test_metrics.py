@@ -62,23 +62,30 @@ def _projector_p(ctrl: np.ndarray, extended: np.ndarray, n_new: int) -> float:
 
 @settings(max_examples=25, deadline=None, derandomize=True)
 @given(
-    n_orig=st.integers(1, 12), n_new=st.integers(1, 5), d_in=st.integers(6, 16),
-    seed=st.integers(0, 2**31 - 1), movement=st.floats(0.0, 0.5),
+    n_orig=st.integers(1, 12),
+    n_new=st.integers(1, 5),
+    d_in=st.integers(6, 16),
+    seed=st.integers(0, 2**31 - 1),
+    movement=st.floats(0.0, 0.5),
 )
 def test_p_matches_an_explicit_projector_and_is_invariant(n_orig, n_new, d_in, seed, movement):
     rng = np.random.default_rng(seed)
     ctrl = rng.standard_normal((n_orig, d_in))
     extended = np.concatenate(
-        [ctrl + movement * rng.standard_normal((n_orig, d_in)),
-         rng.standard_normal((n_new, d_in))]
+        [ctrl + movement * rng.standard_normal((n_orig, d_in)), rng.standard_normal((n_new, d_in))]
     )
     result = hedging_degree(ctrl, extended, n_new, n_random=4, generator=_generator())
     assert result["p"] == pytest.approx(_projector_p(ctrl, extended, n_new), rel=1e-9, abs=1e-12)
     # Folding: p ignores row scales; and it is invariant under a common rotation.
     rotation = ortho_group.rvs(d_in, random_state=seed % 2**32)
     scales = rng.uniform(0.1, 10, (n_orig + n_new, 1))
-    moved = hedging_degree(ctrl @ rotation * scales[:n_orig], extended @ rotation * scales,
-                           n_new, n_random=4, generator=_generator())
+    moved = hedging_degree(
+        ctrl @ rotation * scales[:n_orig],
+        extended @ rotation * scales,
+        n_new,
+        n_random=4,
+        generator=_generator(),
+    )
     assert moved["p"] == pytest.approx(result["p"], rel=1e-9, abs=1e-12)
 
 
@@ -113,10 +120,12 @@ def test_components_in_the_feature_basis():
     directions = torch.tensor(ortho_group.rvs(5, random_state=0)[:3])
     decoder = torch.stack([2 * directions[0], directions[1] - 0.5 * directions[2]])
     components = decoder_components(decoder, directions)
-    torch.testing.assert_close(components.raw_FN, torch.tensor([[2.0, 0, 0], [0, 1, -0.5]],
-                                                               dtype=torch.float64))
-    torch.testing.assert_close(components.cosine_FN[1], torch.tensor(
-        [0, 1, -0.5], dtype=torch.float64) / math.sqrt(1.25))
+    torch.testing.assert_close(
+        components.raw_FN, torch.tensor([[2.0, 0, 0], [0, 1, -0.5]], dtype=torch.float64)
+    )
+    torch.testing.assert_close(
+        components.cosine_FN[1], torch.tensor([0, 1, -0.5], dtype=torch.float64) / math.sqrt(1.25)
+    )
     encoder = encoder_components(3 * directions.T, directions)  # W_enc is (d_in, latents)
     torch.testing.assert_close(encoder.raw_FN, 3 * torch.eye(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="d_in"):
@@ -185,6 +194,7 @@ def test_absorption_fraction_and_encoder_sign():
     assert stats["fraction"] == pytest.approx(0.3)
     assert stats["parent_latent"] == 0 and stats["child_latents"] == [1]
     assert stats["encoder_on_children"] == pytest.approx([-0.5])
-    hedged = absorption_statistics(codes, parent, child[:, None], parent_latent=2,
-                                   child_latents=[1])
+    hedged = absorption_statistics(
+        codes, parent, child[:, None], parent_latent=2, child_latents=[1]
+    )
     assert hedged["fraction"] == pytest.approx(0.1)  # samples 0 and 2 have latent 2 on

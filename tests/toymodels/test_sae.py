@@ -21,21 +21,24 @@ ARCHITECTURES = {
 }
 
 
-
 def exact_directions(n_features, d_in, seed):
     """Orthonormal rows exact to float64 precision."""
-    gaussian = torch.randn(d_in, n_features, generator=torch.Generator().manual_seed(seed),
-                           dtype=torch.float64)
+    gaussian = torch.randn(
+        d_in, n_features, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
     return torch.linalg.qr(gaussian)[0].T
 
 
 def random_sae(name, seed, d_in=7, n_latents=6, n_members=3, **extra):
     """An SAE with every parameter random (not the tied init), float64."""
     g = torch.Generator().manual_seed(seed)
-    config = {key: value[:n_members] if isinstance(value, list) else value
-              for key, value in {**ARCHITECTURES[name], **extra}.items()}
-    sae = make_sae(name, d_in=d_in, n_latents=n_latents, n_members=n_members, generator=g,
-                   **config).double()
+    config = {
+        key: value[:n_members] if isinstance(value, list) else value
+        for key, value in {**ARCHITECTURES[name], **extra}.items()
+    }
+    sae = make_sae(
+        name, d_in=d_in, n_latents=n_latents, n_members=n_members, generator=g, **config
+    ).double()
     with torch.no_grad():
         for p in sae.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.7)
@@ -43,8 +46,12 @@ def random_sae(name, seed, d_in=7, n_latents=6, n_members=3, **extra):
 
 
 @settings(max_examples=15, deadline=None)
-@given(name=st.sampled_from(sorted(ARCHITECTURES)), seed=st.integers(0, 10_000),
-       training=st.booleans(), narrow=st.booleans())
+@given(
+    name=st.sampled_from(sorted(ARCHITECTURES)),
+    seed=st.integers(0, 10_000),
+    training=st.booleans(),
+    narrow=st.booleans(),
+)
 def test_folding_decoder_norms_changes_no_reconstruction(name, seed, training, narrow):
     widths = [2, 6, 4] if narrow else None
     sae = random_sae(name, seed, widths=widths).train(training)
@@ -69,8 +76,10 @@ def test_a_shared_batch_gives_what_the_same_batch_per_member_gives(name, n_laten
     shared, per_member = sae.loss(x), sae.loss(x.expand(3, -1, -1))
     for key in ("total", "mse", "sparsity"):
         torch.testing.assert_close(shared[key], per_member[key], rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(torch.autograd.grad(shared["total"], sae.W_dec)[0],
-                               torch.autograd.grad(per_member["total"], sae.W_dec)[0])
+    torch.testing.assert_close(
+        torch.autograd.grad(shared["total"], sae.W_dec)[0],
+        torch.autograd.grad(per_member["total"], sae.W_dec)[0],
+    )
 
 
 @settings(max_examples=15, deadline=None)
@@ -88,8 +97,13 @@ def test_fused_relu_l1_loss_has_the_generic_paths_values_and_gradients(seed, n_l
         sae.samples_since_fired.fill_(5)
         losses = sae.loss(batch)
         weighted = sum((weights[key] * losses[key]).sum() for key in weights)
-        results.append((losses, torch.autograd.grad(weighted, list(sae.parameters())),
-                        sae.samples_since_fired.clone()))
+        results.append(
+            (
+                losses,
+                torch.autograd.grad(weighted, list(sae.parameters())),
+                sae.samples_since_fired.clone(),
+            )
+        )
     (fused, fused_grads, fused_counts), (generic, generic_grads, generic_counts) = results
     assert type(fused["mse"].grad_fn).__name__ == "SharedBatchReLUL1LossBackward"
     for key in ("mse", "sparsity", "total"):
@@ -144,10 +158,13 @@ def test_batchtopk_threshold_tracks_the_smallest_kept_contribution_and_serves_in
     assert abs((eval_codes > 0).sum(-1).float().mean().item() - 2) < 0.1
 
 
-@pytest.mark.parametrize("inner, plain, extra", [
-    ("batchtopk", "batchtopk", {"k": [1, 2, 3]}),
-    ("relu-l1", "relu-l1", {"l1": [0.01, 0.1, 1.0]}),
-])
+@pytest.mark.parametrize(
+    "inner, plain, extra",
+    [
+        ("batchtopk", "batchtopk", {"k": [1, 2, 3]}),
+        ("relu-l1", "relu-l1", {"l1": [0.01, 0.1, 1.0]}),
+    ],
+)
 def test_matryoshka_with_mu_zero_equals_its_plain_sae(inner, plain, extra):
     g = torch.Generator().manual_seed(3)
     kwargs = {"d_in": 7, "n_latents": 6, "n_members": 3, "widths": [6, 3, 5], **extra}
@@ -166,17 +183,37 @@ def test_matryoshka_with_mu_zero_equals_its_plain_sae(inner, plain, extra):
 
 def test_matryoshka_levels_weights_and_detached_gradients():
     g = torch.Generator().manual_seed(4)
-    sae = make_sae("matryoshka", inner="relu-l1", d_in=5, n_latents=4, levels=[1, 4], mu=0.25,
-                   l1=0.0, generator=g).double()
+    sae = make_sae(
+        "matryoshka",
+        inner="relu-l1",
+        d_in=5,
+        n_latents=4,
+        levels=[1, 4],
+        mu=0.25,
+        l1=0.0,
+        generator=g,
+    ).double()
     x = torch.randn(30, 5, generator=g, dtype=torch.float64)
     codes = sae.encode(x)
-    inner = ((x - sae.decode(codes * torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)))
-             .square().sum(-1).mean())
+    inner = (
+        (x - sae.decode(codes * torch.tensor([1.0, 0, 0, 0], dtype=torch.float64)))
+        .square()
+        .sum(-1)
+        .mean()
+    )
     outer = (x - sae.decode(codes)).square().sum(-1).mean()
     torch.testing.assert_close(sae.loss(x)["mse"][0], 0.25 * inner + outer)
     # Detached: the outer level's error does not train the inner latent's decoder row.
-    detached = make_sae("matryoshka", inner="relu-l1", d_in=5, n_latents=4, levels=[1, 4],
-                        mu=0.0, detached=True, l1=0.0).double()
+    detached = make_sae(
+        "matryoshka",
+        inner="relu-l1",
+        d_in=5,
+        n_latents=4,
+        levels=[1, 4],
+        mu=0.0,
+        detached=True,
+        l1=0.0,
+    ).double()
     detached.load_state_dict(sae.state_dict() | {"level_weights": detached.level_weights})
     detached.loss(x)["total"].backward()
     assert detached.W_dec.grad[0, 0].abs().max() == 0
@@ -191,8 +228,11 @@ def test_masked_latents_never_fire_and_get_no_gradient(name):
     assert (sae.encode(x)[~sae.latent_mask[:, None].expand(-1, 25, -1)] == 0).all()
     sae.loss(x)["total"].backward()
     masked = ~sae.latent_mask
-    for grad in (sae.W_dec.grad[masked], sae.W_enc.grad.transpose(1, 2)[masked],
-                 sae.b_enc.grad[masked]):
+    for grad in (
+        sae.W_dec.grad[masked],
+        sae.W_enc.grad.transpose(1, 2)[masked],
+        sae.b_enc.grad[masked],
+    ):
         assert (grad == 0).all()
     assert (sae.W_dec.grad[sae.latent_mask].abs().sum(-1) > 0).any()
 
@@ -235,8 +275,9 @@ def test_add_latents_keeps_the_original_latents(name):
     grown = sae.add_latents(3, scale=1e-4, generator=torch.Generator().manual_seed(0))
     assert grown.n_latents == 9 and grown.latent_mask[:, 6:].all()
     assert grown.latent_mask[:, :6].equal(sae.latent_mask)
-    torch.testing.assert_close(grown.decoder_norms()[:, 6:], torch.full((3, 3), 1e-4,
-                                                                        dtype=torch.float64))
+    torch.testing.assert_close(
+        grown.decoder_norms()[:, 6:], torch.full((3, 3), 1e-4, dtype=torch.float64)
+    )
     torch.testing.assert_close(grown.W_enc[:, :, 6:], grown.W_dec[:, 6:].transpose(1, 2))
     assert (grown.b_enc[:, 6:] == 0).all()
     x = torch.randn(30, 7, dtype=torch.float64)
@@ -263,8 +304,9 @@ def test_b_dec_initialisation_from_a_batch():
     sae.init_b_dec(points, "mean")
     torch.testing.assert_close(sae.b_dec, torch.tensor([[11 / 3, 0.0]] * 2, dtype=torch.float64))
     sae.init_b_dec(points, "geometric_median", iterations=200)  # the middle point, far from mean
-    torch.testing.assert_close(sae.b_dec, torch.tensor([[1.0, 0.0]] * 2, dtype=torch.float64),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        sae.b_dec, torch.tensor([[1.0, 0.0]] * 2, dtype=torch.float64), atol=1e-4, rtol=0
+    )
     with pytest.raises(ValueError, match="allowed: zero, mean, geometric_median"):
         sae.init_b_dec(points, "median")
 
@@ -279,8 +321,10 @@ def test_loading_a_state_with_a_narrower_mask_masks_those_latents():
 
 def test_relu_l1_loss_on_the_exact_state_distribution_equals_theory():
     # Probabilities are multiples of 1/20: repeating each state 20 p times IS the distribution.
-    world = from_table({"000": 0.45, "100": 0.2, "010": 0.15, "110": 0.1, "011": 0.05,
-                        "111": 0.05}, magnitudes=[1.0, 2.0, 0.5]).numeric()
+    world = from_table(
+        {"000": 0.45, "100": 0.2, "010": 0.15, "110": 0.1, "011": 0.05, "111": 0.05},
+        magnitudes=[1.0, 2.0, 0.5],
+    ).numeric()
     counts = np.rint(world.probabilities * 20).astype(int)
     directions = exact_directions(3, 9, seed=0)
     batch = torch.as_tensor(np.repeat(world.states, counts, axis=0)) @ directions
@@ -291,7 +335,8 @@ def test_relu_l1_loss_on_the_exact_state_distribution_equals_theory():
     loss = sae.loss(batch)
     for m, params in enumerate(to_feature_basis(sae, directions)):
         assert loss["per_member"][m].item() == pytest.approx(
-            float(expected_loss(world, params, sae.l1[m].item())), rel=1e-10)
+            float(expected_loss(world, params, sae.l1[m].item())), rel=1e-10
+        )
 
 
 def test_to_feature_basis_keeps_pre_activations_on_the_span():
@@ -301,8 +346,9 @@ def test_to_feature_basis_keeps_pre_activations_on_the_span():
     codes = sae.encode(torch.as_tensor(world.states) @ directions)
     for m, params in enumerate(to_feature_basis(sae, directions)):
         width = params.encoder.shape[0]
-        np.testing.assert_allclose(theory_codes(world, params), codes[m, :, :width].detach(),
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            theory_codes(world, params), codes[m, :, :width].detach(), atol=1e-12
+        )
 
 
 def test_bad_configurations_are_refused_with_the_allowed_values():

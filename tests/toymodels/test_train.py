@@ -14,7 +14,6 @@ from toymodels.train import learning_rate_factor, to_feature_basis, train
 WORLD = scenario("correlated").numeric()
 
 
-
 def world_data(d_in=50, dtype=torch.float32):
     """Samples of the two-feature world embedded in d_in dims (global RNG, so train seeds it)."""
     directions = orthonormal_directions(2, d_in, torch.Generator().manual_seed(0)).to(dtype)
@@ -22,13 +21,28 @@ def world_data(d_in=50, dtype=torch.float32):
 
 
 def small_stack(n_members=2, seed=0):
-    return make_sae("relu-l1", d_in=8, n_latents=3, n_members=n_members,
-                    widths=[1, 3, 2][:n_members], l1=[0.01, 0.05, 0.1][:n_members],
-                    decoder_init_norm=0.5, generator=torch.Generator().manual_seed(seed)).double()
+    return make_sae(
+        "relu-l1",
+        d_in=8,
+        n_latents=3,
+        n_members=n_members,
+        widths=[1, 3, 2][:n_members],
+        l1=[0.01, 0.05, 0.1][:n_members],
+        decoder_init_norm=0.5,
+        generator=torch.Generator().manual_seed(seed),
+    ).double()
 
 
-SCHEDULE = {"n_samples": 64 * 30, "batch_size": 64, "lr": 1e-2, "warmup_steps": 4,
-            "decay_fraction": 0.3, "seed": 5, "progress": False, "device": "cpu"}
+SCHEDULE = {
+    "n_samples": 64 * 30,
+    "batch_size": 64,
+    "lr": 1e-2,
+    "warmup_steps": 4,
+    "decay_fraction": 0.3,
+    "seed": 5,
+    "progress": False,
+    "device": "cpu",
+}
 
 
 def test_a_stack_trains_exactly_like_its_members_alone():
@@ -74,12 +88,14 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     path = tmp_path / "ckpt" / "train.pt"
     resumed = small_stack()
     with pytest.raises(Interrupted):
-        train(resumed, failing_data, checkpoint_path=path, checkpoint_every=5, log_every=4,
-              **SCHEDULE)
+        train(
+            resumed, failing_data, checkpoint_path=path, checkpoint_every=5, log_every=4, **SCHEDULE
+        )
     assert torch.load(path, weights_only=False)["step"] == 15
     resumed = small_stack(seed=99)  # a fresh process would rebuild the SAE from scratch
-    resumed_log = train(resumed, data, checkpoint_path=path, checkpoint_every=5, log_every=4,
-                        **SCHEDULE)
+    resumed_log = train(
+        resumed, data, checkpoint_path=path, checkpoint_every=5, log_every=4, **SCHEDULE
+    )
     for name, p in reference.state_dict().items():
         assert torch.equal(p, resumed.state_dict()[name]), name
     for key, values in reference_log.as_arrays().items():
@@ -104,9 +120,12 @@ def theory_optimum(l1, starts):
     """Best of local minimisations of theory's exact loss (width 1, two features)."""
     best = None
     for start in starts:
-        result = minimize(lambda v: float(expected_loss(WORLD, _params(v), l1)), start,
-                          method="Nelder-Mead",
-                          options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20_000})
+        result = minimize(
+            lambda v: float(expected_loss(WORLD, _params(v), l1)),
+            start,
+            method="Nelder-Mead",
+            options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20_000},
+        )
         best = result if best is None or result.fun < best.fun else best
     return best.fun
 
@@ -114,16 +133,33 @@ def theory_optimum(l1, starts):
 def test_training_a_width_one_sae_reaches_theorys_optimum():
     l1 = 0.02
     directions, data = world_data()
-    sae = make_sae("relu-l1", d_in=50, n_latents=1, n_members=4, l1=l1, decoder_init_norm=1.0,
-                   generator=torch.Generator().manual_seed(1))
+    sae = make_sae(
+        "relu-l1",
+        d_in=50,
+        n_latents=1,
+        n_members=4,
+        l1=l1,
+        decoder_init_norm=1.0,
+        generator=torch.Generator().manual_seed(1),
+    )
     initial = [float(expected_loss(WORLD, p, l1)) for p in to_feature_basis(sae, directions)]
-    train(sae, data, n_samples=1024 * 800, batch_size=1024, lr=1e-2, seed=0, progress=False,
-          device="cpu")
+    train(
+        sae,
+        data,
+        n_samples=1024 * 800,
+        batch_size=1024,
+        lr=1e-2,
+        seed=0,
+        progress=False,
+        device="cpu",
+    )
     trained_params = to_feature_basis(sae, directions)
     trained = [float(expected_loss(WORLD, p, l1)) for p in trained_params]
     rng = np.random.default_rng(0)
-    starts = [np.concatenate([p.encoder[0], p.encoder_bias, p.decoder[0], p.decoder_bias])
-              for p in trained_params] + [rng.normal(size=7) for _ in range(8)]
+    starts = [
+        np.concatenate([p.encoder[0], p.encoder_bias, p.decoder[0], p.decoder_bias])
+        for p in trained_params
+    ] + [rng.normal(size=7) for _ in range(8)]
     optimum = theory_optimum(l1, starts)
     assert min(initial) > 2 * optimum
     assert min(trained) == pytest.approx(optimum, rel=2e-3)

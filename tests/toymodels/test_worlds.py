@@ -30,8 +30,9 @@ def test_paper_50_matches_the_reference_world():
     i = np.arange(50)
     np.testing.assert_allclose(world.firing_probabilities, 0.345 * (50 - i - 1) / 50 + 0.05)
     assert world.true_l0 == pytest.approx(0.05 * 50 + 0.345 * 1225 / 50)  # 10.9525
-    torch.testing.assert_close(world.directions @ world.directions.T, torch.eye(50), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(
+        world.directions @ world.directions.T, torch.eye(50), atol=1e-5, rtol=0
+    )
     correlation = world.root_correlation()
     np.testing.assert_allclose(np.diag(correlation), 1, atol=1e-12)
     assert np.linalg.eigvalsh(correlation).min() > 0
@@ -81,9 +82,17 @@ def test_marginals_are_exact_through_copula_and_hierarchy(world, seed):
 
 @pytest.mark.parametrize("correlation", ["random", "low_rank"])
 def test_joint_firing_of_roots_is_the_gaussian_copula(correlation):
-    world = LargeWorld(n_features=6, d_in=8, seed=3, firing="linear", p_max=0.5, p_min=0.2,
-                       correlation=correlation, correlation_strength=(0.5, 0.9),
-                       correlation_rank=2)
+    world = LargeWorld(
+        n_features=6,
+        d_in=8,
+        seed=3,
+        firing="linear",
+        p_max=0.5,
+        p_min=0.2,
+        correlation=correlation,
+        correlation_strength=(0.5, 0.9),
+        correlation_rank=2,
+    )
     n = 100_000
     firing = world.sample_firing(n, _generator(1)).numpy()
     correlation = world.root_correlation()
@@ -97,8 +106,17 @@ def test_joint_firing_of_roots_is_the_gaussian_copula(correlation):
 
 
 def test_cluster_pairs_fire_with_the_documented_joint_probability():
-    world = LargeWorld(n_features=12, d_in=16, seed=2, firing="linear", p_max=0.5, p_min=0.1,
-                       correlation="clusters", cluster_size=3, correlation_strength=(0.2, 0.95))
+    world = LargeWorld(
+        n_features=12,
+        d_in=16,
+        seed=2,
+        firing="linear",
+        p_max=0.5,
+        p_min=0.1,
+        correlation="clusters",
+        cluster_size=3,
+        correlation_strength=(0.2, 0.95),
+    )
     pi, q, r, rho = world.cluster_parameters
     p = world.root_probabilities
     # The derivation, checked independently: exact marginals, probabilities, and the pairwise phi
@@ -131,12 +149,20 @@ def test_cluster_with_a_certain_root_stays_independent():
 
 
 @settings(max_examples=30, deadline=None, derandomize=True)
-@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=4), n=st.integers(1, 6),
-       seed=st.integers(0, 1000))
+@given(
+    sizes=st.lists(st.integers(0, 30), min_size=1, max_size=4),
+    n=st.integers(1, 6),
+    seed=st.integers(0, 1000),
+)
 def test_counting_merge_groups_blocks_by_sample(sizes, n, seed):
     generator = _generator(seed)
-    blocks = [(torch.randint(n, (size,), generator=generator).sort().values,
-               torch.randint(100, (size,), generator=generator)) for size in sizes]
+    blocks = [
+        (
+            torch.randint(n, (size,), generator=generator).sort().values,
+            torch.randint(100, (size,), generator=generator),
+        )
+        for size in sizes
+    ]
     offsets, features = _group_by_sample(blocks, n)
     for sample in range(n):
         expected = torch.cat([f[s == sample] for s, f in blocks])  # block after block
@@ -144,9 +170,14 @@ def test_counting_merge_groups_blocks_by_sample(sizes, n, seed):
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
-@given(p=st.lists(st.sampled_from([0.0, 1e-5, 1e-3, 0.05, 0.3, 0.9, 1.0])
-                  | st.floats(0, 1), min_size=1, max_size=40),
-       seed=st.integers(0, 1000))
+@given(
+    p=st.lists(
+        st.sampled_from([0.0, 1e-5, 1e-3, 0.05, 0.3, 0.9, 1.0]) | st.floats(0, 1),
+        min_size=1,
+        max_size=40,
+    ),
+    seed=st.integers(0, 1000),
+)
 def test_sparse_independent_firing_is_exact(p, seed):
     """Poisson line + guide table, over spreads of rates (zeros, certain items, tiny rates)."""
     n, p = 4000, np.array(p)
@@ -161,8 +192,16 @@ def test_sparse_independent_firing_is_exact(p, seed):
 
 
 def test_children_fire_with_their_conditional_probability():
-    world = LargeWorld(n_features=20, d_in=30, n_trees=2, branching=3, depth=1,
-                       exclusive_children=True, child_probability=(0.1, 0.3), seed=4)
+    world = LargeWorld(
+        n_features=20,
+        d_in=30,
+        n_trees=2,
+        branching=3,
+        depth=1,
+        exclusive_children=True,
+        child_probability=(0.1, 0.3),
+        seed=4,
+    )
     n = 50_000
     firing = world.sample_firing(n, _generator(2)).numpy()
     children_index = np.flatnonzero(world.parent_of >= 0)
@@ -173,8 +212,9 @@ def test_children_fire_with_their_conditional_probability():
     counts = (children & parent_fires).sum(axis=0)
     for child in range(children.shape[1]):
         n_parent = int(parent_fires[:, child].sum())
-        _assert_binomial(counts[child : child + 1], n_parent,
-                         world.child_probabilities[child : child + 1])
+        _assert_binomial(
+            counts[child : child + 1], n_parent, world.child_probabilities[child : child + 1]
+        )
 
 
 def test_activations_are_magnitudes_along_directions():
@@ -211,22 +251,36 @@ def test_superposition_uses_unit_directions():
 
 @pytest.mark.parametrize("correlation", ["none", "clusters", "low_rank"])
 def test_sparse_and_dense_outputs_agree(correlation):
-    world = LargeWorld(n_features=300, d_in=64, n_trees=20, branching=3, depth=2,
-                       correlation=correlation, magnitude_std=0.2, seed=6)
+    world = LargeWorld(
+        n_features=300,
+        d_in=64,
+        n_trees=20,
+        branching=3,
+        depth=2,
+        correlation=correlation,
+        magnitude_std=0.2,
+        seed=6,
+    )
     n = 40_000  # more rows than one sampling chunk
     activations, codes = world.sample_sparse(n, _generator(1))
     dense_activations, firing = world.sample(n, _generator(1))
     assert torch.equal(activations, dense_activations) and torch.equal(codes.firing(), firing)
-    torch.testing.assert_close(activations, codes.to_dense() @ world.directions, atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(activations, codes.to_dense() @ world.directions, atol=1e-5, rtol=0)
     assert codes.offsets[0] == 0 and codes.offsets[-1] == len(codes.features)
     assert torch.all(codes.offsets.diff() >= 0)
     assert int(firing.sum()) == len(codes.features)  # no feature listed twice in a sample
 
 
 def test_config_round_trip_and_determinism():
-    world = LargeWorld(n_features=40, d_in=16, n_trees=3, exclusive_children=True,
-                       correlation="low_rank", magnitude_std=0.1, seed=9)
+    world = LargeWorld(
+        n_features=40,
+        d_in=16,
+        n_trees=3,
+        exclusive_children=True,
+        correlation="low_rank",
+        magnitude_std=0.1,
+        seed=9,
+    )
     rebuilt = LargeWorld.from_config(json.loads(json.dumps(world.to_config())))
     assert rebuilt == world
     a, fa = world.sample(100, _generator(5))
@@ -242,8 +296,10 @@ def test_config_round_trip_and_determinism():
         ({"firing": "uniform"}, "allowed: zipf, linear"),
         ({"p_min": 0.5, "p_max": 0.4}, "p_min <= p_max"),
         ({"n_trees": 10, "branching": 3}, "more than n_features"),
-        ({"n_trees": 1, "exclusive_children": True, "child_probability": (0.2, 0.6)},
-         "branching \\* max child probability <= 1"),
+        (
+            {"n_trees": 1, "exclusive_children": True, "child_probability": (0.2, 0.6)},
+            "branching \\* max child probability <= 1",
+        ),
         ({"correlation": "full"}, "allowed: none, random, low_rank, clusters"),
         ({"correlation": "clusters", "correlation_strength": (0.3, 1.2)}, "<= 1"),
         ({"cluster_size": 0}, "cluster_size = 0"),

@@ -35,8 +35,9 @@ LEAKS = (0.0, 0.02, 0.05)
 
 def absorption_world(leak: float = 0.0):  # noqa: ANN201 (FeatureModel)
     """f0 parent, f1 its child (firing without f0 with probability `leak`), f2, f3 free."""
-    return product(two_feature(P_PARENT, P_CHILD_GIVEN_PARENT, leak),
-                   independent([P_OTHERS, P_OTHERS]))
+    return product(
+        two_feature(P_PARENT, P_CHILD_GIVEN_PARENT, leak), independent([P_OTHERS, P_OTHERS])
+    )
 
 
 def predicted_offset(leak: float, l1: float) -> float:
@@ -61,19 +62,39 @@ def run_absorption(
     if n_seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {n_seeds}")
     worlds = [absorption_world(leak) for leak in leaks]
-    members = [(r, w, float(l1)) for r in range(n_seeds) for w in range(len(worlds))
-               for l1 in l1_values]
+    members = [
+        (r, w, float(l1)) for r in range(n_seeds) for w in range(len(worlds)) for l1 in l1_values
+    ]
     data = EmbeddedWorlds(worlds, [w for _, w, _ in members], d_in, seed)
-    run = Run(out, {"experiment": "toy-absorption", "architecture": "relu-l1", "width": width,
-                    "d_in": d_in, "l1_values": list(l1_values), "leaks": list(leaks),
-                    "n_seeds": n_seeds, "samples": n_samples, "batch_size": batch_size,
-                    "lr": lr, "worlds": [w.describe() for w in worlds]},
-              seeds={"sae_init_and_data": seed, "evaluation": seed + 1})
-    sae = make_sae("relu-l1", d_in=d_in, n_latents=width, n_members=len(members),
-                   l1=[l1 for *_, l1 in members], decoder_init_norm=1.0,
-                   generator=torch.Generator().manual_seed(seed))
-    train(sae, data, n_samples, batch_size=batch_size, lr=lr, seed=seed, progress=False,
-          device="cpu")
+    run = Run(
+        out,
+        {
+            "experiment": "toy-absorption",
+            "architecture": "relu-l1",
+            "width": width,
+            "d_in": d_in,
+            "l1_values": list(l1_values),
+            "leaks": list(leaks),
+            "n_seeds": n_seeds,
+            "samples": n_samples,
+            "batch_size": batch_size,
+            "lr": lr,
+            "worlds": [w.describe() for w in worlds],
+        },
+        seeds={"sae_init_and_data": seed, "evaluation": seed + 1},
+    )
+    sae = make_sae(
+        "relu-l1",
+        d_in=d_in,
+        n_latents=width,
+        n_members=len(members),
+        l1=[l1 for *_, l1 in members],
+        decoder_init_norm=1.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    train(
+        sae, data, n_samples, batch_size=batch_size, lr=lr, seed=seed, progress=False, device="cpu"
+    )
     sae.fold_decoder_norms()
     directions_ND = data.directions_ND
     generator = torch.Generator().manual_seed(seed + 1)
@@ -84,39 +105,52 @@ def run_absorption(
             states_BN = evaluation[w]
             codes_BF = sae.select_members([m]).encode(states_BN @ directions_ND)[0]
             firing_BN = states_BN > 0
-            stats = absorption_statistics(codes_BF, firing_BN[:, 0], firing_BN[:, 1:2],
-                                          sae.W_enc[m], directions_ND[1:2])
+            stats = absorption_statistics(
+                codes_BF, firing_BN[:, 0], firing_BN[:, 1:2], sae.W_enc[m], directions_ND[1:2]
+            )
             parent = stats["parent_latent"]
             child = stats["child_latents"][0]
             encoder = (sae.W_enc[m].T @ directions_ND.T).numpy()  # (F, n) feature components
             decoder = (sae.W_dec[m] @ directions_ND.T).numpy()
-            rows.append({
-                "l1": l1, "leak": leaks[w], "seed": replicate,
-                "absorption_fraction": stats["fraction"],
-                "parent_latent": parent, "child_latent": child,
-                "encoder_parent": float(encoder[parent, 0]),
-                "encoder_child": float(encoder[parent, 1]),
-                "measured": float(-encoder[parent, 1] / encoder[parent, 0]),
-                "predicted": predicted_offset(leaks[w], l1),
-                "child_latent_decoder_parent": float(decoder[child, 0]),
-                "child_latent_decoder_child": float(decoder[child, 1]),
-            })
+            rows.append(
+                {
+                    "l1": l1,
+                    "leak": leaks[w],
+                    "seed": replicate,
+                    "absorption_fraction": stats["fraction"],
+                    "parent_latent": parent,
+                    "child_latent": child,
+                    "encoder_parent": float(encoder[parent, 0]),
+                    "encoder_child": float(encoder[parent, 1]),
+                    "measured": float(-encoder[parent, 1] / encoder[parent, 0]),
+                    "predicted": predicted_offset(leaks[w], l1),
+                    "child_latent_decoder_parent": float(decoder[child, 0]),
+                    "child_latent_decoder_child": float(decoder[child, 1]),
+                }
+            )
     table = pd.DataFrame(rows)
     run.write_table("absorption", table)
     loss, delta = absorption_offset_latex()
-    run.write_metrics({
-        "mean_absorption_fraction": float(table.absorption_fraction.mean()),
-        "mean_abs_offset_error": float(np.abs(table.measured - table.predicted).mean()),
-        "negative_child_encoder_fraction": float((table.encoder_child < 0).mean()),
-        "formulas": {"absorption_slope": absorption_slope().latex,
-                     "absorption_family_loss": loss, "offset": delta},
-    })
+    run.write_metrics(
+        {
+            "mean_absorption_fraction": float(table.absorption_fraction.mean()),
+            "mean_abs_offset_error": float(np.abs(table.measured - table.predicted).mean()),
+            "negative_child_encoder_fraction": float((table.encoder_child < 0).mean()),
+            "formulas": {
+                "absorption_slope": absorption_slope().latex,
+                "absorption_family_loss": loss,
+                "offset": delta,
+            },
+        }
+    )
     return run
 
 
 def absorption_offset_latex() -> tuple[str, str]:
     """LaTeX of the absorption family's loss and of the measured offset."""
     loss, _ = absorption_offset_loss(*sp.symbols("P_10 P_11 P_01 lambda", nonnegative=True))
-    measured = (r"\delta = -\frac{w^{\mathrm{enc}}_{\mathrm{parent}} \cdot f_1}"
-                r"{w^{\mathrm{enc}}_{\mathrm{parent}} \cdot f_0}")
+    measured = (
+        r"\delta = -\frac{w^{\mathrm{enc}}_{\mathrm{parent}} \cdot f_1}"
+        r"{w^{\mathrm{enc}}_{\mathrm{parent}} \cdot f_0}"
+    )
     return sp.latex(loss), measured

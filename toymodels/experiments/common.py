@@ -38,14 +38,18 @@ class EmbeddedWorlds:
         self.worlds = [w.numeric() if isinstance(w, FeatureModel) else w for w in worlds]
         n_features = {w.patterns.shape[1] for w in self.worlds}
         if len(n_features) != 1:
-            raise ValueError(f"worlds of one stack need the same number of features, got "
-                             f"{sorted(n_features)}")
+            raise ValueError(
+                f"worlds of one stack need the same number of features, got {sorted(n_features)}"
+            )
         self.member_world = torch.as_tensor(list(member_world), dtype=torch.long)
         if self.member_world.min() < 0 or self.member_world.max() >= len(self.worlds):
-            raise ValueError(f"member_world entries must be in [0, {len(self.worlds)}), got "
-                             f"{self.member_world.tolist()}")
+            raise ValueError(
+                f"member_world entries must be in [0, {len(self.worlds)}), got "
+                f"{self.member_world.tolist()}"
+            )
         self.directions_ND = orthonormal_directions(
-            n_features.pop(), d_in, torch.Generator().manual_seed(seed))
+            n_features.pop(), d_in, torch.Generator().manual_seed(seed)
+        )
 
     def __call__(self, batch_size: int) -> torch.Tensor:
         batches_WBD = [sample_activations(w, self.directions_ND, batch_size) for w in self.worlds]
@@ -57,6 +61,7 @@ class EmbeddedWorlds:
 def match_latents(trained_KN: np.ndarray, reference_KN: np.ndarray) -> np.ndarray:
     """Permutation `order` with trained_KN[order[i]] the latent matching reference latent i
     (decoder rows in the feature basis; maximal summed cosine, one to one)."""
+
     def unit(rows: np.ndarray) -> np.ndarray:
         norms = np.linalg.norm(rows, axis=1, keepdims=True)
         return rows / np.where(norms > 0, norms, 1.0)
@@ -91,8 +96,9 @@ def freeze_decoder_bias(sae: SAE) -> None:
 
 
 @torch.no_grad()
-def held_out_loss(sae: SAE, data: EmbeddedWorlds, n_samples: int, seed: int,
-                  chunk: int = 2048) -> np.ndarray:
+def held_out_loss(
+    sae: SAE, data: EmbeddedWorlds, n_samples: int, seed: int, chunk: int = 2048
+) -> np.ndarray:
     """Each member's loss on n_samples fresh samples (the same samples for members that share a
     world, so restarts are compared on common data): (M,)."""
     was_training = sae.training

@@ -53,30 +53,64 @@ def run_hedging_width(
     k = round(world.true_l0)
     members = [(s, int(w)) for s in range(n_seeds) for w in widths]
     options = {"batch_size": batch_size, "lr": lr, "progress": False, "device": "cpu"}
-    run = Run(out, {"experiment": "toy-hedging-width", "world": world.to_config(),
-                    "architecture": "batchtopk", "k": k, "widths": list(widths),
-                    "n_seeds": n_seeds, "n_new": n_new, "samples_per_stage": n_samples,
-                    "dead_after_samples": dead_after_samples, **options},
-              seeds={"sae_init": seed, "initial_training": seed, "protocol": seed + 1,
-                     "world": world_seed})
-    sae = make_sae("batchtopk", d_in=world.d_in, n_latents=max(widths), n_members=len(members),
-                   widths=[w for _, w in members], k=k, dead_after_samples=dead_after_samples,
-                   generator=torch.Generator().manual_seed(seed))
+    run = Run(
+        out,
+        {
+            "experiment": "toy-hedging-width",
+            "world": world.to_config(),
+            "architecture": "batchtopk",
+            "k": k,
+            "widths": list(widths),
+            "n_seeds": n_seeds,
+            "n_new": n_new,
+            "samples_per_stage": n_samples,
+            "dead_after_samples": dead_after_samples,
+            **options,
+        },
+        seeds={
+            "sae_init": seed,
+            "initial_training": seed,
+            "protocol": seed + 1,
+            "world": world_seed,
+        },
+    )
+    sae = make_sae(
+        "batchtopk",
+        d_in=world.d_in,
+        n_latents=max(widths),
+        n_members=len(members),
+        widths=[w for _, w in members],
+        k=k,
+        dead_after_samples=dead_after_samples,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
     def data(batch: int) -> torch.Tensor:
         return world.sample_sparse(batch)[0]  # the firing pattern is not needed here
 
     train(sae, data, n_samples, seed=seed, **options)
     rows, _, _ = hedging_protocol(sae, data, n_samples, n_new, seed=seed + 1, **options)
-    table = pd.DataFrame([{"width": w, "seed": s, "hedging_degree": r["h"], "p": r["p"],
-                           "p_rand": r["p_rand"], "n_new": n_new}
-                          for (s, w), r in zip(members, rows, strict=True)])
+    table = pd.DataFrame(
+        [
+            {
+                "width": w,
+                "seed": s,
+                "hedging_degree": r["h"],
+                "p": r["p"],
+                "p_rand": r["p_rand"],
+                "n_new": n_new,
+            }
+            for (s, w), r in zip(members, rows, strict=True)
+        ]
+    )
     run.write_table("hedging_vs_width", table)
     correlation = spearmanr(table.width, table.hedging_degree).statistic
-    run.write_metrics({
-        "spearman_width_vs_hedging": float(correlation),
-        "n_new": n_new,
-        "mean_hedging_by_width": table.groupby("width").hedging_degree.mean().to_dict(),
-        "formulas": {"hedging_degree": HEDGING_DEGREE_LATEX},
-    })
+    run.write_metrics(
+        {
+            "spearman_width_vs_hedging": float(correlation),
+            "n_new": n_new,
+            "mean_hedging_by_width": table.groupby("width").hedging_degree.mean().to_dict(),
+            "formulas": {"hedging_degree": HEDGING_DEGREE_LATEX},
+        }
+    )
     return run

@@ -49,16 +49,39 @@ def run_matryoshka(
     members = [(r, float(mu)) for r in range(n_seeds) for mu in mu_values]
     world = matryoshka_world()
     data = EmbeddedWorlds([world], [0] * len(members), d_in, seed)
-    run = Run(out, {"experiment": "toy-matryoshka", "architecture": "matryoshka",
-                    "inner": "relu-l1", "levels": [1, 4], "l1": l1, "mu_values": list(mu_values),
-                    "n_seeds": n_seeds, "samples": n_samples, "batch_size": batch_size, "lr": lr,
-                    "d_in": d_in, "world": world.describe()},
-              seeds={"sae_init_and_data": seed})
-    sae = make_sae("matryoshka", inner="relu-l1", d_in=d_in, n_latents=4,
-                   n_members=len(members), levels=[1, 4], mu=[mu for _, mu in members], l1=l1,
-                   decoder_init_norm=1.0, generator=torch.Generator().manual_seed(seed))
-    train(sae, data, n_samples, batch_size=batch_size, lr=lr, seed=seed, progress=False,
-          device="cpu")
+    run = Run(
+        out,
+        {
+            "experiment": "toy-matryoshka",
+            "architecture": "matryoshka",
+            "inner": "relu-l1",
+            "levels": [1, 4],
+            "l1": l1,
+            "mu_values": list(mu_values),
+            "n_seeds": n_seeds,
+            "samples": n_samples,
+            "batch_size": batch_size,
+            "lr": lr,
+            "d_in": d_in,
+            "world": world.describe(),
+        },
+        seeds={"sae_init_and_data": seed},
+    )
+    sae = make_sae(
+        "matryoshka",
+        inner="relu-l1",
+        d_in=d_in,
+        n_latents=4,
+        n_members=len(members),
+        levels=[1, 4],
+        mu=[mu for _, mu in members],
+        l1=l1,
+        decoder_init_norm=1.0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    train(
+        sae, data, n_samples, batch_size=batch_size, lr=lr, seed=seed, progress=False, device="cpu"
+    )
     sae.fold_decoder_norms()
     with torch.no_grad():
         decoder_MFN = sae.W_dec @ data.directions_ND.T
@@ -69,24 +92,34 @@ def run_matryoshka(
         parent = int(decoder_MFN[m, :, 0].argmax())
         decoder, encoder = decoder_MFN[m, parent], encoder_MFN[m, parent]
         read_dec, read_enc = decoder[list(READ_OUT)], encoder[list(READ_OUT)]
-        rows.append({
-            "mu": mu, "seed": replicate, "parent_latent": parent,
-            "decoder_parent": float(decoder[0]), "encoder_parent": float(encoder[0]),
-            "hedging": float(read_dec.clamp(min=0).mean()),
-            "absorption": float((-read_enc).clamp(min=0).mean()),
-            "decoder_read_out_mean": float(read_dec.mean()),
-            "encoder_read_out_mean": float(read_enc.mean()),
-            "decoder_hidden": float(decoder[4]), "encoder_hidden": float(encoder[4]),
-        })
+        rows.append(
+            {
+                "mu": mu,
+                "seed": replicate,
+                "parent_latent": parent,
+                "decoder_parent": float(decoder[0]),
+                "encoder_parent": float(encoder[0]),
+                "hedging": float(read_dec.clamp(min=0).mean()),
+                "absorption": float((-read_enc).clamp(min=0).mean()),
+                "decoder_read_out_mean": float(read_dec.mean()),
+                "encoder_read_out_mean": float(read_enc.mean()),
+                "decoder_hidden": float(decoder[4]),
+                "encoder_hidden": float(encoder[4]),
+            }
+        )
     table = pd.DataFrame(rows)
     table["error"] = table.hedging + table.absorption
     run.write_table("matryoshka_vs_mu", table)
     by_mu = table.groupby("mu")[["hedging", "absorption", "error"]].mean()
-    run.write_metrics({
-        "best_mu": float(by_mu.error.idxmin()),
-        "hedging_by_mu": by_mu.hedging.to_dict(),
-        "absorption_by_mu": by_mu.absorption.to_dict(),
-        "formulas": {"tracking_hedging_coefficient": tracking_hedging_coefficient(False).latex,
-                     "level_weights": r"\beta_j = \mu^{\,n-j}"},
-    })
+    run.write_metrics(
+        {
+            "best_mu": float(by_mu.error.idxmin()),
+            "hedging_by_mu": by_mu.hedging.to_dict(),
+            "absorption_by_mu": by_mu.absorption.to_dict(),
+            "formulas": {
+                "tracking_hedging_coefficient": tracking_hedging_coefficient(False).latex,
+                "level_weights": r"\beta_j = \mu^{\,n-j}",
+            },
+        }
+    )
     return run

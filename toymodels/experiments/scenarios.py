@@ -70,12 +70,16 @@ def train_relu_l1(
     data = EmbeddedWorlds(
         [w for _ in range(schedule.restarts) for w in worlds],
         [r * n_worlds + w for r in range(schedule.restarts) for w, _, _ in configs],
-        schedule.d_in, schedule.seed,
+        schedule.d_in,
+        schedule.seed,
     )
     held_out = EmbeddedWorlds(worlds, [w for w, _, _ in members], schedule.d_in, schedule.seed)
     sae = make_sae(
-        "relu-l1", d_in=schedule.d_in, n_latents=max(width for _, _, width in members),
-        n_members=len(members), widths=[width for _, _, width in members],
+        "relu-l1",
+        d_in=schedule.d_in,
+        n_latents=max(width for _, _, width in members),
+        n_members=len(members),
+        widths=[width for _, _, width in members],
         l1=[l1 for _, l1, _ in members],
         generator=torch.Generator().manual_seed(schedule.seed),
     )
@@ -83,9 +87,17 @@ def train_relu_l1(
         tie_encoder_to_decoder(sae)
     if not decoder_bias:
         freeze_decoder_bias(sae)
-    train(sae, data, n_samples=schedule.n_samples, batch_size=schedule.batch_size,
-          lr=schedule.lr, decay_fraction=schedule.decay_fraction, seed=schedule.seed,
-          progress=False, device="cpu")
+    train(
+        sae,
+        data,
+        n_samples=schedule.n_samples,
+        batch_size=schedule.batch_size,
+        lr=schedule.lr,
+        decay_fraction=schedule.decay_fraction,
+        seed=schedule.seed,
+        progress=False,
+        device="cpu",
+    )
     losses = held_out_loss(sae, held_out, schedule.held_out_samples, seed=schedule.seed + 1)
     params = to_feature_basis(sae, data.directions_ND)
     return [params[m] for m in best_of_restarts(losses, len(configs))]
@@ -95,14 +107,18 @@ def compare(world: FeatureModel, l1: float, trained: SAEParams, optimum: Optimum
     """Trained (folded, latents matched to the optimum's) against theory's optimum."""
     folded = trained.folded()
     order = match_latents(folded.decoder, optimum.params.decoder)
-    matched = SAEParams(folded.encoder[order], folded.encoder_bias[order],
-                        folded.decoder[order], folded.decoder_bias)
+    matched = SAEParams(
+        folded.encoder[order],
+        folded.encoder_bias[order],
+        folded.decoder[order],
+        folded.decoder_bias,
+    )
     measured_loss = float(expected_loss(world.numeric(), trained, l1))
     return {
         "params": matched,
         "decoder_cosine_distance": [
-            cosine_distance(a, b) for a, b in zip(matched.decoder, optimum.params.decoder,
-                                                  strict=True)
+            cosine_distance(a, b)
+            for a, b in zip(matched.decoder, optimum.params.decoder, strict=True)
         ],
         "decoder_child_components": {
             "measured": matched.decoder[:, 1:].tolist(),
@@ -134,12 +150,24 @@ def run_scenarios(
         if name not in SCENARIOS:
             raise ValueError(f"unknown scenario {name!r}; allowed: {', '.join(SCENARIOS)}")
     worlds = [scenario(name) for name in scenarios]
-    configs = [(w, float(l1), int(width)) for w in range(len(worlds)) for l1 in l1_values
-               for width in widths]
-    run = Run(out, {"experiment": "toy-scenarios", "scenarios": list(scenarios),
-                    "l1_values": list(l1_values), "widths": list(widths),
-                    "schedule": vars(schedule), "architecture": "relu-l1"},
-              seeds={"sae_init_and_data": schedule.seed, "held_out": schedule.seed + 1})
+    configs = [
+        (w, float(l1), int(width))
+        for w in range(len(worlds))
+        for l1 in l1_values
+        for width in widths
+    ]
+    run = Run(
+        out,
+        {
+            "experiment": "toy-scenarios",
+            "scenarios": list(scenarios),
+            "l1_values": list(l1_values),
+            "widths": list(widths),
+            "schedule": vars(schedule),
+            "architecture": "relu-l1",
+        },
+        seeds={"sae_init_and_data": schedule.seed, "held_out": schedule.seed + 1},
+    )
     trained = train_relu_l1(worlds, configs, schedule)
     rows, losses = [], []
     for (w, l1, width), params in zip(configs, trained, strict=True):
@@ -152,21 +180,36 @@ def run_scenarios(
                 measured = getattr(result["params"], field)[latent]
                 if feature is not None:
                     predicted, measured = predicted[feature], measured[feature]
-                rows.append({**key, "latent": latent, "quantity": quantity,
-                             "predicted": float(predicted), "measured": float(measured),
-                             "difference": float(measured - predicted)})
-        losses.append({**key, "predicted_loss": optimum.loss,
-                       "measured_loss": result["expected_loss"], "loss_gap": result["loss_gap"],
-                       "max_decoder_cosine_distance": max(result["decoder_cosine_distance"])})
+                rows.append(
+                    {
+                        **key,
+                        "latent": latent,
+                        "quantity": quantity,
+                        "predicted": float(predicted),
+                        "measured": float(measured),
+                        "difference": float(measured - predicted),
+                    }
+                )
+        losses.append(
+            {
+                **key,
+                "predicted_loss": optimum.loss,
+                "measured_loss": result["expected_loss"],
+                "loss_gap": result["loss_gap"],
+                "max_decoder_cosine_distance": max(result["decoder_cosine_distance"]),
+            }
+        )
     components, loss_table = pd.DataFrame(rows), pd.DataFrame(losses)
     run.write_table("components", components)
     run.write_table("losses", loss_table)
     child = components[components.quantity == "decoder_child"]
-    run.write_metrics({
-        "max_decoder_cosine_distance": float(loss_table.max_decoder_cosine_distance.max()),
-        "max_decoder_child_error": float(child.difference.abs().max()),
-        "max_loss_gap": float(loss_table.loss_gap.max()),
-        "n_configurations": len(configs),
-        "formulas": {p.name: p.latex for p in catalogue()},
-    })
+    run.write_metrics(
+        {
+            "max_decoder_cosine_distance": float(loss_table.max_decoder_cosine_distance.max()),
+            "max_decoder_child_error": float(child.difference.abs().max()),
+            "max_loss_gap": float(loss_table.loss_gap.max()),
+            "n_configurations": len(configs),
+            "formulas": {p.name: p.latex for p in catalogue()},
+        }
+    )
     return run

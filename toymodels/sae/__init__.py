@@ -1,7 +1,7 @@
 """The SAE family: one file per architecture, registered here by name.
 
-    make_sae("relu-l1", d_in=50, n_latents=4, n_members=64, widths=[1, 2, 3, 4] * 16, l1=1e-2)
-    make_sae(**sae.full_config())   # rebuilds the same architecture and configuration
+make_sae("relu-l1", d_in=50, n_latents=4, n_members=64, widths=[1, 2, 3, 4] * 16, l1=1e-2)
+make_sae(**sae.full_config())   # rebuilds the same architecture and configuration
 """
 
 from __future__ import annotations

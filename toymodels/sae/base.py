@@ -29,8 +29,9 @@ def per_member(value: float | Sequence[float], n_members: int, what: str) -> lis
     """A hyperparameter given once or once per member, as a list of n_members numbers >= 0."""
     values = [value] * n_members if isinstance(value, int | float) else list(value)
     if len(values) != n_members:
-        raise ValueError(f"{what} needs 1 or {n_members} values (one per member), "
-                         f"got {len(values)}")
+        raise ValueError(
+            f"{what} needs 1 or {n_members} values (one per member), got {len(values)}"
+        )
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{what} values must be finite numbers >= 0, got {v!r}")
@@ -241,8 +242,13 @@ class SAE(nn.Module):
         else:
             aux = torch.zeros_like(mse)
         per_member = mse + sparsity + aux
-        return {"total": per_member.sum(), "mse": mse, "sparsity": sparsity, "aux": aux,
-                "per_member": per_member}
+        return {
+            "total": per_member.sum(),
+            "mse": mse,
+            "sparsity": sparsity,
+            "aux": aux,
+            "per_member": per_member,
+        }
 
     # --- transformations -----------------------------------------------------------------------
     @torch.no_grad()
@@ -307,8 +313,11 @@ class SAE(nn.Module):
                 if source.shape == target.shape:
                     target.copy_(source)
                 else:  # grown along the latent axis: the old latents come first
-                    axis = next(a for a, (s, t) in enumerate(zip(source.shape, target.shape,
-                                                                 strict=True)) if s != t)
+                    axis = next(
+                        a
+                        for a, (s, t) in enumerate(zip(source.shape, target.shape, strict=True))
+                        if s != t
+                    )
                     target.narrow(axis, 0, source.shape[axis]).copy_(source)
         new._mask_changed()
         return new
@@ -330,8 +339,9 @@ class SAE(nn.Module):
         config["widths"] = [w + n_new for w in config["widths"]]
         return config
 
-    def add_latents(self, n_new: int, scale: float = 0.1,
-                    generator: torch.Generator | None = None) -> SAE:
+    def add_latents(
+        self, n_new: int, scale: float = 0.1, generator: torch.Generator | None = None
+    ) -> SAE:
         """A new SAE with n_new extra latents after the existing ones (hedging-degree protocol).
 
         Each new latent gets a random unit vector times `scale` as both its decoder row and its

@@ -20,8 +20,15 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "batchtopk"
 
-    def __init__(self, d_in: int, n_latents: int, n_members: int = 1, *,
-                 threshold_lr: float = 0.01, **topk: Any) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        n_members: int = 1,
+        *,
+        threshold_lr: float = 0.01,
+        **topk: Any,
+    ) -> None:
         super().__init__(d_in, n_latents, n_members, **topk)
         if not 0 < threshold_lr <= 1:
             raise ValueError(f"threshold_lr must be in (0, 1], got {threshold_lr}")

@@ -56,16 +56,27 @@ class JumpReLUSAE(SAE):
     architecture = "jumprelu"
     member_hyperparameters = ("l0_coefficient",)
 
-    def __init__(self, d_in: int, n_latents: int, n_members: int = 1, *,
-                 l0_coefficient: float | Sequence[float] = 1e-2, threshold_init: float = 1e-3,
-                 bandwidth: float = 1e-3, **base: Any) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        n_members: int = 1,
+        *,
+        l0_coefficient: float | Sequence[float] = 1e-2,
+        threshold_init: float = 1e-3,
+        bandwidth: float = 1e-3,
+        **base: Any,
+    ) -> None:
         super().__init__(d_in, n_latents, n_members, **base)
         if threshold_init <= 0 or bandwidth <= 0:
             raise ValueError(
                 f"threshold_init and bandwidth must be > 0, got {threshold_init}, {bandwidth}"
             )
-        self.config.update(l0_coefficient=per_member(l0_coefficient, n_members, "l0_coefficient"),
-                           threshold_init=threshold_init, bandwidth=bandwidth)
+        self.config.update(
+            l0_coefficient=per_member(l0_coefficient, n_members, "l0_coefficient"),
+            threshold_init=threshold_init,
+            bandwidth=bandwidth,
+        )
         self.register_buffer("l0_coefficient", torch.tensor(self.config["l0_coefficient"]))
         self.log_threshold = torch.nn.Parameter(
             torch.full((n_members, n_latents), math.log(threshold_init))

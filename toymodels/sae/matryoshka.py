@@ -24,20 +24,28 @@ from toymodels.sae.relu_l1 import ReLUL1SAE
 class _Matryoshka(SAE):
     """Matryoshka reconstruction on top of another architecture's activation and sparsity."""
 
-    def __init__(self, d_in: int, n_latents: int, n_members: int = 1, *,
-                 levels: Sequence[int] | None = None, mu: float | Sequence[float] = 1.0,
-                 detached: bool = False, **inner: Any) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        n_members: int = 1,
+        *,
+        levels: Sequence[int] | None = None,
+        mu: float | Sequence[float] = 1.0,
+        detached: bool = False,
+        **inner: Any,
+    ) -> None:
         super().__init__(d_in, n_latents, n_members, **inner)
         levels = [n_latents] if levels is None else [int(m) for m in levels]
         if levels[0] < 1 or levels[-1] != n_latents or sorted(set(levels)) != levels:
             raise ValueError(
                 f"levels must increase strictly from >= 1 to n_latents = {n_latents}, got {levels}"
             )
-        self.config.update(levels=levels, mu=per_member(mu, n_members, "mu"),
-                           detached=bool(detached))
+        self.config.update(
+            levels=levels, mu=per_member(mu, n_members, "mu"), detached=bool(detached)
+        )
         exponents = torch.arange(len(levels) - 1, -1, -1, dtype=torch.float32)
-        self.register_buffer("level_weights",
-                             torch.tensor(self.config["mu"])[:, None] ** exponents)
+        self.register_buffer("level_weights", torch.tensor(self.config["mu"])[:, None] ** exponents)
 
     def reconstruction_loss(self, x: Tensor, codes_MBF: Tensor) -> Tensor:
         total, inner, start = 0.0, None, 0

@@ -27,8 +27,15 @@ class ReLUL1SAE(SAE):
     member_hyperparameters = ("l1",)
     relu_codes = True
 
-    def __init__(self, d_in: int, n_latents: int, n_members: int = 1, *,
-                 l1: float | Sequence[float] = 1e-2, **base: Any) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        n_members: int = 1,
+        *,
+        l1: float | Sequence[float] = 1e-2,
+        **base: Any,
+    ) -> None:
         super().__init__(d_in, n_latents, n_members, **base)
         self.config["l1"] = per_member(l1, n_members, "l1")
         self.register_buffer("l1", torch.tensor(self.config["l1"]))
@@ -45,20 +52,35 @@ class ReLUL1SAE(SAE):
         """mse, sparsity and code sums of a shared batch of a narrow SAE in a few matmuls."""
         # Subclasses that change the reconstruction (matryoshka) take the generic path, and so
         # do inputs that need a gradient.
-        if (x.dim() != 2 or x.requires_grad or self.n_latents > FUSED_MAX_LATENTS
-                or type(self).reconstruction_loss is not ReLUL1SAE.reconstruction_loss):
+        if (
+            x.dim() != 2
+            or x.requires_grad
+            or self.n_latents > FUSED_MAX_LATENTS
+            or type(self).reconstruction_loss is not ReLUL1SAE.reconstruction_loss
+        ):
             return None
         # Kept from step to step: the allocator hands large blocks back to the system, so a
         # fresh one is page-faulted anew each step, which costs more than the work done in it.
         # Reuse is safe: autograd refuses a backward whose saved buffers were overwritten.
         shape = (2, x.shape[0], self.n_members * self.n_latents)
         workspace = self._workspace
-        if (workspace is None or workspace.shape != shape or workspace.dtype != x.dtype
-                or workspace.device != x.device):
+        if (
+            workspace is None
+            or workspace.shape != shape
+            or workspace.dtype != x.dtype
+            or workspace.device != x.device
+        ):
             workspace = self._workspace = x.new_empty(shape)
-        return SharedBatchReLUL1Loss.apply(x, self.W_enc, self.b_enc, self.W_dec, self.b_dec,
-                                           self.l1, self.latent_mask if self._narrow else None,
-                                           workspace)
+        return SharedBatchReLUL1Loss.apply(
+            x,
+            self.W_enc,
+            self.b_enc,
+            self.W_dec,
+            self.b_dec,
+            self.l1,
+            self.latent_mask if self._narrow else None,
+            workspace,
+        )
 
 
 def _diagonal(matrices_MFF: Tensor, offset: int) -> Tensor:
@@ -77,9 +99,9 @@ def _add_block_product(out_BK: Tensor, codes_BK: Tensor, matrices_MFF: Tensor) -
     for offset in range(1 - F, F):
         diagonal_K = _diagonal(matrices_MFF, offset)
         if offset >= 0:
-            out_BK[:, :K - offset].addcmul_(diagonal_K[:K - offset], codes_BK[:, offset:])
+            out_BK[:, : K - offset].addcmul_(diagonal_K[: K - offset], codes_BK[:, offset:])
         else:
-            out_BK[:, -offset:].addcmul_(diagonal_K[-offset:], codes_BK[:, :K + offset])
+            out_BK[:, -offset:].addcmul_(diagonal_K[-offset:], codes_BK[:, : K + offset])
 
 
 def _block_gram(codes_BK: Tensor, F: int, products_BK: Tensor) -> Tensor:
@@ -88,9 +110,10 @@ def _block_gram(codes_BK: Tensor, F: int, products_BK: Tensor) -> Tensor:
     K = codes_BK.shape[1]
     gram_MFF = codes_BK.new_zeros(K // F, F, F)
     for offset in range(F):
-        products = torch.mul(codes_BK[:, offset:], codes_BK[:, :K - offset],
-                             out=products_BK[:, :K - offset])
-        diagonal_MF = nnf.pad(products.sum(0), (0, offset)).view(-1, F)[:, :F - offset]
+        products = torch.mul(
+            codes_BK[:, offset:], codes_BK[:, : K - offset], out=products_BK[:, : K - offset]
+        )
+        diagonal_MF = nnf.pad(products.sum(0), (0, offset)).view(-1, F)[:, : F - offset]
         gram_MFF.diagonal(-offset, 1, 2).copy_(diagonal_MF)
         gram_MFF.diagonal(offset, 1, 2).copy_(diagonal_MF)
     return gram_MFF
@@ -111,9 +134,17 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x_BD: Tensor, W_enc: Tensor, b_enc: Tensor, W_dec: Tensor,
-                b_dec: Tensor, l1_M: Tensor, mask_MF: Tensor | None, workspace_2BK: Tensor
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx: Any,
+        x_BD: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        W_dec: Tensor,
+        b_dec: Tensor,
+        l1_M: Tensor,
+        mask_MF: Tensor | None,
+        workspace_2BK: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         M, D, F = W_enc.shape
         B = x_BD.shape[0]
         bias_MF = b_enc - torch.bmm(b_dec[:, None], W_enc)[:, 0]
@@ -128,21 +159,51 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
         gram_MFF = torch.bmm(W_dec, W_dec.transpose(1, 2))
         norms_MF = W_dec.norm(dim=-1)
         x_sum_D = x_BD.sum(0)
-        centred = (x_BD.ravel() @ x_BD.ravel() - 2 * b_dec @ x_sum_D + B * b_dec.square().sum(-1))
+        centred = x_BD.ravel() @ x_BD.ravel() - 2 * b_dec @ x_sum_D + B * b_dec.square().sum(-1)
         projected_MFD = cross_MFD - sums_MF[..., None] * b_dec[:, None]  # A - s b^T
-        mse_M = (centred - 2 * (W_dec * projected_MFD).sum((1, 2))
-                 + (gram_MFF * code_gram_MFF).sum((1, 2))) / B
+        mse_M = (
+            centred
+            - 2 * (W_dec * projected_MFD).sum((1, 2))
+            + (gram_MFF * code_gram_MFF).sum((1, 2))
+        ) / B
         sparsity_M = l1_M * (sums_MF * norms_MF).sum(-1) / B
-        ctx.save_for_backward(x_BD, W_enc, W_dec, b_dec, l1_M, codes_BK, scratch_BK,
-                              sums_MF, projected_MFD, code_gram_MFF, gram_MFF, norms_MF, x_sum_D)
+        ctx.save_for_backward(
+            x_BD,
+            W_enc,
+            W_dec,
+            b_dec,
+            l1_M,
+            codes_BK,
+            scratch_BK,
+            sums_MF,
+            projected_MFD,
+            code_gram_MFF,
+            gram_MFF,
+            norms_MF,
+            x_sum_D,
+        )
         ctx.mark_non_differentiable(sums_MF)
         return mse_M, sparsity_M, sums_MF
 
     @staticmethod
-    def backward(ctx: Any, grad_mse_M: Tensor, grad_sparsity_M: Tensor, _: Tensor
-                 ) -> tuple[Tensor | None, ...]:
-        (x_BD, W_enc, W_dec, b_dec, l1_M, codes_BK, scratch_BK, sums_MF,
-         projected_MFD, code_gram_MFF, gram_MFF, norms_MF, x_sum_D) = ctx.saved_tensors
+    def backward(
+        ctx: Any, grad_mse_M: Tensor, grad_sparsity_M: Tensor, _: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (
+            x_BD,
+            W_enc,
+            W_dec,
+            b_dec,
+            l1_M,
+            codes_BK,
+            scratch_BK,
+            sums_MF,
+            projected_MFD,
+            code_gram_MFF,
+            gram_MFF,
+            norms_MF,
+            x_sum_D,
+        ) = ctx.saved_tensors
         M, D, F = W_enc.shape
         B = x_BD.shape[0]
         mse_scale_M = 2 * grad_mse_M / B
@@ -156,15 +217,19 @@ class SharedBatchReLUL1Loss(torch.autograd.Function):
         _add_block_product(grad_BK, codes_BK, gram_MFF)
         grad_BK.mul_(mse_scale_M.repeat_interleave(F))
         grad_BK.add_((l1_scale_M[:, None] * norms_MF).reshape(-1))
-        grad_pre_BK = torch.ops.aten.threshold_backward.grad_input(grad_BK, codes_BK, 0,
-                                                                   grad_input=grad_BK)
+        grad_pre_BK = torch.ops.aten.threshold_backward.grad_input(
+            grad_BK, codes_BK, 0, grad_input=grad_BK
+        )
         grad_b_enc_MF = grad_pre_BK.sum(0).view(M, F)
-        grad_W_enc = ((x_BD.T @ grad_pre_BK).view(D, M, F).transpose(0, 1)
-                      - b_dec[..., None] * grad_b_enc_MF[:, None])
-        grad_W_dec = (mse_scale_M[:, None, None] * (torch.bmm(code_gram_MFF, W_dec)
-                                                     - projected_MFD)
-                      + (l1_scale_M[:, None] * sums_MF)[..., None] * unit_dec_MFD)
-        grad_b_dec = (mse_scale_M[:, None] * (B * b_dec - x_sum_D
-                                              + torch.bmm(sums_MF[:, None], W_dec)[:, 0])
-                      - torch.bmm(W_enc, grad_b_enc_MF[..., None])[..., 0])
+        grad_W_enc = (x_BD.T @ grad_pre_BK).view(D, M, F).transpose(0, 1) - b_dec[
+            ..., None
+        ] * grad_b_enc_MF[:, None]
+        grad_W_dec = (
+            mse_scale_M[:, None, None] * (torch.bmm(code_gram_MFF, W_dec) - projected_MFD)
+            + (l1_scale_M[:, None] * sums_MF)[..., None] * unit_dec_MFD
+        )
+        grad_b_dec = (
+            mse_scale_M[:, None] * (B * b_dec - x_sum_D + torch.bmm(sums_MF[:, None], W_dec)[:, 0])
+            - torch.bmm(W_enc, grad_b_enc_MF[..., None])[..., 0]
+        )
         return None, grad_W_enc, grad_b_enc_MF, grad_W_dec, grad_b_dec, None, None, None

@@ -41,8 +41,16 @@ class TopKSAE(SAE):
     architecture = "topk"
     member_hyperparameters = ("k",)
 
-    def __init__(self, d_in: int, n_latents: int, n_members: int = 1, *,
-                 k: int | Sequence[int] = 1, aux_coefficient: float = 1 / 32, **base: Any) -> None:
+    def __init__(
+        self,
+        d_in: int,
+        n_latents: int,
+        n_members: int = 1,
+        *,
+        k: int | Sequence[int] = 1,
+        aux_coefficient: float = 1 / 32,
+        **base: Any,
+    ) -> None:
         super().__init__(d_in, n_latents, n_members, aux_coefficient=aux_coefficient, **base)
         self.config["k"] = integer_per_member(k, n_members, "k")
         self.register_buffer("k", torch.tensor(self.config["k"]))
@@ -54,8 +62,9 @@ class TopKSAE(SAE):
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
         M, B, F = pre_MBF.shape
-        keep = keep_top(self.scores(pre_MBF).reshape(M * B, F),
-                        self.k.repeat_interleave(B), self._k_max)
+        keep = keep_top(
+            self.scores(pre_MBF).reshape(M * B, F), self.k.repeat_interleave(B), self._k_max
+        )
         return pre_MBF.relu() * keep.view(M, B, F)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
@@ -69,8 +78,7 @@ class TopKSAE(SAE):
             pre_MBF = self.pre_activations(x)
             # Ranking pre * norm instead of relu(pre) * norm picks the same latents wherever a
             # code is non-zero, and saves one pass over (M, B, F).
-            top_MBK, index_MBK = (pre_MBF * self.decoder_norms()[:, None]).topk(self._k_max,
-                                                                                dim=-1)
+            top_MBK, index_MBK = (pre_MBF * self.decoder_norms()[:, None]).topk(self._k_max, dim=-1)
             ranks_K = torch.arange(self._k_max, device=x.device)
             fires_MBK = (top_MBK > 0) & (ranks_K < self.k[:, None, None])
         codes_MBK = self._chosen_pre(x, pre_MBF, index_MBK).relu() * fires_MBK
@@ -78,33 +86,50 @@ class TopKSAE(SAE):
         mse = (x - x_hat_MBD).square().sum(-1).mean(-1)
         if self.training:
             with torch.no_grad():
-                fired_MF = torch.zeros(M, F, dtype=x.dtype, device=x.device).scatter_add_(
-                    1, index_MBK.view(M, -1), fires_MBK.view(M, -1).to(x.dtype)) > 0
+                fired_MF = (
+                    torch.zeros(M, F, dtype=x.dtype, device=x.device).scatter_add_(
+                        1, index_MBK.view(M, -1), fires_MBK.view(M, -1).to(x.dtype)
+                    )
+                    > 0
+                )
                 self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired_MF, 0)
         aux = torch.zeros_like(mse)
         if self.config["aux_coefficient"] > 0:
             dead_MF = self.dead_latents()
             if bool(dead_MF.any()):  # one sync per step; most steps then skip the aux pass
                 aux = self._sparse_aux_loss(x, pre_MBF, dead_MF, (x - x_hat_MBD).detach())
-        return {"total": (mse + aux).sum(), "mse": mse, "sparsity": torch.zeros_like(mse),
-                "aux": aux, "per_member": mse + aux}
+        return {
+            "total": (mse + aux).sum(),
+            "mse": mse,
+            "sparsity": torch.zeros_like(mse),
+            "aux": aux,
+            "per_member": mse + aux,
+        }
 
     def _chosen_pre(self, x_BD: Tensor, pre_MBF: Tensor, index_MBK: Tensor) -> Tensor:
         """pre-activations (M, B, K) of the chosen latents, with gradients."""
-        return _ChosenPre.apply(pre_MBF.gather(-1, index_MBK), _flat(index_MBK, self.n_latents),
-                                x_BD, self.W_enc, self.b_enc, self.b_dec)
+        return _ChosenPre.apply(
+            pre_MBF.gather(-1, index_MBK),
+            _flat(index_MBK, self.n_latents),
+            x_BD,
+            self.W_enc,
+            self.b_enc,
+            self.b_dec,
+        )
 
     def _bag_decode(self, index_MBK: Tensor, codes_MBK: Tensor) -> Tensor:
         """sum_j codes[m, b, j] W_dec[m, index[m, b, j]]: (M, B, D), no b_dec."""
         return _BagDecode.apply(_flat(index_MBK, self.n_latents), codes_MBK, self.W_dec)
 
-    def _sparse_aux_loss(self, x_BD: Tensor, pre_MBF: Tensor, dead_MF: Tensor,
-                         residual_MBD: Tensor) -> Tensor:
+    def _sparse_aux_loss(
+        self, x_BD: Tensor, pre_MBF: Tensor, dead_MF: Tensor, residual_MBD: Tensor
+    ) -> Tensor:
         """aux_loss of the base class through the chosen dead latents only."""
         k_aux = min(self.config["aux_k"] or max(self.d_in // 2, 1), self.n_latents)
         with torch.no_grad():
-            values_MBK, index_MBK = pre_MBF.masked_fill(~dead_MF[:, None], float("-inf")
-                                                        ).topk(k_aux, dim=-1)
+            values_MBK, index_MBK = pre_MBF.masked_fill(~dead_MF[:, None], float("-inf")).topk(
+                k_aux, dim=-1
+            )
         aux_codes_MBK = self._chosen_pre(x_BD, pre_MBF, index_MBK).relu() * (values_MBK > 0)
         error_MBD = self._bag_decode(index_MBK, aux_codes_MBK) - residual_MBD
         scale = (dead_MF.sum(-1) / k_aux).clamp(max=1.0)
@@ -122,8 +147,15 @@ class _ChosenPre(torch.autograd.Function):
     given its value from the dense forward; backward in O(B K D) through a sparse product."""
 
     @staticmethod
-    def forward(ctx: Any, chosen_MBK: Tensor, flat_MBK: Tensor, x_BD: Tensor, W_enc: Tensor,
-                b_enc: Tensor, b_dec: Tensor) -> Tensor:
+    def forward(
+        ctx: Any,
+        chosen_MBK: Tensor,
+        flat_MBK: Tensor,
+        x_BD: Tensor,
+        W_enc: Tensor,
+        b_enc: Tensor,
+        b_dec: Tensor,
+    ) -> Tensor:
         ctx.save_for_backward(flat_MBK, x_BD, W_enc, b_dec)
         return chosen_MBK.clone()
 
@@ -134,11 +166,16 @@ class _ChosenPre(torch.autograd.Function):
         B, K = flat_MBK.shape[1:]
         rows = torch.arange(B, device=x_BD.device).view(1, B, 1).expand(M, B, K)
         by_latent = torch.sparse_coo_tensor(
-            torch.stack([flat_MBK.reshape(-1), rows.reshape(-1)]), grad_MBK.reshape(-1),
-            (M * F, B), check_invariants=False)
-        grad_b_enc_MF = torch.zeros(M * F, dtype=grad_MBK.dtype, device=grad_MBK.device
-                                    ).index_add_(0, flat_MBK.reshape(-1), grad_MBK.reshape(-1)
-                                                 ).view(M, F)
+            torch.stack([flat_MBK.reshape(-1), rows.reshape(-1)]),
+            grad_MBK.reshape(-1),
+            (M * F, B),
+            check_invariants=False,
+        )
+        grad_b_enc_MF = (
+            torch.zeros(M * F, dtype=grad_MBK.dtype, device=grad_MBK.device)
+            .index_add_(0, flat_MBK.reshape(-1), grad_MBK.reshape(-1))
+            .view(M, F)
+        )
         grad_W_enc_MFD = torch.sparse.mm(by_latent, x_BD).view(M, F, D)
         grad_W_enc_MFD -= grad_b_enc_MF[..., None] * b_dec[:, None]
         grad_b_dec_MD = -torch.bmm(W_enc, grad_b_enc_MF[..., None])[..., 0]
@@ -153,9 +190,12 @@ class _BagDecode(torch.autograd.Function):
         ctx.save_for_backward(flat_MBK, codes_MBK, W_dec)
         M, F, D = W_dec.shape
         B, K = flat_MBK.shape[1:]
-        decoded_ND = nnf.embedding_bag(flat_MBK.view(M * B, K), W_dec.view(M * F, D),
-                                       per_sample_weights=codes_MBK.reshape(M * B, K),
-                                       mode="sum")
+        decoded_ND = nnf.embedding_bag(
+            flat_MBK.view(M * B, K),
+            W_dec.view(M * F, D),
+            per_sample_weights=codes_MBK.reshape(M * B, K),
+            mode="sum",
+        )
         return decoded_ND.view(M, B, D)
 
     @staticmethod
@@ -167,7 +207,10 @@ class _BagDecode(torch.autograd.Function):
         grad_codes = torch.bmm(rows_ND, grad_MBD.reshape(M * B, D, 1)).view(M, B, K)
         rows = torch.arange(M * B, device=grad_MBD.device).view(M, B, 1).expand(M, B, K)
         by_latent = torch.sparse_coo_tensor(
-            torch.stack([flat_MBK.reshape(-1), rows.reshape(-1)]), codes_MBK.reshape(-1),
-            (M * F, M * B), check_invariants=False)
+            torch.stack([flat_MBK.reshape(-1), rows.reshape(-1)]),
+            codes_MBK.reshape(-1),
+            (M * F, M * B),
+            check_invariants=False,
+        )
         grad_W_dec = torch.sparse.mm(by_latent, grad_MBD.reshape(M * B, D)).view(M, F, D)
         return None, grad_codes, grad_W_dec
