@@ -15,6 +15,7 @@ import itertools
 import json
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +24,7 @@ from safetensors.torch import save as save_safetensors
 
 from llm.corpus import Corpus, token_batches
 from llm.models import DTYPES, HOOKS, LoadedModel, activations
+from theory.config import require_choice, require_nonnegative_int, require_positive_int
 from toymodels.runs import atomic_write_bytes, atomic_write_json
 
 MANIFEST = "manifest.json"
@@ -33,32 +35,51 @@ def _shard_name(index: int) -> str:
     return f"shard_{index:05d}.safetensors"
 
 
-def extract(
-    model: LoadedModel,
-    corpus: Corpus,
-    layer: int,
-    hook: str = "resid_post",
-    n_tokens: int = 1_000_000,
-    out_dir: str | Path = "activations",
-    shard_tokens: int = 65_536,
-    dtype: str = "float32",
-    batch_size: int = 32,
-    context_length: int = 128,
-) -> dict:
-    """Write `n_tokens` activations (fewer if the corpus runs out) and return the manifest.
+@dataclass(frozen=True)
+class ExtractConfig:
+    """`llm extract`: cache one hook point's activations of a language model on a corpus."""
+
+    model: str = "gemma3-270m"
+    """gemma3-270m | smollm2-135m (embedded, offline) | a Hugging Face model id | a folder."""
+    layer: int = 8
+    """Decoder block whose activations are cached (0-based)."""
+    hook: str = "resid_post"
+    """resid_pre | resid_post | attn_out | mlp_out."""
+    tokens: int = 200_000
+    """Activations to cache (fewer if the corpus runs out)."""
+    corpus: str = "python-docs"
+    """python-docs (embedded) | a text file or folder | a Hugging Face dataset."""
+    dtype: str = "float32"
+    """Precision of the stored activations: float32 | bfloat16 | float16."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    shard_tokens: int = 16_384
+    """Activations per shard file."""
+    batch_size: int = 32
+    """Text windows per forward pass."""
+    context_length: int = 128
+    """Tokens per text window."""
+
+    def __post_init__(self) -> None:
+        require_choice("hook point", self.hook, HOOKS)
+        require_choice("dtype", self.dtype, DTYPES)
+        require_nonnegative_int("layer", self.layer)
+        for name in ("tokens", "shard_tokens", "batch_size", "context_length"):
+            require_positive_int(name, getattr(self, name))
+
+
+def extract(model: LoadedModel, corpus: Corpus, config: ExtractConfig, out_dir: str | Path) -> dict:
+    """Write config.tokens activations (fewer if the corpus runs out) and return the manifest.
 
     Only positions marked kept by token_batches (no BOS, separators, padding) are stored, in
     corpus order. Resumes an interrupted extraction in `out_dir`; refuses a folder whose manifest
     was written for a different request.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-    if hook not in HOOKS:
-        raise ValueError(f"unknown hook point {hook!r}; allowed: {', '.join(HOOKS)}")
+    layer, hook, dtype = config.layer, config.hook, config.dtype
+    n_tokens, shard_tokens = config.tokens, config.shard_tokens
+    batch_size, context_length = config.batch_size, config.context_length
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} is out of range; allowed: 0..{model.n_layers - 1}")
-    if n_tokens < 1 or shard_tokens < 1:
-        raise ValueError(f"n_tokens {n_tokens} and shard_tokens {shard_tokens} must be >= 1")
     out_dir = Path(out_dir)
     config = {
         "model": model.name,

@@ -10,6 +10,7 @@ falls as width grows: a negative Spearman correlation of width and hedging degre
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ import torch
 from scipy.stats import spearmanr
 
 from llm.evaluate import reconstruction_metrics
+from llm.jobs import record_cache
 from llm.training import (
     CacheData,
     CacheSplit,
@@ -24,9 +26,16 @@ from llm.training import (
     split_cache,
     train_on_cache,
 )
+from theory.config import (
+    require_choice,
+    require_numbers,
+    require_positive_int,
+    require_positive_ints,
+)
 from toymodels.hedging import hedging_protocol
 from toymodels.runs import Run
 from toymodels.sae import SAE, make_sae
+from toymodels.train import TrainConfig
 
 WIDTH_ARCHITECTURES = ("batchtopk", "relu-l1")
 
@@ -42,38 +51,31 @@ def _protocol(
     name: str,
     sae: SAE,
     split: CacheSplit,
-    tokens_per_stage: int,
-    n_new: int,
-    options: dict,
-    normalize: bool,
-    seed: int,
+    config: LLMHedgingConfig,
     held_out_ND: torch.Tensor,
 ) -> list[dict]:
     """Initial training then the protocol; one row per member with the control's quality."""
     checkpoints = run.path("checkpoints", name)
+    stage = config.train
     trained = train_on_cache(
         sae,
         split,
-        tokens_per_stage,
-        normalize=normalize,
-        seed=seed,
+        stage,
+        normalize=config.normalize,
         checkpoint_path=checkpoints / "initial.pt",
-        **options,
     )
     data = CacheData(
         split,
-        seed=seed + 1,
+        seed=stage.seed + 1,
         scale=trained.input_scale,
-        restart_every=tokens_per_stage // options["batch_size"] * options["batch_size"],
+        restart_every=stage.n_steps * stage.batch_size,
     )
     rows, control, _ = hedging_protocol(
         trained.sae,
         data,
-        tokens_per_stage,
-        n_new,
-        seed=seed + 1,
+        stage.replace(seed=stage.seed + 1),
+        config.n_new,
         checkpoint_dir=checkpoints,
-        **options,
     )
     quality = reconstruction_metrics(control, held_out_ND * trained.input_scale)
     return [{**row, **q} for row, q in zip(rows, quality, strict=True)]
@@ -85,84 +87,72 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
     return float(spearmanr(x, y).statistic)
 
 
-def run_llm_hedging(
-    cache: str | Path,
-    out: str | Path,
-    *,
-    widths: Sequence[int] = (256, 512, 1024, 2048),
-    architectures: Sequence[str] = WIDTH_ARCHITECTURES,
-    n_new: int = 64,
-    tokens_per_stage: int = 200_000,
-    k: int = 25,
-    l1: float = 2.0,
-    mus: Sequence[float] = (),
-    n_seeds: int = 1,
-    batch_size: int = 4096,
-    lr: float = 3e-4,
-    normalize: bool = True,
-    held_out_tokens: int = 16_384,
-    device: str = "auto",
-    seed: int = 0,
-    run_metadata: dict | None = None,
-) -> Run:
+@dataclass(frozen=True)
+class LLMHedgingConfig:
+    """`llm hedging`: the hedging-degree protocol on SAEs trained on an activation cache,
+    across widths (BatchTopK, L1) and across balance-matryoshka mu."""
+
+    cache: str
+    """Activation cache, or the run folder of `llm extract` holding one."""
+    widths: tuple[int, ...] = (256, 512, 1024, 2048)
+    """SAE widths (one stack per architecture)."""
+    architectures: tuple[str, ...] = WIDTH_ARCHITECTURES
+    """Architectures swept over width: batchtopk, relu-l1."""
+    n_new: int = 64
+    """N, latents added by the protocol."""
+    k: int = 25
+    """batchtopk / matryoshka: latents per token."""
+    l1: float = 2.0
+    """relu-l1: L1 coefficient (in normalised input units)."""
+    mus: tuple[float, ...] = (0.0, 0.25, 1.0)
+    """Balance-matryoshka mu values, levels = widths (empty: skip)."""
+    seeds: int = 1
+    """Independent initialisations of every width."""
+    normalize: bool = True
+    """Train on activations scaled to mean norm sqrt(d_model)."""
+    held_out_tokens: int = 16_384
+    """Rows kept out of training, for the control SAEs' quality."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(samples=200_000, checkpoint_every=200, progress=False)
+    )
+    """Every stage (initial, control, extended) trains train.samples tokens (T)."""
+
+    def __post_init__(self) -> None:
+        require_positive_ints("widths", self.widths, distinct=True)
+        if not self.architectures:
+            raise ValueError(f"architectures needs at least one of {WIDTH_ARCHITECTURES}")
+        for architecture in self.architectures:
+            require_choice("architecture", architecture, WIDTH_ARCHITECTURES)
+        require_numbers("mus", self.mus, 0, allow_empty=True)
+        for name in ("n_new", "k", "seeds", "held_out_tokens"):
+            require_positive_int(name, getattr(self, name))
+
+
+def run_llm_hedging(config: LLMHedgingConfig, out: str | Path) -> Run:
     """Hedging degree vs width per architecture (table hedging_vs_width) and, when mus are
     given, of balance matryoshka BatchTopK SAEs with levels = widths across mu (table
-    hedging_vs_mu). l1 is the decoder-norm-weighted L1 coefficient of relu-l1 SAEs, in units of
-    the normalised inputs (mean norm sqrt(d_model)). Checkpoints make an interrupted run resume.
-    """
-    widths = sorted(int(w) for w in widths)
-    unknown = sorted(set(architectures) - set(WIDTH_ARCHITECTURES))
-    if unknown or not architectures:
-        raise ValueError(
-            f"unknown architectures {unknown or '(none)'}; allowed: "
-            f"{', '.join(WIDTH_ARCHITECTURES)}"
-        )
-    if not widths or widths[0] < 1 or len(set(widths)) != len(widths):
-        raise ValueError(f"widths must be distinct positive integers, got {widths}")
-    if n_seeds < 1 or tokens_per_stage < batch_size:
-        raise ValueError(
-            f"need n_seeds >= 1 and tokens_per_stage >= batch_size {batch_size}, "
-            f"got {n_seeds}, {tokens_per_stage}"
-        )
-    split = split_cache(cache, held_out_tokens)
-    if not 1 <= n_new < split.d_model:
-        raise ValueError(f"n_new must be in [1, d_model = {split.d_model}), got {n_new}")
-    config = {
-        "experiment": "llm-hedging",
-        "cache": str(split.cache_dir),
-        "model": split.manifest["model"],
-        "layer": split.manifest["layer"],
-        "hook": split.manifest["hook"],
-        "widths": widths,
-        "architectures": list(architectures),
-        "n_new": n_new,
-        "tokens_per_stage": tokens_per_stage,
-        "k": k,
-        "l1": l1,
-        "mus": list(mus),
-        "n_seeds": n_seeds,
-        "batch_size": batch_size,
-        "lr": lr,
-        "normalize": normalize,
-        "held_out_tokens": held_out_tokens,
-        **(run_metadata or {}),
-    }
+    hedging_vs_mu). Checkpoints make an interrupted run resume."""
+    widths = sorted(config.widths)
+    split = split_cache(config.cache, config.held_out_tokens)
+    if not config.n_new < split.d_model:
+        raise ValueError(f"n_new must be in [1, d_model = {split.d_model}), got {config.n_new}")
+    seed = config.train.seed
     run = Run(
         out,
         config,
         seeds={"sae_init": seed, "training": seed, "protocol": seed + 1},
         kind="llm-hedging",
     )
-    options = {"batch_size": batch_size, "lr": lr, "device": device, "progress": False}
-    held_out_ND = held_out_activations(split, held_out_tokens)
-    members = [(s, w) for s in range(n_seeds) for w in widths]
+    record_cache(run, split.cache_dir, split.manifest)
+    held_out_ND = held_out_activations(split, config.held_out_tokens)
+    members = [(s, w) for s in range(config.seeds) for w in widths]
     shared = {
         "d_in": split.d_model,
-        "dead_after_samples": _dead_after(tokens_per_stage, batch_size),
+        "dead_after_samples": _dead_after(config.train.samples, config.train.batch_size),
     }
     rows = []
-    for architecture in architectures:
-        sparsity = {"k": k} if architecture == "batchtopk" else {"l1": l1}
+    for architecture in config.architectures:
+        sparsity = {"k": config.k} if architecture == "batchtopk" else {"l1": config.l1}
         sae = make_sae(
             architecture,
             n_latents=widths[-1],
@@ -172,18 +162,7 @@ def run_llm_hedging(
             **shared,
             generator=torch.Generator().manual_seed(seed),
         )
-        results = _protocol(
-            run,
-            architecture,
-            sae,
-            split,
-            tokens_per_stage,
-            n_new,
-            options,
-            normalize,
-            seed,
-            held_out_ND,
-        )
+        results = _protocol(run, architecture, sae, split, config, held_out_ND)
         rows += [
             {"width": w, "architecture": architecture, "seed": s, **_row(r)}
             for (s, w), r in zip(members, results, strict=True)
@@ -191,8 +170,8 @@ def run_llm_hedging(
     table = pd.DataFrame(rows)
     run.write_table("hedging_vs_width", table)
     metrics: dict = {
-        "n_new": n_new,
-        "tokens_per_stage": tokens_per_stage,
+        "n_new": config.n_new,
+        "tokens_per_stage": config.train.samples,
         "predicted_sign_width_vs_hedging": "negative",
     }
     for architecture, group in table.groupby("architecture"):
@@ -203,8 +182,8 @@ def run_llm_hedging(
             group.groupby("width").hedging_degree.mean().to_dict()
         )
 
-    if mus:
-        mu_members = [(s, float(mu)) for s in range(n_seeds) for mu in mus]
+    if config.mus:
+        mu_members = [(s, float(mu)) for s in range(config.seeds) for mu in config.mus]
         sae = make_sae(
             "matryoshka",
             inner="batchtopk",
@@ -212,22 +191,11 @@ def run_llm_hedging(
             n_members=len(mu_members),
             levels=widths,
             mu=[m for _, m in mu_members],
-            k=k,
+            k=config.k,
             **shared,
             generator=torch.Generator().manual_seed(seed),
         )
-        results = _protocol(
-            run,
-            "matryoshka",
-            sae,
-            split,
-            tokens_per_stage,
-            n_new,
-            options,
-            normalize,
-            seed,
-            held_out_ND,
-        )
+        results = _protocol(run, "matryoshka", sae, split, config, held_out_ND)
         mu_table = pd.DataFrame(
             [
                 {"mu": mu, "seed": s, "width": widths[-1], **_row(r)}

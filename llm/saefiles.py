@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from toymodels.runs import atomic_write_bytes, atomic_write_json
+from toymodels.runs import atomic_write_bytes, atomic_write_json, named_artefact
 from toymodels.sae import SAE, make_sae
+from toymodels.sae.jumprelu import set_thresholds
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -34,14 +35,6 @@ OUR_FORMAT = "sae-hedging-sae/1"
 # The SAELens config format the files follow (a version >= 6 tells SAELens not to convert).
 SAELENS_FORMAT_VERSION = "6.0.0"
 
-# What SAELens calls each of our architectures at inference time.
-_SAELENS_ARCHITECTURE = {
-    "relu-l1": "standard",
-    "topk": "topk",
-    "batchtopk": "jumprelu",
-    "jumprelu": "jumprelu",
-}
-
 
 @dataclass
 class SAEFile:
@@ -50,12 +43,6 @@ class SAEFile:
     sae: SAE
     source_format: str  # "sae-hedging", "saelens" or "gemma-scope"
     metadata: dict[str, Any] = field(default_factory=dict)  # model_name, hook_name, ...
-
-
-def _saelens_architecture(sae: SAE) -> str:
-    config = sae.full_config()
-    architecture = config.get("inner", config["architecture"])
-    return _SAELENS_ARCHITECTURE[architecture]
 
 
 def save_sae(
@@ -89,23 +76,16 @@ def save_sae(
         config.update(n_latents=int(active.sum()), widths=[int(active.sum())])
     one.fold_input_scale(input_scale)
     one.fold_decoder_norms()
+    extras = one.saelens_extras()
     tensors = {
         "W_enc": one.W_enc[0][:, active],
         "b_enc": one.b_enc[0][active],
         "W_dec": one.W_dec[0][active],
         "b_dec": one.b_dec[0],
+        **{name: tensor[active] for name, tensor in extras.tensors.items()},
     }
-    ours: dict[str, Any] = {"format": OUR_FORMAT, "config": config}
-    architecture = _saelens_architecture(one)
-    if config["architecture"] in ("batchtopk", "matryoshka") and hasattr(one, "threshold"):
-        # Our eval rule fires on h_i ||W_dec[i]|| > t; SAELens's JumpReLU on pre_i > t_i.
-        threshold = float(one.threshold[0])
-        ours["batchtopk_threshold"] = threshold
-        tensors["threshold"] = threshold / one.decoder_norms()[0][active]
-    elif config["architecture"] == "jumprelu":
-        tensors["threshold"] = one.threshold()[0][active]
     cfg = {
-        "architecture": architecture,
+        "architecture": one.saelens_architecture,
         "d_in": one.d_in,
         "d_sae": int(active.sum()),
         "dtype": "float32",
@@ -118,12 +98,9 @@ def save_sae(
             "sae_lens_training_version": None,
             **(metadata or {}),
         },
-        OUR_KEY: ours,
+        **extras.cfg,
+        OUR_KEY: {"format": OUR_FORMAT, "config": config, **extras.ours},
     }
-    if architecture == "topk":
-        # Decoder rows are unit norm, so ranking by pre-activation is our ranking by
-        # contribution, and codes stay relu(pre) as ours are.
-        cfg.update(k=config["k"][0], rescale_acts_by_decoder_norm=False)
     folder = Path(folder)
     data = save_safetensors({name: t.detach().contiguous() for name, t in tensors.items()})
     atomic_write_bytes(folder / WEIGHTS_FILE, data)
@@ -132,9 +109,10 @@ def save_sae(
 
 
 def load_sae(path: str | Path, device: str | torch.device = "cpu") -> SAEFile:
-    """Load an SAE folder we wrote, a SAELens-layout folder, or a Gemma Scope params.npz (the
-    file or its folder) as an M = 1 SAE of our family, in eval mode."""
-    path = Path(path)
+    """Load an SAE folder we wrote, a SAELens-layout folder, a Gemma Scope params.npz (the
+    file or its folder), or the SAE of an `llm train` run folder, as an M = 1 SAE of our
+    family, in eval mode."""
+    path = named_artefact(path, "sae") or Path(path)
     if path.is_file() and path.suffix == ".npz":
         loaded = _load_gemma_scope(path)
     elif (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
@@ -178,12 +156,9 @@ def _check_shapes(tensors: dict[str, torch.Tensor], d_in: int, d_sae: int, where
 
 
 def _jumprelu_from(tensors: dict[str, torch.Tensor], d_in: int, d_sae: int) -> SAE:
-    """Our JumpReLU SAE with the given thresholds. Ours are exp(log_threshold) > 0; a threshold
-    <= 0 becomes the smallest positive float, which differs only for 0 < pre < 1e-38."""
+    """Our JumpReLU SAE with the file's thresholds."""
     sae = make_sae("jumprelu", d_in=d_in, n_latents=d_sae)
-    threshold = tensors["threshold"].clamp(min=torch.finfo(torch.float32).tiny)
-    with torch.no_grad():
-        sae.log_threshold[0] = threshold.log()
+    set_thresholds(sae, tensors["threshold"])
     return sae
 
 
@@ -204,10 +179,7 @@ def _load_saelens_layout(folder: Path) -> SAEFile:
         sae = make_sae(**ours["config"])
         _fill(sae, tensors["W_enc"], tensors["b_enc"], tensors["W_dec"], tensors["b_dec"])
         with torch.no_grad():
-            if "batchtopk_threshold" in ours:
-                sae.threshold.fill_(ours["batchtopk_threshold"])
-            elif sae.architecture == "jumprelu":
-                sae.log_threshold[0] = tensors["threshold"].log()
+            sae.load_saelens_extras(tensors, ours)
         return SAEFile(sae, "sae-hedging", metadata)
 
     if cfg.get("normalize_activations", "none") not in ("none", None):

@@ -17,8 +17,10 @@ from typing import Any
 from torch import Tensor
 
 from llm.cache import ActivationStream, read_manifest
+from theory.config import require_choice
+from toymodels.runs import named_artefact
 from toymodels.sae import SAE
-from toymodels.train import TrainLog, train
+from toymodels.train import TrainConfig, TrainLog, train
 
 B_DEC_INITS = ("geometric_median", "mean", "zero")
 
@@ -41,10 +43,11 @@ class CacheSplit:
 
 
 def find_cache(path: str | Path) -> Path:
-    """An activation cache folder, or a run folder holding one in activations/."""
+    """An activation cache folder, or a run folder whose artefact "cache" is one."""
     path = Path(path)
-    if (path / "activations" / "manifest.json").is_file():
-        return path / "activations"
+    artefact = named_artefact(path, "cache")
+    if artefact is not None:
+        return artefact
     read_manifest(path)  # a clear error when path is not a cache
     return path
 
@@ -178,48 +181,30 @@ class TrainedSAE:
 def train_on_cache(
     sae: SAE,
     split: CacheSplit,
-    n_tokens: int,
+    train_config: TrainConfig,
     *,
-    batch_size: int = 4096,
-    lr: float = 3e-4,
     normalize: bool = True,
     b_dec_init: str = "geometric_median",
     init_rows: int = 16_384,
-    seed: int = 0,
-    device: str = "auto",
     checkpoint_path: str | Path | None = None,
-    checkpoint_every: int = 200,
-    progress: bool = False,
-    **train_options: Any,
 ) -> TrainedSAE:
-    """Train every member of `sae` on n_tokens shuffled training rows of the cache (in place).
+    """Train every member of `sae` on train_config.samples shuffled training rows of the cache
+    (in place).
 
     b_dec starts at the geometric median (or mean, or zero) of init_rows training rows, in the
     scaled units. With checkpoint_path the trainer checkpoints and resumes: a resumed run ends
     with exactly the parameters of an uninterrupted one.
     """
-    if b_dec_init not in B_DEC_INITS:
-        raise ValueError(f"unknown b_dec init {b_dec_init!r}; allowed: {', '.join(B_DEC_INITS)}")
+    require_choice("b_dec init", b_dec_init, B_DEC_INITS)
     if sae.d_in != split.d_model:
         raise ValueError(
             f"the SAE takes d_in = {sae.d_in} but the cache holds d_model = "
             f"{split.d_model} activations"
         )
+    seed = train_config.seed
     sample_ND = input_sample(split, init_rows, seed)
     scale = normalisation_scale(sample_ND) if normalize else 1.0
     sae.init_b_dec(sample_ND * scale, method=b_dec_init)
     data = CacheData(split, seed=seed, scale=scale)
-    log = train(
-        sae,
-        data,
-        n_tokens,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        checkpoint_path=checkpoint_path,
-        checkpoint_every=checkpoint_every,
-        progress=progress,
-        **train_options,
-    )
+    log = train(sae, data, train_config, checkpoint_path=checkpoint_path)
     return TrainedSAE(sae, scale, log)

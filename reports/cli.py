@@ -11,6 +11,9 @@ import argparse
 import importlib
 import os
 import sys
+from typing import Any
+
+import simple_parsing
 
 # scipy's bundled OpenBLAS slows small problems 10-50x when it spins threads on a busy machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -18,8 +21,14 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 FLOORS = ("theory.cli", "toymodels.cli", "llm.cli", "reports.commands")
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage errors are one line on stderr and exit status 2 (no usage dump)."""
+class OneLineErrorParser(simple_parsing.ArgumentParser):
+    """Flags from typed configs (simple_parsing: help = the field's docstring, dashes in names);
+    usage errors are one line on stderr and exit status 2 (no usage dump)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("add_option_string_dash_variants", simple_parsing.DashVariant.DASH)
+        kwargs.setdefault("add_config_path_arg", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -48,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # usage errors and --help: a status, not an exception
         return int(exit_.code or 0)
+    except ValueError as err:  # a config refused one of its fields while being built
+        print(f"sae-hedging: error: {err}", file=sys.stderr)
+        return 2
     try:
         return int(args.handler(args) or 0)
     except ValueError as err:

@@ -1,51 +1,63 @@
-"""The reports floor's subcommands of `sae-hedging`: building PDF reports from run folders."""
+"""The reports floor's subcommands of `sae-hedging`: PDF reports from run folders, and `run`."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+
+import simple_parsing
+
+from reports.pipeline import PipelineConfig
+from theory.config import add_config_arguments
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """`report`: a PDF (config, metrics, tables, figures, formulas, provenance) rebuilt from
+    run folders written by the toolkit's jobs; nothing is retrained."""
+
+    runs: tuple[str, ...] = simple_parsing.field(positional=True, nargs="+")
+    """Run folders."""
+    title: str | None = None
+    """The report's title."""
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise ValueError("a report needs at least one run folder")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     report = subparsers.add_parser(
         "report",
         help="build a PDF report from run folders (nothing is retrained)",
-        description="Build a PDF report (config, metrics, tables, figures, formulas, provenance) "
-        "from one or more run folders written by the toolkit's experiments.",
+        description=ReportConfig.__doc__,
     )
-    report.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="a run folder")
+    add_config_arguments(report, ReportConfig)
     report.add_argument("--out", type=Path, required=True, help="the PDF to write")
-    report.add_argument("--title", default=None, help="the report's title")
-    report.set_defaults(handler=_report)
+    report.set_defaults(handler=report_command)
 
     run = subparsers.add_parser(
         "run",
         help="the whole chain on the embedded defaults: theory, toy models, the LLM, a report",
-        description="Theory, toy experiments, activations of the embedded LLM, SAEs trained on "
-        "them and the hedging protocol, then one PDF report. Finished stages are skipped, so an "
-        "interrupted run resumes.",
+        description=PipelineConfig.__doc__ + " Finished stages are skipped, so an interrupted "
+        "run resumes.",
     )
+    add_config_arguments(run, PipelineConfig)
     run.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder of the runs")
-    run.add_argument("--model", default="gemma3-270m", help="offline name, HF id or folder")
-    run.add_argument("--layer", type=int, default=6, help="hooked layer (resid_post)")
-    run.add_argument("--tokens", type=int, default=60_000, help="activation tokens to cache")
-    run.add_argument("--no-llm", action="store_true", help="theory and toy models only")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=run_command)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from reports.pipeline import demo_stages, run_pipeline
+def run_command(args: argparse.Namespace) -> int:
+    from reports.pipeline import run_pipeline
 
-    if args.tokens < 1 or args.layer < 0:
-        raise ValueError(f"need --tokens >= 1 and --layer >= 0, got {args.tokens}, {args.layer}")
-    stages = demo_stages(args.out, args.model, args.layer, args.tokens, not args.no_llm)
-    pdf = run_pipeline(args.out, stages, title="Feature hedging and absorption: theory vs SAEs")
-    print(pdf)
+    print(run_pipeline(args.config, args.out))
     return 0
 
 
-def _report(args: argparse.Namespace) -> int:
+def report_command(args: argparse.Namespace) -> int:
     from reports.pdf import build_report
 
-    print(build_report(args.runs, args.out, title=args.title))
+    config = args.config
+    print(build_report([Path(r) for r in config.runs], args.out, title=config.title))
     return 0

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shlex
 import textwrap
 from collections.abc import Iterable, Iterator, Mapping
@@ -54,8 +53,6 @@ MAX_RAW_FORMULA_CHARS = 600  # LaTeX source shown when a formula cannot be types
 FORMULA_FONT = 16.0
 MIN_FORMULA_FONT = 7.0
 MAX_TITLE_PAGE_RUNS = 20
-# 4-bit checkpoint names and settings: Q4_K_M, Q4_1, 4bit, 4-bit, int4, nf4, fp4.
-FOUR_BIT = re.compile(r"(?<![a-z0-9])(q4(_[a-z0-9]+)*|4[-_ ]?bits?|int4|nf4|fp4)(?![a-z0-9])", re.I)
 NOT_SETTINGS = ("packages", "files", "data_hashes", "command")  # manifest keys that aren't settings
 
 _MATHTEXT = MathTextParser("path")
@@ -207,30 +204,10 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any
     return pairs
 
 
-def four_bit_evidence(config: Mapping[str, Any], manifest: Mapping[str, Any]) -> list[str]:
-    """Settings showing a 4-bit quantized model was used, as 'source.key = value' lines.
-
-    A setting counts when its key mentions quantization and its value names 4 bits (Q4_K_M,
-    '4-bit', 4, ...), when its key names 4 bits and it is true (load_in_4bit), or when a model or
-    checkpoint name names a 4-bit format. Installed packages are not evidence of use.
-    """
-    settings = {k: v for k, v in manifest.items() if k not in NOT_SETTINGS}
-    evidence = []
-    for source, mapping in (("config", config), ("manifest", settings)):
-        for key, value in flatten(mapping):
-            name = key.lower()
-            text = str(value)
-            if (
-                ("quant" in name and (FOUR_BIT.search(text) or value == 4))
-                or (FOUR_BIT.search(name) and value is True)
-                or (
-                    any(w in name for w in ("model", "checkpoint", "gguf"))
-                    and isinstance(value, str)
-                    and FOUR_BIT.search(text)
-                )
-            ):
-                evidence.append(f"{source}.{key} = {text}")
-    return evidence
+def model_quantization(manifest: Mapping[str, Any]) -> str | None:
+    """The quantization of the model a run used, as the run recorded it (the jobs write it once,
+    from llm.models.model_provenance); None for full-precision models and runs without one."""
+    return manifest.get("model_quantization")
 
 
 # ---------------------------------------------------------------- page layout
@@ -443,8 +420,8 @@ def _title_page(title: str, date: datetime, runs: list[RunRecord]) -> Figure:
             f"{run.folder}  ·  {created}  ·  {len(run.tables)} tables, "
             f"{len(run.images)} images, {len(run.formulas)} formulas"
         )
-        if four_bit_evidence(run.config, run.manifest):
-            details += "  ·  4-bit quantized model"
+        if model_quantization(run.manifest):
+            details += f"  ·  quantized model: {model_quantization(run.manifest)}"
         page.write("     " + details, size=8.5, color="0.3")
     if len(runs) > MAX_TITLE_PAGE_RUNS:
         page.write(f"... and {len(runs) - MAX_TITLE_PAGE_RUNS} more runs", size=10)
@@ -486,16 +463,15 @@ def _config_pages(heading: str, subheading: str, run: RunRecord) -> Iterator[Fig
         (f"Created: {created}", {}),
         (f"Git commit: {run.manifest.get('git_commit') or 'unknown'}", {}),
     ]
-    evidence = four_bit_evidence(run.config, run.manifest)
-    if evidence:
+    quantization = model_quantization(run.manifest)
+    if quantization:
         preamble.append(
             (
-                "This run used a 4-bit quantized model: its numbers come from a "
+                f"This run used a quantized model ({quantization}): its numbers come from a "
                 "quantized checkpoint, not full-precision weights.",
                 {"size": 10, "weight": "bold", "color": "#b00020"},
             )
         )
-        preamble.extend((f"    {line}", {"size": 9, "color": "#b00020"}) for line in evidence)
     yield from _table_pages(
         heading,
         "Configuration",

@@ -1,51 +1,86 @@
 """The end-to-end job: theory, toy models, the embedded LLM, then one PDF report.
 
-Each stage writes its own run folder under the output folder; a stage whose run folder already
-holds metrics.json is skipped, so an interrupted `sae-hedging run` resumes where it stopped.
-The report is rebuilt from the run folders alone.
+Each stage is a typed config and the library job it feeds (`run_<job>(config, out) -> Run`);
+every stage's config is built, and so validated, before the first stage starts. Each stage
+writes its own run folder under the output folder; a stage whose run folder already holds
+metrics.json is skipped, so an interrupted `sae-hedging run` resumes where it stopped. Later
+stages name earlier ones by their run folders (a run folder names its artefacts: the cache, the
+SAE). The report is rebuilt from the run folders alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
+from theory.config import require_nonnegative_int, require_numbers, require_positive_int
 from theory.derive import derive
-from theory.features import SCENARIOS, scenario
+from theory.features import PAPER_L1, SCENARIOS, scenario
 from theory.predictions import catalogue
 from theory.sae import SAESpec
 from toymodels.runs import Run
 
-PAPER_L1 = (1e-3, 2e-2, 1e-1)
+
+@dataclass(frozen=True)
+class TheorySummaryConfig:
+    """Exact optima on the paper's two-feature scenarios and the catalogue of closed forms."""
+
+    scenarios: tuple[str, ...] = tuple(SCENARIOS)
+    """Scenarios (P(parent) = p_parent)."""
+    l1_values: tuple[float, ...] = PAPER_L1
+    """L1 coefficients of the width-1 optima."""
+    width2_l1: float = 2e-2
+    """The one L1 at which width-2 optima (absorption) are found: their search takes seconds."""
+    p_parent: float = 0.25
+    """P(parent) of every scenario."""
+
+    def __post_init__(self) -> None:
+        require_numbers("l1_values", self.l1_values, 0)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """`run`: theory, toy experiments, activations of a language model, SAEs trained on them
+    and the hedging protocol, then one PDF report."""
+
+    model: str = "gemma3-270m"
+    """Offline name, Hugging Face id or model folder."""
+    layer: int = 6
+    """Hooked layer (resid_post)."""
+    tokens: int = 60_000
+    """Activation tokens to cache."""
+    llm: bool = True
+    """Run the language-model stages (false: theory and toy models only)."""
+    title: str = "Feature hedging and absorption: theory vs SAEs"
+    """The report's title."""
+
+    def __post_init__(self) -> None:
+        require_nonnegative_int("layer", self.layer)
+        require_positive_int("tokens", self.tokens)
 
 
 @dataclass(frozen=True)
 class Stage:
-    """One step of the job: a run folder name and the function that fills it."""
+    """One step of the job: its run folder's name, its typed config and the job filling it."""
 
     name: str
-    build: Callable[[Path], None]
+    config: Any
+    job: Callable[[Any, Path], Run] = field(repr=False)
 
 
-def theory_stage(folder: Path) -> None:
-    """Exact optima of width-1 and width-2 SAEs on the paper's four two-feature scenarios, and the
-    catalogue of named closed forms."""
-    config = {
-        "scenarios": list(SCENARIOS),
-        "l1": list(PAPER_L1),
-        "widths": [1, 2],
-        "p_parent": 0.25,
-    }
-    run = Run(folder, config, kind="theory")
+def run_theory_summary(config: TheorySummaryConfig, out: Path) -> Run:
+    """Exact optima of width-1 SAEs (and width-2 at one L1) on the scenarios, and the
+    catalogue of named closed forms evaluated at the correlated scenario's values."""
+    run = Run(out, config, kind="theory")
     rows = []
-    for name in SCENARIOS:
-        model = scenario(name)
-        for l1 in PAPER_L1:
-            # width 2 (absorption) only at the middle L1: its region search takes seconds
-            for width in (1, 2) if l1 == 2e-2 else (1,):
+    for name in config.scenarios:
+        model = scenario(name, config.p_parent)
+        for l1 in config.l1_values:
+            for width in (1, 2) if l1 == config.width2_l1 else (1,):
                 record = derive(model, SAESpec(width, l1))
                 for latent, (enc, dec) in enumerate(
                     zip(record["encoder"], record["decoder"], strict=True)
@@ -96,82 +131,79 @@ def theory_stage(folder: Path) -> None:
             "hedging_child_component_width1": {
                 name: float(
                     pd.DataFrame(rows)
-                    .query("scenario == @name and width == 1 and l1 == 0.02")["decoder_child"]
+                    .query("scenario == @name and width == 1 and l1 == @config.width2_l1")[
+                        "decoder_child"
+                    ]
                     .iloc[0]
                 )
-                for name in SCENARIOS
+                for name in config.scenarios
             },
         }
     )
+    return run
 
 
-def command_stage(name: str, *argv: str) -> Stage:
-    """A stage that runs one `sae-hedging` command with `--out` set to its run folder."""
-
-    def build(folder: Path) -> None:
-        from reports.cli import main
-
-        status = main([*argv, "--out", str(folder)])
-        if status != 0:
-            raise ValueError(f"stage {name} failed: sae-hedging {' '.join(argv)} exited {status}")
-
-    return Stage(name, build)
-
-
-def _argv(template: str, **values: object) -> list[str]:
-    """Split a command template into words, then fill each word (values may contain spaces)."""
-    return [word.format(**values) for word in template.split()]
-
-
-def demo_stages(out: Path, model: str, layer: int, tokens: int, with_llm: bool) -> list[Stage]:
+def demo_stages(config: PipelineConfig, out: Path) -> list[Stage]:
     """The default job: theory, the four toy experiments and, with an LLM, extraction, one SAE
     trained and evaluated, and the hedging protocol across widths on real activations.
     Small batches give SAEs on a CPU-sized cache a few hundred steps."""
+    from toymodels.experiments.absorption import ToyAbsorptionConfig, run_absorption
+    from toymodels.experiments.hedging_width import HedgingWidthConfig, run_hedging_width
+    from toymodels.experiments.matryoshka import ToyMatryoshkaConfig, run_matryoshka
+    from toymodels.experiments.scenarios import FitConfig, ScenariosConfig, run_scenarios
+
     stages = [
-        Stage("theory", theory_stage),
-        command_stage("toy-scenarios", *_argv("toy scenarios --restarts 8")),
-        command_stage("toy-hedging-width", *_argv("toy hedging-width")),
-        command_stage("toy-absorption", *_argv("toy absorption")),
-        command_stage("toy-matryoshka", *_argv("toy matryoshka")),
+        Stage("theory", TheorySummaryConfig(), run_theory_summary),
+        Stage("toy-scenarios", ScenariosConfig(fit=FitConfig(restarts=8)), run_scenarios),
+        Stage("toy-hedging-width", HedgingWidthConfig(), run_hedging_width),
+        Stage("toy-absorption", ToyAbsorptionConfig(), run_absorption),
+        Stage("toy-matryoshka", ToyMatryoshkaConfig(), run_matryoshka),
     ]
-    if not with_llm:
+    if not config.llm:
         return stages
-    paths = {"cache": out / "llm-activations", "sae": out / "llm-train" / "sae"}
+    from llm.cache import ExtractConfig
+    from llm.hedging import LLMHedgingConfig, run_llm_hedging
+    from llm.jobs import EvalConfig, SAETrainConfig, run_eval, run_extract, run_train
+    from toymodels.train import TrainConfig
+
+    cache, trained = str(out / "llm-activations"), str(out / "llm-train")
+
+    def small_batches(samples: int) -> TrainConfig:
+        return TrainConfig(samples=samples, batch_size=512, checkpoint_every=200, progress=False)
+
     return stages + [
-        command_stage(
+        Stage(
             "llm-activations",
-            *_argv(
-                "llm extract --model {model} --layer {layer} --tokens {tokens}",
-                model=model,
-                layer=layer,
-                tokens=tokens,
-            ),
+            ExtractConfig(model=config.model, layer=config.layer, tokens=config.tokens),
+            run_extract,
         ),
-        command_stage(
+        Stage(
             "llm-train",
-            *_argv(
-                "llm train --cache {cache} --architecture topk --width 1024 --k 32 "
-                "--tokens {tokens} --batch-size 512",
-                tokens=2 * tokens,
-                **paths,
+            SAETrainConfig(
+                cache=cache, architecture="topk", width=1024, k=32,
+                train=small_batches(2 * config.tokens),
             ),
+            run_train,
         ),
-        command_stage(
-            "llm-eval", *_argv("llm eval --sae {sae} --cache {cache} --batches 2", **paths)
-        ),
-        command_stage(
+        Stage("llm-eval", EvalConfig(sae=trained, cache=cache, batches=2), run_eval),
+        Stage(
             "llm-hedging",
-            *_argv(
-                "llm hedging --cache {cache} --widths 128,256,512 --n-new 32 --tokens {tokens} "
-                "--batch-size 512",
-                tokens=tokens // 2,
-                **paths,
+            LLMHedgingConfig(
+                cache=cache, widths=(128, 256, 512), n_new=32,
+                train=small_batches(config.tokens // 2),
             ),
+            run_llm_hedging,
         ),
-    ]
+    ]  # fmt: skip
 
 
-def run_pipeline(out: Path, stages: list[Stage], title: str) -> Path:
+def run_pipeline(config: PipelineConfig, out: str | Path) -> Path:
+    """Run the demo stages that have not finished yet, then rebuild the report from every run."""
+    out = Path(out)
+    return run_stages(demo_stages(config, out), out, config.title)
+
+
+def run_stages(stages: list[Stage], out: Path, title: str) -> Path:
     """Run the stages that have not finished yet, then rebuild the report from every run."""
     from reports.pdf import build_report
 
@@ -183,6 +215,6 @@ def run_pipeline(out: Path, stages: list[Stage], title: str) -> Path:
             print(f"[run] {stage.name}: already done ({folder})")
         else:
             print(f"[run] {stage.name} ...", flush=True)
-            stage.build(folder)
+            stage.job(stage.config, folder)
         folders.append(folder)
     return build_report(folders, out / "report.pdf", title=title)

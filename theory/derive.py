@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import sympy as sp
 
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
-from theory.features import FeatureModel
+from theory.features import FeatureModel, WorldConfig
 from theory.optimum import Optimum, global_optimum
 from theory.sae import SAESpec
+
+
+@dataclass(frozen=True)
+class DeriveConfig:
+    """`derive`: the exact optimum of one small SAE on one feature model."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    sae: SAESpec = field(default_factory=SAESpec)
+    symbolic: bool = False
+    """Include the optimum's closed forms in LaTeX."""
+    seed: int = 0
+    """Seed of the direction search's starting points."""
+
+
+def run_derive(config: DeriveConfig) -> dict:
+    """derive() on the config's feature model and SAE."""
+    return derive(config.world.feature_model(), config.sae, config.symbolic, config.seed)
 
 
 def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:

@@ -300,6 +300,10 @@ SCENARIOS = {
 }
 
 
+# The hedging paper's L1 coefficients for its two-feature scenarios.
+PAPER_L1 = (1e-3, 2e-2, 1e-1)
+
+
 def scenario(
     name: str,
     p_parent: Scalar = 0.25,
@@ -383,3 +387,35 @@ def product(*models: FeatureModel) -> FeatureModel:
         else None
     )
     return _model(table, len(mags), mags, stds)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """A small feature model named on the command line: a state table or a paper scenario."""
+
+    joint: str | None = None
+    """State table, e.g. 00:0.6,10:0.2,01:0.05,11:0.15 (a pattern's i-th character is feature
+    i's firing bit)."""
+    scenario: str | None = None
+    """A hedging-paper scenario: independent | hierarchical | correlated | anticorrelated."""
+    p_parent: float = 0.25
+    """Scenario: P(parent)."""
+    p_child_given_parent: float | None = None
+    """Scenario: P(child | parent) (default: the scenario's)."""
+    p_child_given_not_parent: float | None = None
+    """Scenario: P(child | not parent) (default: the scenario's)."""
+
+    def __post_init__(self) -> None:
+        if self.joint is not None and self.scenario is not None:
+            raise ValueError("give a state table (joint) or a scenario, not both")
+        if self.scenario is not None and self.scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {self.scenario!r}; allowed: {', '.join(SCENARIOS)}")
+
+    def feature_model(self) -> FeatureModel:
+        if self.joint is not None:
+            return from_table(self.joint)
+        if self.scenario is None:
+            raise ValueError("no feature model: give a state table (joint) or a scenario")
+        return scenario(
+            self.scenario, self.p_parent, self.p_child_given_parent, self.p_child_given_not_parent
+        )

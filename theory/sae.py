@@ -17,17 +17,21 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from theory.features import FeatureModel, NumericFeatureModel, Scalar, _sym
+from theory.features import FeatureModel, NumericFeatureModel, _sym
 
 
 @dataclass(frozen=True)
 class SAESpec:
     """Which SAE: width k, L1 coefficient, tied or untied, with or without a decoder bias."""
 
-    width: int
-    l1: Scalar = 0
+    width: int = 1
+    """Latents of the SAE."""
+    l1: float | sp.Expr = 0
+    """L1 coefficient (a number or a sympy expression)."""
     tied: bool = False
+    """Encoder = decoder transpose."""
     decoder_bias: bool = True
+    """Learn a decoder bias."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.width, int) or self.width < 1:

@@ -11,36 +11,34 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from toymodels.metrics import hedging_degree
 from toymodels.sae import SAE
-from toymodels.train import DataSource, train
+from toymodels.train import DataSource, TrainConfig, train
 
 
 def hedging_protocol(
     initial: SAE,
     data: DataSource,
-    n_samples: int,
+    train_config: TrainConfig,
     n_new: int,
     *,
-    seed: int = 0,
     new_latent_scale: float = 0.1,
     n_random: int = 50,
     checkpoint_dir: str | Path | None = None,
-    **train_options: Any,
 ) -> tuple[list[dict], SAE, SAE]:
     """Hedging degree of every member of `initial` (left unchanged) for n_new new latents.
 
-    control  = initial trained n_samples more;
-    extended = initial.add_latents(n_new) trained n_samples more (same seed and options).
-    train_options go to toymodels.train.train (batch_size, lr, decay_fraction, device, ...);
-    with checkpoint_dir both stages checkpoint there and resume.
+    control  = initial trained train_config.samples more;
+    extended = initial.add_latents(n_new) trained the same (same seed and schedule); the new
+    latents' directions are drawn from train_config.seed too.
+    With checkpoint_dir both stages checkpoint there and resume.
     Returns (rows, control, extended): one row per member with member, width, n_new,
     samples_per_stage, h, p, p_rand; the two trained stacks are folded to unit decoder rows.
     """
+    seed, n_samples = train_config.seed, train_config.samples
     if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
         raise ValueError(f"n_new must be a positive integer, got {n_new!r}")
     stages = {
@@ -51,7 +49,7 @@ def hedging_protocol(
     }
     for name, sae in stages.items():
         checkpoint = None if checkpoint_dir is None else Path(checkpoint_dir) / f"{name}.pt"
-        train(sae, data, n_samples, seed=seed, checkpoint_path=checkpoint, **train_options)
+        train(sae, data, train_config, checkpoint_path=checkpoint)
         sae.fold_decoder_norms()
     control, extended = stages["control"], stages["extended"]
     rows = []

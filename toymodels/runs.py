@@ -18,9 +18,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import pandas as pd
+
+from theory.config import config_from_json, config_to_json
+
+Config = TypeVar("Config")
 
 TRACKED_PACKAGES = (
     "sae-hedging",
@@ -111,20 +115,26 @@ def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str |
 
 
 class Run:
-    """One run folder. Create with the experiment's config; add metrics, tables and hashes."""
+    """One run folder. Create with the job's typed config (or, for runs written by users' own
+    scripts, a plain mapping); add metrics, tables and hashes.
+
+    `artefacts` names what the run made for others to use (e.g. "sae": the SAE folder,
+    "cache": the activation cache), recorded in the manifest so a later reader finds them
+    without rebuilding paths."""
 
     def __init__(
         self,
         folder: str | Path,
-        config: Mapping[str, Any],
+        config: Any,
         seeds: Mapping[str, int] | None = None,
         kind: str = "experiment",
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.config = dict(config)
+        self.config = config
         self.manifest: dict[str, Any] = {
             "kind": kind,
+            "config_type": f"{type(config).__module__}.{type(config).__qualname__}",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": sys.argv,
             "git_commit": git_commit(),
@@ -134,8 +144,26 @@ class Run:
             "seeds": dict(seeds or {}),
             "data_hashes": {},
             "files": {},
+            "artefacts": {},
         }
-        atomic_write_json(self.folder / "config.json", self.config)
+        plain = dict(config) if isinstance(config, Mapping) else config_to_json(config)
+        atomic_write_json(self.folder / "config.json", plain)
+        self._write_manifest()
+
+    @property
+    def artefacts(self) -> dict[str, Path]:
+        """Named outputs of the run (absolute paths)."""
+        return {name: self.folder / rel for name, rel in self.manifest["artefacts"].items()}
+
+    def record_artefact(self, name: str, path: Path) -> Path:
+        """Name an output of the run (a path inside its folder) for later readers."""
+        self.manifest["artefacts"][name] = str(Path(path).relative_to(self.folder))
+        self._write_manifest()
+        return Path(path)
+
+    def record_provenance(self, **facts: Any) -> None:
+        """Facts about the run's inputs (model, quantization, ...) kept in the manifest."""
+        self.manifest.update(facts)
         self._write_manifest()
 
     def record_data_hash(self, name: str, digest: str) -> None:
@@ -194,3 +222,29 @@ def read_run(folder: str | Path) -> dict[str, Any]:
         "manifest": load("manifest.json"),
         "tables": tables,
     }
+
+
+def named_artefact(folder: str | Path, name: str) -> Path | None:
+    """The artefact `name` of a run folder (see Run.artefacts), or None when `folder` is not a
+    run folder or names no such artefact."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("artefacts"), dict):
+        return None
+    relative = manifest["artefacts"].get(name)
+    return None if relative is None else folder / relative
+
+
+def load_config(folder: str | Path, cls: type[Config]) -> Config:
+    """A run folder's config.json as its typed config."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{folder} has no config.json")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    return config_from_json(cls, data)

@@ -8,15 +8,22 @@ be compared with theory's optimum.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from theory.config import (
+    require_nonnegative_int,
+    require_number,
+    require_positive_int,
+)
 from theory.sae import SAEParams
 from toymodels.runs import atomic_write
 from toymodels.sae import SAE
@@ -61,51 +68,75 @@ def learning_rate_factor(
     return factor
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """How an SAE stack is trained: Adam, a warm-up/constant/decay schedule, checkpoints."""
+
+    samples: int = 1_000_000
+    """Training samples per SAE (tokens, on a language model)."""
+    batch_size: int = 4096
+    """Samples per step."""
+    lr: float = 3e-4
+    """Adam's learning rate."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up."""
+    decay_fraction: float = 0.2
+    """Final fraction of the steps over which the learning rate decays linearly to 0."""
+    seed: int = 0
+    """Seeds the global torch RNG (data sources that draw from it become reproducible)."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (with a checkpoint path)."""
+    log_every: int = 100
+    """Steps averaged per row of the training log."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "batch_size", "checkpoint_every", "log_every"):
+            require_positive_int(name, getattr(self, name))
+        if self.samples < self.batch_size:
+            raise ValueError(
+                f"samples ({self.samples}) must be at least one batch_size ({self.batch_size})"
+            )
+        require_number("lr", self.lr, 0, open_low=True)
+        require_nonnegative_int("warmup_steps", self.warmup_steps)
+        require_number("decay_fraction", self.decay_fraction, 0, 1)
+
+    @property
+    def n_steps(self) -> int:
+        return self.samples // self.batch_size
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
 def train(
     sae: SAE,
     data: DataSource,
-    n_samples: int,
-    batch_size: int = 4096,
-    lr: float = 3e-4,
-    warmup_steps: int = 0,
-    decay_fraction: float = 0.2,
-    seed: int = 0,
-    device: str | torch.device = "auto",
+    config: TrainConfig = TrainConfig(),
     checkpoint_path: str | Path | None = None,
-    checkpoint_every: int = 1000,
-    log_every: int = 100,
-    progress: bool = True,
 ) -> TrainLog:
-    """Train `sae` in place (moved to `device`) on n_samples samples per member.
+    """Train `sae` in place (moved to config.device) on config.samples samples per member.
 
     `data(batch_size)` returns a batch (B, D) shared by all members or (M, B, D), one per member.
-    The global torch RNG is seeded with `seed`, so a data source drawing from it is reproducible;
-    one with its own state may expose state_dict()/load_state_dict() to be checkpointed too.
-    With checkpoint_path, the state (SAE, Adam, RNG, data, step) is written atomically every
-    checkpoint_every steps and at the end; an existing checkpoint is resumed, and the resumed run
-    ends with exactly the parameters of an uninterrupted one.
+    The global torch RNG is seeded with config.seed, so a data source drawing from it is
+    reproducible; one with its own state may expose state_dict()/load_state_dict() to be
+    checkpointed too. With checkpoint_path, the state (SAE, Adam, RNG, data, step) is written
+    atomically every config.checkpoint_every steps and at the end; an existing checkpoint is
+    resumed, and the resumed run ends with exactly the parameters of an uninterrupted one.
     """
-    if batch_size < 1 or n_samples < batch_size:
-        raise ValueError(
-            f"need batch_size >= 1 and n_samples >= batch_size, got {batch_size}, {n_samples}"
-        )
-    if lr <= 0 or warmup_steps < 0 or not 0 <= decay_fraction <= 1:
-        raise ValueError(
-            f"need lr > 0, warmup_steps >= 0, decay_fraction in [0, 1]; "
-            f"got {lr}, {warmup_steps}, {decay_fraction}"
-        )
-    if checkpoint_every < 1 or log_every < 1:
-        raise ValueError(
-            f"checkpoint_every and log_every must be >= 1, got {checkpoint_every}, {log_every}"
-        )
-    device = resolve_device(device)
-    n_steps = n_samples // batch_size
+    n_samples, batch_size, lr = config.samples, config.batch_size, config.lr
+    seed = config.seed
+    device = resolve_device(config.device)
+    n_steps = config.n_steps
     run = {
         "n_samples": n_samples,
         "batch_size": batch_size,
         "lr": lr,
-        "warmup_steps": warmup_steps,
-        "decay_fraction": decay_fraction,
+        "warmup_steps": config.warmup_steps,
+        "decay_fraction": config.decay_fraction,
         "seed": seed,
         "sae": sae.full_config(),
     }
@@ -127,10 +158,10 @@ def train(
             atomic_write(path, lambda f: torch.save(state, f))
 
     bar = tqdm(
-        total=n_steps, initial=step, disable=not progress, unit="step", desc=sae.architecture
+        total=n_steps, initial=step, disable=not config.progress, unit="step", desc=sae.architecture
     )
     while step < n_steps:
-        factor = learning_rate_factor(step, n_steps, warmup_steps, decay_fraction)
+        factor = learning_rate_factor(step, n_steps, config.warmup_steps, config.decay_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr * factor
         losses = sae.loss(data(batch_size).to(device, dtype, non_blocking=True))
@@ -140,15 +171,15 @@ def train(
         step += 1
         parts = torch.stack([losses[k].detach() for k in ("per_member", "mse", "sparsity", "aux")])
         sums = parts if sums is None else sums + parts
-        if step % log_every == 0 or step == n_steps:
-            interval = (step - 1) % log_every + 1
+        if step % config.log_every == 0 or step == n_steps:
+            interval = (step - 1) % config.log_every + 1
             means = (sums / interval).cpu().numpy()
             log.steps.append(step)
             for row, name in zip(means, ("total", "mse", "sparsity", "aux"), strict=True):
                 getattr(log, name).append(row)
             sums = None
             bar.set_postfix(loss=f"{means[0].mean():.4g}")
-        if step % checkpoint_every == 0 or step == n_steps:
+        if step % config.checkpoint_every == 0 or step == n_steps:
             save()
         bar.update(1)
     bar.close()
@@ -216,7 +247,7 @@ def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEPa
     on inputs in the span are identical. Components of W_dec and b_dec outside the span are
     dropped: they only add loss, so theory's loss of these params is a lower bound on the SAE's.
     """
-    if not sae.relu_codes:
+    if not sae.capabilities.relu_codes:
         raise ValueError(
             f"theory's SAEParams describe ReLU codes; {sae.architecture!r} SAEs "
             "are not ReLU SAEs (allowed: relu-l1, matryoshka with inner relu-l1)"

@@ -8,13 +8,13 @@ import torch
 from safetensors.torch import load_file
 
 import llm.cache
-from llm.cache import ActivationStream, extract, verify
+from llm.cache import ActivationStream, ExtractConfig, extract, verify
 from llm.corpus import load_corpus, token_batches
 from llm.models import activations, load_model
 from tests.llm.tiny_models import save_tiny_model, write_text_corpus
 
 SETTINGS = dict(
-    layer=1, hook="resid_post", n_tokens=1000, shard_tokens=300, batch_size=4, context_length=16
+    layer=1, hook="resid_post", tokens=1000, shard_tokens=300, batch_size=4, context_length=16
 )
 
 
@@ -28,6 +28,10 @@ def corpus(tmp_path_factory):
     return load_corpus(str(write_text_corpus(tmp_path_factory.mktemp("text"))))
 
 
+def _extract(model, corpus, out_dir, **settings):
+    return extract(model, corpus, ExtractConfig(model=model.name, **settings), out_dir)
+
+
 def _shards(cache_dir):
     manifest = json.loads((cache_dir / "manifest.json").read_text())
     tensors = [load_file(cache_dir / shard["file"]) for shard in manifest["shards"]]
@@ -37,18 +41,18 @@ def _shards(cache_dir):
     )
 
 
-def _direct(model, corpus, n_tokens, layer, hook, batch_size, context_length, **_):
+def _direct(model, corpus, tokens, layer, hook, batch_size, context_length, **_):
     """Kept-position activations computed batch by batch, without the cache."""
     acts, ids = [], []
     for batch in token_batches(model.tokenizer, corpus, context_length, batch_size):
         acts_BTD = activations(model, batch.input_ids_BT, batch.attention_mask_BT, layer, hook)
         acts.append(acts_BTD[batch.keep_BT])
         ids.append(batch.input_ids_BT[batch.keep_BT])
-    return torch.cat(acts)[:n_tokens], torch.cat(ids)[:n_tokens]
+    return torch.cat(acts)[:tokens], torch.cat(ids)[:tokens]
 
 
 def test_cache_round_trip_is_exact(tiny, corpus, tmp_path):
-    manifest = extract(tiny, corpus, out_dir=tmp_path, **SETTINGS)
+    manifest = _extract(tiny, corpus, tmp_path, **SETTINGS)
     acts_ND, ids_N = _shards(tmp_path)
     expected_acts_ND, expected_ids_N = _direct(tiny, corpus, **SETTINGS)
     assert torch.equal(acts_ND, expected_acts_ND) and torch.equal(ids_N.long(), expected_ids_N)
@@ -60,7 +64,7 @@ def test_cache_round_trip_is_exact(tiny, corpus, tmp_path):
 
 
 def test_bfloat16_storage_rounds_the_float32_activations(tiny, corpus, tmp_path):
-    extract(tiny, corpus, out_dir=tmp_path, **{**SETTINGS, "hook": "mlp_out"}, dtype="bfloat16")
+    _extract(tiny, corpus, tmp_path, **{**SETTINGS, "hook": "mlp_out"}, dtype="bfloat16")
     acts_ND, _ = _shards(tmp_path)
     expected_ND, _ = _direct(tiny, corpus, **{**SETTINGS, "hook": "mlp_out"})
     assert acts_ND.dtype == torch.bfloat16
@@ -68,8 +72,8 @@ def test_bfloat16_storage_rounds_the_float32_activations(tiny, corpus, tmp_path)
 
 
 def test_corpus_shorter_than_the_request_ends_with_a_short_shard(tiny, corpus, tmp_path):
-    settings = {**SETTINGS, "n_tokens": 10**6, "shard_tokens": 350}
-    manifest = extract(tiny, corpus, out_dir=tmp_path, **settings)
+    settings = {**SETTINGS, "tokens": 10**6, "shard_tokens": 350}
+    manifest = _extract(tiny, corpus, tmp_path, **settings)
     acts_ND, _ = _shards(tmp_path)
     expected_ND, _ = _direct(tiny, corpus, **settings)
     assert manifest["n_tokens"] == len(expected_ND) == 1800 and manifest["complete"]
@@ -78,7 +82,7 @@ def test_corpus_shorter_than_the_request_ends_with_a_short_shard(tiny, corpus, t
 
 
 def test_resumed_extraction_equals_an_uninterrupted_one(tiny, corpus, tmp_path, monkeypatch):
-    extract(tiny, corpus, out_dir=tmp_path / "whole", **SETTINGS)
+    _extract(tiny, corpus, tmp_path / "whole", **SETTINGS)
     calls = []
 
     def interrupted_at_batch_12(*args, **kwargs):
@@ -89,11 +93,11 @@ def test_resumed_extraction_equals_an_uninterrupted_one(tiny, corpus, tmp_path, 
 
     monkeypatch.setattr(llm.cache, "activations", interrupted_at_batch_12)
     with pytest.raises(KeyboardInterrupt):
-        extract(tiny, corpus, out_dir=tmp_path / "resumed", **SETTINGS)
+        _extract(tiny, corpus, tmp_path / "resumed", **SETTINGS)
     partial = json.loads((tmp_path / "resumed" / "manifest.json").read_text())
     assert not partial["complete"] and len(partial["shards"]) == 2
     calls.clear()
-    extract(tiny, corpus, out_dir=tmp_path / "resumed", **SETTINGS)
+    _extract(tiny, corpus, tmp_path / "resumed", **SETTINGS)
     # 60 kept tokens a batch: the two finished shards (600 tokens) were not recomputed.
     assert len(calls) == 17 - 10
     for name in ["manifest.json"] + [f"shard_0000{i}.safetensors" for i in range(4)]:
@@ -102,7 +106,7 @@ def test_resumed_extraction_equals_an_uninterrupted_one(tiny, corpus, tmp_path, 
 
 
 def test_corrupt_or_missing_shards_are_named_and_never_used(tiny, corpus, tmp_path):
-    extract(tiny, corpus, out_dir=tmp_path, **SETTINGS)
+    _extract(tiny, corpus, tmp_path, **SETTINGS)
     shard = tmp_path / "shard_00001.safetensors"
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
@@ -110,7 +114,7 @@ def test_corrupt_or_missing_shards_are_named_and_never_used(tiny, corpus, tmp_pa
     with pytest.raises(ValueError, match="shard_00001.safetensors .* corrupt"):
         verify(tmp_path)
     with pytest.raises(ValueError, match="shard_00001.safetensors .* corrupt"):
-        extract(tiny, corpus, out_dir=tmp_path, **SETTINGS)  # even a finished cache is re-checked
+        _extract(tiny, corpus, tmp_path, **SETTINGS)  # even a finished cache is re-checked
     stream = ActivationStream(tmp_path, batch_size=100, seed=0, buffer_shards=1)
     with pytest.raises(ValueError, match="shard_00001.safetensors .* corrupt"):
         for _ in range(10):
@@ -121,17 +125,17 @@ def test_corrupt_or_missing_shards_are_named_and_never_used(tiny, corpus, tmp_pa
 
 
 def test_a_different_request_is_refused(tiny, corpus, tmp_path):
-    extract(tiny, corpus, out_dir=tmp_path, **SETTINGS)
+    _extract(tiny, corpus, tmp_path, **SETTINGS)
     with pytest.raises(ValueError, match="different request.*layer: cached 1, requested 0"):
-        extract(tiny, corpus, out_dir=tmp_path, **{**SETTINGS, "layer": 0})
+        _extract(tiny, corpus, tmp_path, **{**SETTINGS, "layer": 0})
     with pytest.raises(ValueError, match="batch_size: cached 4, requested 8"):
-        extract(tiny, corpus, out_dir=tmp_path, **{**SETTINGS, "batch_size": 8})
+        _extract(tiny, corpus, tmp_path, **{**SETTINGS, "batch_size": 8})
 
 
 def test_stream_serves_every_row_once_per_epoch_within_a_bounded_buffer(
     tiny, corpus, tmp_path, monkeypatch
 ):
-    extract(tiny, corpus, out_dir=tmp_path, **SETTINGS)
+    _extract(tiny, corpus, tmp_path, **SETTINGS)
     acts_ND, _ = _shards(tmp_path)
     reads = []
     real_read = llm.cache._read_shard
@@ -163,9 +167,9 @@ def test_real_gemma_truncated_extraction_matches_its_full_forward(tmp_path):
     assert (gemma.n_layers, gemma.d_model) == (18, 640)
     corpus = load_corpus()
     settings = dict(
-        layer=5, hook="resid_post", n_tokens=300, shard_tokens=128, batch_size=2, context_length=80
+        layer=5, hook="resid_post", tokens=300, shard_tokens=128, batch_size=2, context_length=80
     )
-    manifest = extract(gemma, corpus, out_dir=tmp_path, **settings)
+    manifest = _extract(gemma, corpus, tmp_path, **settings)
     assert [s["n_tokens"] for s in manifest["shards"]] == [128, 128, 44]
     acts_ND, ids_N = _shards(tmp_path)
     batches = token_batches(gemma.tokenizer, corpus, 80, 2)
@@ -184,7 +188,7 @@ def test_real_gemma_truncated_extraction_matches_its_full_forward(tmp_path):
 
 
 def test_stream_over_a_shard_subset_serves_only_those_rows(tiny, corpus, tmp_path):
-    extract(tiny, corpus, out_dir=tmp_path, **SETTINGS)
+    _extract(tiny, corpus, tmp_path, **SETTINGS)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     shard = manifest["shards"][1]
     stream = ActivationStream(tmp_path, seed=0, shards=[1])

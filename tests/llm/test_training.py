@@ -17,6 +17,7 @@ from llm.training import (
 )
 from tests.llm.tiny_cache import tiny_setup
 from toymodels.sae import make_sae
+from toymodels.train import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +88,16 @@ def _topk(seed=0):
 
 def test_resume_equals_uninterrupted_training(cache, tmp_path, monkeypatch):
     split = split_cache(cache, held_out_tokens=500)
-    settings = dict(batch_size=64, lr=1e-3, seed=1, device="cpu", checkpoint_every=5)
-    reference = train_on_cache(_topk(), split, 64 * 30, **settings).sae
+    settings = TrainConfig(
+        samples=64 * 30,
+        batch_size=64,
+        lr=1e-3,
+        seed=1,
+        device="cpu",
+        checkpoint_every=5,
+        progress=False,
+    )
+    reference = train_on_cache(_topk(), split, settings).sae
 
     real_call, calls = CacheData.__call__, {"n": 0}
 
@@ -101,9 +110,9 @@ def test_resume_equals_uninterrupted_training(cache, tmp_path, monkeypatch):
     monkeypatch.setattr(CacheData, "__call__", interrupted)
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_on_cache(_topk(), split, 64 * 30, checkpoint_path=checkpoint, **settings)
+        train_on_cache(_topk(), split, settings, checkpoint_path=checkpoint)
     monkeypatch.setattr(CacheData, "__call__", real_call)
-    resumed = train_on_cache(_topk(), split, 64 * 30, checkpoint_path=checkpoint, **settings).sae
+    resumed = train_on_cache(_topk(), split, settings, checkpoint_path=checkpoint).sae
     for (name, value), expected in zip(
         resumed.state_dict().items(), reference.state_dict().values(), strict=True
     ):
@@ -114,7 +123,8 @@ def test_training_on_the_cache_learns_to_reconstruct(cache):
     split = split_cache(cache, held_out_tokens=500)
     held_out = held_out_activations(split)
     untrained = reconstruction_metrics(_topk(), held_out)[0]
-    trained = train_on_cache(_topk(), split, 64 * 60, batch_size=64, lr=1e-2, device="cpu")
+    schedule = TrainConfig(samples=64 * 60, batch_size=64, lr=1e-2, device="cpu", progress=False)
+    trained = train_on_cache(_topk(), split, schedule)
     quality = reconstruction_metrics(trained.sae, held_out * trained.input_scale)[0]
     assert quality["explained_variance"] > 0.6 > untrained["explained_variance"] + 0.3
     assert quality["l0"] == pytest.approx(4.0)

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from llm.cache import extract
+from llm.cache import ExtractConfig, extract
 from llm.corpus import load_corpus
 from llm.models import load_model
 from tests.llm.tiny_models import save_tiny_model, write_text_corpus
@@ -14,15 +14,14 @@ def tiny_setup(folder: Path, n_tokens: int = 2400, shard_tokens: int = 600):
     """(model, corpus, cache folder): d_model 32, shards of shard_tokens rows."""
     model = load_model(str(save_tiny_model(folder / "model", "gemma3")), "cpu")
     corpus = load_corpus(str(write_text_corpus(folder / "text", n_files=12)))
-    extract(
-        model,
-        corpus,
-        LAYER,
-        HOOK,
-        n_tokens,
-        folder / "cache",
+    config = ExtractConfig(
+        model=model.name,
+        layer=LAYER,
+        hook=HOOK,
+        tokens=n_tokens,
         shard_tokens=shard_tokens,
         batch_size=8,
         context_length=CONTEXT,
     )
+    extract(model, corpus, config, folder / "cache")
     return model, corpus, folder / "cache"

@@ -29,6 +29,7 @@ def _write_synthetic_run(folder: Path) -> Run:
         seeds={"torch": 0, "data": 1},
         kind="toy-hedging",
     )
+    run.record_provenance(model="gemma3-270m", model_quantization="Q4_K_M")
     run.record_data_hash("activations", "ab" * 32)
     run.write_metrics(
         {

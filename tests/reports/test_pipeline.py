@@ -4,50 +4,63 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from reports.cli import main
-from reports.pipeline import Stage, command_stage, demo_stages, run_pipeline
+from reports.pipeline import PipelineConfig, Stage, demo_stages, run_stages
 from toymodels.runs import Run
 
 
 def _stage(name: str, calls: list[str]) -> Stage:
-    def build(folder: Path) -> None:
+    def job(config: dict, folder: Path) -> Run:
         calls.append(name)
-        Run(folder, {"stage": name}, kind="test").write_metrics({"value": len(calls)})
+        run = Run(folder, config, kind="test")
+        run.write_metrics({"value": len(calls)})
+        return run
 
-    return Stage(name, build)
+    return Stage(name, {"stage": name}, job)
 
 
 def test_finished_stages_are_skipped_and_the_report_is_rebuilt(tmp_path):
     calls: list[str] = []
     stages = [_stage("first", calls), _stage("second", calls)]
-    pdf = run_pipeline(tmp_path, stages, title="t")
+    pdf = run_stages(stages, tmp_path, title="t")
     assert pdf.read_bytes().startswith(b"%PDF") and calls == ["first", "second"]
     # an interrupted job: the second stage never finished
     (tmp_path / "second" / "metrics.json").unlink()
-    run_pipeline(tmp_path, stages, title="t")
+    run_stages(stages, tmp_path, title="t")
     assert calls == ["first", "second", "second"]
 
 
-def test_a_failing_command_stage_names_itself(tmp_path):
-    stage = command_stage("broken", "derive", "--scenario", "sideways")
-    with pytest.raises(ValueError, match="stage broken failed: sae-hedging derive"):
-        stage.build(tmp_path / "broken")
-
-
-def test_demo_stages_cover_every_floor(tmp_path):
+def test_demo_stages_cover_every_floor_and_chain_by_run_folders(tmp_path):
     out = tmp_path / "with space"
-    stages = demo_stages(out, "gemma3-270m", 6, 1000, with_llm=True)
-    assert [s.name for s in stages][-4:] == [
-        "llm-activations",
-        "llm-train",
-        "llm-eval",
-        "llm-hedging",
-    ]
-    assert [s.name for s in demo_stages(out, "m", 6, 1000, with_llm=False)][-1] == "toy-matryoshka"
+    stages = demo_stages(PipelineConfig(tokens=4000), out)
+    names = [s.name for s in stages]
+    assert names[-4:] == ["llm-activations", "llm-train", "llm-eval", "llm-hedging"]
+    by_name = {s.name: s.config for s in stages}
+    # later stages name earlier ones by their run folders, never by paths inside them
+    assert by_name["llm-train"].cache == str(out / "llm-activations")
+    assert by_name["llm-eval"].sae == str(out / "llm-train")
+    assert by_name["llm-train"].train.samples == 8000
+    assert by_name["llm-hedging"].train.samples == 2000
+    without = demo_stages(PipelineConfig(llm=False), out)
+    assert [s.name for s in without][-1] == "toy-matryoshka"
+
+
+def test_the_pipeline_imports_no_cli_module():
+    import ast
+    import inspect
+
+    import reports.pipeline
+
+    tree = ast.parse(inspect.getsource(reports.pipeline))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)} | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert not any(name.endswith(("cli", "commands")) for name in imported), imported
 
 
 def test_run_refuses_bad_sizes(capsys):
     assert main(["run", "--tokens", "0"]) == 2
-    assert "--tokens" in capsys.readouterr().err
+    assert "tokens must be a positive integer" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def test_scenario_shortcut_and_symbolic(capsys):
 
 def test_variants_select_the_sae(capsys):
     _, out, _ = _derive(
-        capsys, "--scenario", "hierarchical", "--tied", "--no-decoder-bias", "--json"
+        capsys, "--scenario", "hierarchical", "--tied", "--decoder-bias", "false", "--json"
     )
     record = json.loads(out)
     assert record["spec"] == {"width": 1, "l1": 0.0, "tied": True, "decoder_bias": False}
@@ -67,7 +67,8 @@ def test_variants_select_the_sae(capsys):
         (["--scenario", "correlated", "--width", "0"], "width must be a positive integer"),
         (["--scenario", "correlated", "--l1", "-1"], "l1 must be >= 0"),
         (["--scenario", "correlated", "--width", "two"], "invalid int value: 'two'"),
-        ([], "one of the arguments --joint --scenario is required"),
+        ([], "give a state table (joint) or a scenario"),
+        (["--joint", "00:1", "--scenario", "correlated"], "not both"),
     ],
 )
 def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):

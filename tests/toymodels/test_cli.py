@@ -63,7 +63,8 @@ def test_train_scenario_tied_without_decoder_bias(capsys):
         "--scenario",
         "independent",
         "--tied",
-        "--no-decoder-bias",
+        "--decoder-bias",
+        "false",
         "--samples",
         "20000",
         "--json",
@@ -84,9 +85,9 @@ def test_train_scenario_tied_without_decoder_bias(capsys):
     [
         (["--joint", "00:0.6,10:0.2"], "sum to"),
         (["--scenario", "sideways"], "unknown scenario"),
-        (["--scenario", "hierarchical", "--samples", "0"], "--samples must be >= 1"),
+        (["--scenario", "hierarchical", "--samples", "0"], "samples must be a positive integer"),
         (["--scenario", "hierarchical", "--d-in", "1"], "d_in"),
-        (["--scenario", "hierarchical", "--lr", "-1"], "--lr must be > 0"),
+        (["--scenario", "hierarchical", "--lr", "-1"], "lr must be in (0"),
         (["--scenario", "hierarchical", "--width", "0"], "width"),
         (["--scenario", "hierarchical", "--samples", "100", "--batch-size", "1000"], "batch_size"),
     ],
@@ -113,4 +114,4 @@ def test_experiment_command_writes_a_run_folder(capsys, tmp_path):
     assert status == 0 and "best_mu" in out
     assert "matryoshka_vs_mu" in read_run(tmp_path / "m")["tables"]
     status, _, err = run_cli(capsys, "toy", "absorption", "--seeds", "0")
-    assert status == 2 and "--seeds must be >= 1" in err
+    assert status == 2 and "seeds must be a positive integer" in err

@@ -2,12 +2,18 @@
 
 import pytest
 
-from theory.features import SCENARIOS
-from toymodels.experiments.absorption import run_absorption
-from toymodels.experiments.hedging_width import run_hedging_width
-from toymodels.experiments.matryoshka import run_matryoshka
-from toymodels.experiments.scenarios import L1_VALUES, Schedule, run_scenarios
-from toymodels.runs import read_run
+from theory.features import PAPER_L1, SCENARIOS
+from toymodels.experiments.absorption import ToyAbsorptionConfig, run_absorption
+from toymodels.experiments.hedging_width import HedgingWidthConfig, run_hedging_width
+from toymodels.experiments.matryoshka import ToyMatryoshkaConfig, run_matryoshka
+from toymodels.experiments.scenarios import FitConfig, ScenariosConfig, run_scenarios
+from toymodels.runs import load_config, read_run
+from toymodels.train import TrainConfig
+
+
+def tiny_train(**changes):
+    settings = dict(samples=4096, batch_size=1024, lr=1e-2, device="cpu", progress=False)
+    return TrainConfig(**{**settings, **changes})
 
 
 def check_run(folder, table, columns, seeds):
@@ -25,7 +31,7 @@ def test_width_one_saes_land_on_theorys_optimum_in_every_scenario_and_l1(tmp_pat
     # All 4 scenarios x 3 L1 x 8 restarts train as one stack with the default schedule, the one
     # measured to converge (300k samples, lr 1e-2 decaying to 0 over the last 30%); every
     # configuration had >= 3 of 8 restarts at the optimum, and the best held-out loss picks one.
-    run_scenarios(tmp_path / "scenarios", Schedule(restarts=8), widths=[1])
+    run_scenarios(ScenariosConfig(widths=(1,), fit=FitConfig(restarts=8)), tmp_path / "scenarios")
     run = check_run(
         tmp_path / "scenarios",
         "components",
@@ -33,7 +39,7 @@ def test_width_one_saes_land_on_theorys_optimum_in_every_scenario_and_l1(tmp_pat
         ["sae_init_and_data"],
     )
     losses, components = run["tables"]["losses"], run["tables"]["components"]
-    assert len(losses) == len(SCENARIOS) * len(L1_VALUES)
+    assert len(losses) == len(SCENARIOS) * len(PAPER_L1)
     assert (losses.max_decoder_cosine_distance < 0.02).all(), losses
     child = components[components.quantity == "decoder_child"]
     assert (child.difference.abs() < 0.02).all(), child
@@ -44,13 +50,14 @@ def test_width_one_saes_land_on_theorys_optimum_in_every_scenario_and_l1(tmp_pat
 
 
 def test_scenarios_run_at_a_tiny_size(tmp_path):
-    run_scenarios(
-        tmp_path / "s",
-        Schedule(n_samples=4096, restarts=2),
-        scenarios=["correlated"],
-        l1_values=[0.02],
-        widths=[1],
+    config = ScenariosConfig(
+        scenarios=("correlated",),
+        l1_values=(0.02,),
+        widths=(1,),
+        fit=FitConfig(restarts=2, train=tiny_train(decay_fraction=0.3)),
     )
+    run_scenarios(config, tmp_path / "s")
+    assert load_config(tmp_path / "s", ScenariosConfig) == config
     run = check_run(
         tmp_path / "s",
         "components",
@@ -66,13 +73,18 @@ def test_scenarios_run_at_a_tiny_size(tmp_path):
     }
     assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(run["tables"]["losses"])
     with pytest.raises(ValueError, match="unknown scenario"):
-        run_scenarios(tmp_path / "bad", scenarios=["sideways"])
+        ScenariosConfig(scenarios=("sideways",))
 
 
 def test_hedging_width_runs_at_a_tiny_size(tmp_path):
-    run_hedging_width(
-        tmp_path / "h", n_samples=4096, n_seeds=1, widths=[15, 50], n_new=3, dead_after_samples=1024
+    config = HedgingWidthConfig(
+        widths=(15, 50),
+        seeds=1,
+        new_latents=3,
+        dead_after_samples=1024,
+        train=tiny_train(lr=2e-3),
     )
+    run_hedging_width(config, tmp_path / "h")
     run = check_run(
         tmp_path / "h",
         "hedging_vs_width",
@@ -86,14 +98,10 @@ def test_hedging_width_runs_at_a_tiny_size(tmp_path):
 
 
 def test_absorption_runs_at_a_tiny_size(tmp_path):
-    run_absorption(
-        tmp_path / "a",
-        n_samples=4096,
-        n_seeds=1,
-        l1_values=[0.03],
-        leaks=[0.0, 0.05],
-        eval_samples=2000,
+    config = ToyAbsorptionConfig(
+        seeds=1, l1_values=(0.03,), leaks=(0.0, 0.05), eval_samples=2000, train=tiny_train()
     )
+    run_absorption(config, tmp_path / "a")
     run = check_run(
         tmp_path / "a",
         "absorption",
@@ -107,7 +115,8 @@ def test_absorption_runs_at_a_tiny_size(tmp_path):
 
 
 def test_matryoshka_runs_at_a_tiny_size(tmp_path):
-    run_matryoshka(tmp_path / "m", n_samples=4096, n_seeds=1, mu_values=[0.0, 1.0])
+    config = ToyMatryoshkaConfig(seeds=1, mu_values=(0.0, 1.0), train=tiny_train())
+    run_matryoshka(config, tmp_path / "m")
     run = check_run(
         tmp_path / "m",
         "matryoshka_vs_mu",

@@ -11,16 +11,12 @@ from toymodels.experiments.common import EmbeddedWorlds, held_out_loss
 from toymodels.hedging import hedging_protocol
 from toymodels.metrics import hedging_degree
 from toymodels.sae import make_sae
-from toymodels.train import train
+from toymodels.train import TrainConfig, train
 
 L1 = 0.02
-OPTIONS = {
-    "batch_size": 1024,
-    "lr": 1e-2,
-    "decay_fraction": 0.3,
-    "progress": False,
-    "device": "cpu",
-}
+STAGE = TrainConfig(
+    samples=200_000, batch_size=1024, lr=1e-2, decay_fraction=0.3, progress=False, device="cpu"
+)
 
 
 def protocol_on(name, width, n_new=1, n_members=4):
@@ -36,9 +32,9 @@ def protocol_on(name, width, n_new=1, n_members=4):
         decoder_init_norm=1.0,
         generator=torch.Generator().manual_seed(0),
     )
-    train(initial, data, 200_000, seed=0, **OPTIONS)
+    train(initial, data, STAGE)
     before = {k: v.clone() for k, v in initial.state_dict().items()}
-    rows, control, extended = hedging_protocol(initial, data, 200_000, n_new, seed=1, **OPTIONS)
+    rows, control, extended = hedging_protocol(initial, data, STAGE.replace(seed=1), n_new)
     for key, value in initial.state_dict().items():  # the initial SAE is left as it was
         assert torch.equal(value, before[key]), key
     assert torch.allclose(control.W_dec.norm(dim=-1), torch.ones(n_members, width))
@@ -79,4 +75,6 @@ def test_an_sae_that_already_covers_every_feature_does_not_hedge():
 def test_bad_number_of_new_latents_is_refused():
     sae = make_sae("relu-l1", d_in=8, n_latents=2)
     with pytest.raises(ValueError, match="n_new must be a positive integer"):
-        hedging_protocol(sae, lambda b: torch.randn(b, 8), 64, 0)
+        hedging_protocol(
+            sae, lambda b: torch.randn(b, 8), TrainConfig(samples=64, batch_size=64), 0
+        )

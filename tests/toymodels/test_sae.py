@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from theory.features import from_table
 from theory.sae import codes as theory_codes
 from theory.sae import expected_loss
-from toymodels.sae import SAE_REGISTRY, make_sae
+from toymodels import sae as sae_module
+from toymodels.sae import make_sae
 from toymodels.train import to_feature_basis
 
 ARCHITECTURES = {
@@ -56,7 +57,7 @@ def test_folding_decoder_norms_changes_no_reconstruction(name, seed, training, n
     widths = [2, 6, 4] if narrow else None
     sae = random_sae(name, seed, widths=widths).train(training)
     if name == "batchtopk":
-        sae.threshold.fill_(0.3)
+        sae.contribution_threshold.fill_(0.3)
     x = torch.randn(3, 16, 7, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     before = sae(x[0]), sae(x), sae.loss(x)["mse"]
     sae.fold_decoder_norms()
@@ -152,7 +153,7 @@ def test_batchtopk_threshold_tracks_the_smallest_kept_contribution_and_serves_in
     x = torch.randn(500, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     train_codes = sae.train().encode(x)
     kept = (train_codes * sae.decoder_norms()[:, None])[train_codes > 0]
-    assert sae.threshold.item() == pytest.approx(kept.min().item())
+    assert sae.contribution_threshold.item() == pytest.approx(kept.min().item())
     # At inference every sample is coded alone, and on average about k latents fire.
     eval_codes = sae.eval().encode(x)
     assert abs((eval_codes > 0).sum(-1).float().mean().item() - 2) < 0.1
@@ -271,7 +272,7 @@ def test_jumprelu_pseudo_gradient_raises_thresholds_under_the_l0_penalty():
 def test_add_latents_keeps_the_original_latents(name):
     sae = random_sae(name, 9, widths=[6, 2, 4]).eval()
     if name == "batchtopk":
-        sae.threshold.fill_(0.3)
+        sae.contribution_threshold.fill_(0.3)
     grown = sae.add_latents(3, scale=1e-4, generator=torch.Generator().manual_seed(0))
     assert grown.n_latents == 9 and grown.latent_mask[:, 6:].all()
     assert grown.latent_mask[:, :6].equal(sae.latent_mask)
@@ -292,7 +293,7 @@ def test_select_members_gives_the_members_alone():
     sae = random_sae("matryoshka", 10, widths=[6, 3, 5])
     x = torch.randn(12, 7, dtype=torch.float64)
     single = sae.select_members([1])
-    assert single.n_members == 1 and single.config["mu"] == [0.5]
+    assert single.n_members == 1 and single.config.mu == (0.5,)
     torch.testing.assert_close(single.loss(x)["per_member"], sae.loss(x)["per_member"][1:2])
     rebuilt = make_sae(**single.full_config())
     assert type(rebuilt) is type(single) and rebuilt.config == single.config
@@ -368,4 +369,56 @@ def test_bad_configurations_are_refused_with_the_allowed_values():
         make_sae("relu-l1", d_in=3, n_latents=2).encode(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="ReLU"):
         to_feature_basis(make_sae("topk", d_in=3, n_latents=2), torch.eye(3)[:2])
-    assert set(SAE_REGISTRY) == {"relu-l1", "topk", "batchtopk", "jumprelu", "matryoshka"}
+    assert set(sae_module.ARCHITECTURES) == {
+        "relu-l1",
+        "topk",
+        "batchtopk",
+        "jumprelu",
+        "matryoshka",
+    }
+
+
+@pytest.mark.parametrize("inner", ["relu-l1", "topk", "batchtopk", "jumprelu"])
+def test_matryoshka_over_every_inner_architecture_trains_every_level(inner):
+    """The inner level's reconstruction reaches the loss (and so the gradients) whatever the
+    inner architecture: TopK's sparse shortcut, which would skip the levels, is off."""
+    hyper = {
+        "relu-l1": {"l1": 0.1},
+        "topk": {"k": 2},
+        "batchtopk": {"k": 2},
+        "jumprelu": {"l0_coefficient": 0.1, "threshold_init": 0.01},
+    }[inner]
+    common = dict(d_in=7, n_latents=6, levels=[2, 6], inner=inner, **hyper)
+    standard = make_sae("matryoshka", mu=1.0, generator=torch.Generator().manual_seed(1), **common)
+    plain = make_sae("matryoshka", mu=0.0, generator=torch.Generator().manual_seed(1), **common)
+    x = torch.randn(64, 7, generator=torch.Generator().manual_seed(2))
+    assert not standard.capabilities.sparse_path and not standard.capabilities.fused_loss
+    inner_only = standard.reconstruction_loss(x, standard.encode(x)) - plain.reconstruction_loss(
+        x, plain.encode(x)
+    )
+    assert float(inner_only) > 0
+    assert float(standard.loss(x)["mse"]) == pytest.approx(
+        float(plain.loss(x)["mse"]) + float(inner_only), rel=1e-5
+    )
+
+
+@pytest.mark.parametrize("name", ["relu-l1", "topk", "batchtopk", "jumprelu"])
+def test_tied_saes_keep_the_encoder_equal_to_the_decoder_through_training(name):
+    sae = random_sae(name, 3, tied=True)
+    x = torch.randn(3, 16, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    optimizer = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        sae.loss(x)["total"].backward()
+        optimizer.step()
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.transpose(1, 2), rtol=0, atol=0)
+    grown = sae.add_latents(2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(grown.W_enc, grown.W_dec.transpose(1, 2), rtol=0, atol=0)
+
+
+def test_without_a_decoder_bias_b_dec_stays_zero():
+    sae = random_sae("relu-l1", 5, decoder_bias=False)
+    x = torch.randn(16, 7, dtype=torch.float64) + 3.0
+    sae.init_b_dec(x, "mean")
+    sae.loss(x)["total"].backward()
+    assert sae.b_dec.grad is None and not sae.b_dec.any()

@@ -9,7 +9,7 @@ from theory.features import scenario
 from theory.sae import SAEParams, expected_loss
 from toymodels.sae import make_sae
 from toymodels.sampling import orthonormal_directions, sample_activations
-from toymodels.train import learning_rate_factor, to_feature_basis, train
+from toymodels.train import TrainConfig, learning_rate_factor, to_feature_basis, train
 
 WORLD = scenario("correlated").numeric()
 
@@ -33,25 +33,25 @@ def small_stack(n_members=2, seed=0):
     ).double()
 
 
-SCHEDULE = {
-    "n_samples": 64 * 30,
-    "batch_size": 64,
-    "lr": 1e-2,
-    "warmup_steps": 4,
-    "decay_fraction": 0.3,
-    "seed": 5,
-    "progress": False,
-    "device": "cpu",
-}
+SCHEDULE = TrainConfig(
+    samples=64 * 30,
+    batch_size=64,
+    lr=1e-2,
+    warmup_steps=4,
+    decay_fraction=0.3,
+    seed=5,
+    progress=False,
+    device="cpu",
+)
 
 
 def test_a_stack_trains_exactly_like_its_members_alone():
     _, data = world_data(d_in=8)
     stack = small_stack()
     alone = [stack.select_members([m]) for m in range(2)]
-    train(stack, data, **SCHEDULE)
+    train(stack, data, SCHEDULE)
     for m, sae in enumerate(alone):
-        train(sae, data, **SCHEDULE)
+        train(sae, data, SCHEDULE)
         for name, p in sae.named_parameters():
             torch.testing.assert_close(p[0], getattr(stack, name)[m], rtol=1e-9, atol=1e-12)
     assert not torch.equal(stack.W_dec[0], small_stack().W_dec[0])  # it did train
@@ -61,9 +61,9 @@ def test_per_member_batches_reach_each_member():
     _, data = world_data(d_in=8)
     stack = small_stack()
     alone = stack.select_members([1])
-    train(stack, lambda b: torch.stack([data(b), data(b)]).double(), **SCHEDULE)
+    train(stack, lambda b: torch.stack([data(b), data(b)]).double(), SCHEDULE)
     # Member 1 saw every second batch draw: replay the same draws for it alone.
-    train(alone, lambda b: torch.stack([data(b), data(b)])[1].double(), **SCHEDULE)
+    train(alone, lambda b: torch.stack([data(b), data(b)])[1].double(), SCHEDULE)
     torch.testing.assert_close(alone.W_dec[0], stack.W_dec[1], rtol=1e-9, atol=1e-12)
 
 
@@ -74,7 +74,7 @@ class Interrupted(Exception):
 def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     _, data = world_data(d_in=8)
     reference = small_stack()
-    reference_log = train(reference, data, log_every=4, **SCHEDULE)
+    reference_log = train(reference, data, SCHEDULE.replace(log_every=4))
 
     calls = 0
 
@@ -86,30 +86,27 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
         return data(batch)
 
     path = tmp_path / "ckpt" / "train.pt"
+    checkpointed = SCHEDULE.replace(checkpoint_every=5, log_every=4)
     resumed = small_stack()
     with pytest.raises(Interrupted):
-        train(
-            resumed, failing_data, checkpoint_path=path, checkpoint_every=5, log_every=4, **SCHEDULE
-        )
+        train(resumed, failing_data, checkpointed, checkpoint_path=path)
     assert torch.load(path, weights_only=False)["step"] == 15
     resumed = small_stack(seed=99)  # a fresh process would rebuild the SAE from scratch
-    resumed_log = train(
-        resumed, data, checkpoint_path=path, checkpoint_every=5, log_every=4, **SCHEDULE
-    )
+    resumed_log = train(resumed, data, checkpointed, checkpoint_path=path)
     for name, p in reference.state_dict().items():
         assert torch.equal(p, resumed.state_dict()[name]), name
     for key, values in reference_log.as_arrays().items():
         np.testing.assert_array_equal(values, resumed_log.as_arrays()[key])
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.pt"]  # no temporary files
     with pytest.raises(ValueError, match="different run"):
-        train(small_stack(), data, checkpoint_path=path, **{**SCHEDULE, "lr": 2e-2})
+        train(small_stack(), data, SCHEDULE.replace(lr=2e-2), checkpoint_path=path)
 
 
 def test_learning_rate_warms_up_then_decays_to_zero_over_the_last_fraction():
     factors = [learning_rate_factor(s, 10, warmup_steps=2, decay_fraction=0.2) for s in range(10)]
     assert factors == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 1, 1.0, 0.5])
-    with pytest.raises(ValueError, match="n_samples >= batch_size"):
-        train(small_stack(), lambda b: torch.zeros(b, 8), n_samples=10, batch_size=64)
+    with pytest.raises(ValueError, match="at least one batch_size"):
+        TrainConfig(samples=10, batch_size=64)
 
 
 def _params(vector):
@@ -146,12 +143,7 @@ def test_training_a_width_one_sae_reaches_theorys_optimum():
     train(
         sae,
         data,
-        n_samples=1024 * 800,
-        batch_size=1024,
-        lr=1e-2,
-        seed=0,
-        progress=False,
-        device="cpu",
+        TrainConfig(samples=1024 * 800, batch_size=1024, lr=1e-2, progress=False, device="cpu"),
     )
     trained_params = to_feature_basis(sae, directions)
     trained = [float(expected_loss(WORLD, p, l1)) for p in trained_params]

@@ -10,7 +10,7 @@ Every L1 x leak x seed is one member of ONE stack.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +19,15 @@ import sympy as sp
 import torch
 
 from theory.closed_forms import absorption_offset, absorption_offset_loss
+from theory.config import require_numbers, require_positive_int
 from theory.features import independent, product, two_feature
 from theory.predictions import absorption_slope
-from toymodels.experiments.common import EmbeddedWorlds
+from toymodels.experiments.common import EmbeddedWorlds, one_torch_thread
 from toymodels.metrics import absorption_statistics
 from toymodels.runs import Run
 from toymodels.sae import make_sae
 from toymodels.sampling import sample_states
-from toymodels.train import train
+from toymodels.train import TrainConfig, train
 
 P_PARENT, P_CHILD_GIVEN_PARENT, P_OTHERS = 0.25, 0.2, 0.05
 L1_VALUES = (1e-2, 3e-2, 1e-1)
@@ -46,59 +47,67 @@ def predicted_offset(leak: float, l1: float) -> float:
     return absorption_offset(p_parent_only, p_both, (1 - P_PARENT) * leak, l1)
 
 
-def run_absorption(
-    out: str | Path,
-    n_samples: int = 1_000_000,
-    n_seeds: int = 2,
-    l1_values: Sequence[float] = L1_VALUES,
-    leaks: Sequence[float] = LEAKS,
-    width: int = 4,
-    d_in: int = 50,
-    batch_size: int = 1024,
-    lr: float = 1e-2,
-    seed: int = 0,
-    eval_samples: int = 20_000,
-) -> Run:
-    if n_seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {n_seeds}")
+@dataclass(frozen=True)
+class ToyAbsorptionConfig:
+    """`toy absorption`: a wide ReLU-L1 SAE on the 4-feature hierarchy, its parent latent's
+    child offset next to theory's."""
+
+    l1_values: tuple[float, ...] = L1_VALUES
+    """L1 coefficients."""
+    leaks: tuple[float, ...] = LEAKS
+    """P(child | not parent) values: 0 is a true hierarchy."""
+    seeds: int = 2
+    """Independent initialisations per configuration."""
+    width: int = 4
+    """SAE width (one latent per feature)."""
+    d_in: int = 50
+    """Dimension the features are embedded in."""
+    eval_samples: int = 20_000
+    """Samples on which absorption is measured."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            samples=1_000_000, batch_size=1024, lr=1e-2, device="cpu", progress=False
+        )
+    )
+
+    def __post_init__(self) -> None:
+        require_numbers("l1_values", self.l1_values, 0)
+        require_numbers("leaks", self.leaks, 0, 1)
+        for name in ("seeds", "width", "d_in", "eval_samples"):
+            require_positive_int(name, getattr(self, name))
+
+
+@one_torch_thread
+def run_absorption(config: ToyAbsorptionConfig, out: str | Path) -> Run:
+    leaks, seed = config.leaks, config.train.seed
     worlds = [absorption_world(leak) for leak in leaks]
     members = [
-        (r, w, float(l1)) for r in range(n_seeds) for w in range(len(worlds)) for l1 in l1_values
+        (r, w, float(l1))
+        for r in range(config.seeds)
+        for w in range(len(worlds))
+        for l1 in config.l1_values
     ]
-    data = EmbeddedWorlds(worlds, [w for _, w, _ in members], d_in, seed)
+    data = EmbeddedWorlds(worlds, [w for _, w, _ in members], config.d_in, seed)
     run = Run(
         out,
-        {
-            "experiment": "toy-absorption",
-            "architecture": "relu-l1",
-            "width": width,
-            "d_in": d_in,
-            "l1_values": list(l1_values),
-            "leaks": list(leaks),
-            "n_seeds": n_seeds,
-            "samples": n_samples,
-            "batch_size": batch_size,
-            "lr": lr,
-            "worlds": [w.describe() for w in worlds],
-        },
+        config,
         seeds={"sae_init_and_data": seed, "evaluation": seed + 1},
+        kind="toy-absorption",
     )
     sae = make_sae(
         "relu-l1",
-        d_in=d_in,
-        n_latents=width,
+        d_in=config.d_in,
+        n_latents=config.width,
         n_members=len(members),
         l1=[l1 for *_, l1 in members],
         decoder_init_norm=1.0,
         generator=torch.Generator().manual_seed(seed),
     )
-    train(
-        sae, data, n_samples, batch_size=batch_size, lr=lr, seed=seed, progress=False, device="cpu"
-    )
+    train(sae, data, config.train)
     sae.fold_decoder_norms()
     directions_ND = data.directions_ND
     generator = torch.Generator().manual_seed(seed + 1)
-    evaluation = [sample_states(w, eval_samples, generator) for w in worlds]
+    evaluation = [sample_states(w, config.eval_samples, generator) for w in worlds]
     rows = []
     with torch.no_grad():
         for m, (replicate, w, l1) in enumerate(members):
@@ -134,6 +143,7 @@ def run_absorption(
     run.write_metrics(
         {
             "mean_absorption_fraction": float(table.absorption_fraction.mean()),
+            "worlds": [w.describe() for w in worlds],
             "mean_abs_offset_error": float(np.abs(table.measured - table.predicted).mean()),
             "negative_child_encoder_fraction": float((table.encoder_child < 0).mean()),
             "formulas": {

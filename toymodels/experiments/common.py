@@ -6,19 +6,36 @@ its own batch, drawn from its world and embedded with the same orthonormal direc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
-from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from theory.features import FeatureModel, NumericFeatureModel
 from toymodels.sae import SAE
 from toymodels.sampling import orthonormal_directions, sample_activations
 
-EXPERIMENT_THREADS = 2  # the toy tensors are small; more threads only add synchronisation
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_torch_thread(job: Callable[P, R]) -> Callable[P, R]:
+    """Run a toy job on one torch thread (restored afterwards): toy tensors are tiny, and more
+    threads only add synchronisation stalls, 10-50x on a busy 2-core machine."""
+
+    @functools.wraps(job)
+    def pinned(*args: P.args, **kwargs: P.kwargs) -> R:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return job(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return pinned
 
 
 class EmbeddedWorlds:
@@ -26,7 +43,7 @@ class EmbeddedWorlds:
 
     Calling it with a batch size returns (B, d_in) when there is one world (a shared batch, the
     stack's fast path) and (M, B, d_in) otherwise. Samples come from the global torch RNG, so
-    `train(seed=...)` makes them reproducible."""
+    a TrainConfig's seed makes them reproducible."""
 
     def __init__(
         self,
@@ -75,24 +92,6 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     """1 - cos(a, b); 1 when either vector is zero."""
     norms = np.linalg.norm(a) * np.linalg.norm(b)
     return float(1 - a @ b / norms) if norms > 0 else 1.0
-
-
-def tie_encoder_to_decoder(sae: SAE) -> None:
-    """Make W_enc = W_dec^T for good (theory's tied SAE): gradients reach W_dec through both."""
-    decoder = sae.W_dec  # held by closure, not as a submodule: no module cycle
-
-    class Transposed(nn.Module):
-        def forward(self, _unused: Tensor) -> Tensor:
-            return decoder.transpose(1, 2)
-
-    parametrize.register_parametrization(sae, "W_enc", Transposed(), unsafe=True)
-
-
-def freeze_decoder_bias(sae: SAE) -> None:
-    """Keep b_dec at zero (theory's SAE without a decoder bias)."""
-    with torch.no_grad():
-        sae.b_dec.zero_()
-    sae.b_dec.requires_grad_(False)
 
 
 @torch.no_grad()

@@ -8,17 +8,19 @@ paper's claim is that narrower SAEs hedge more: a negative Spearman correlation 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
+from theory.config import require_positive_int, require_positive_ints
+from toymodels.experiments.common import one_torch_thread
 from toymodels.hedging import hedging_protocol
 from toymodels.runs import Run
 from toymodels.sae import make_sae
-from toymodels.train import train
+from toymodels.train import TrainConfig, train
 from toymodels.worlds import LargeWorld
 
 WIDTHS = tuple(range(15, 51, 5))
@@ -29,67 +31,70 @@ HEDGING_DEGREE_LATEX = (
 )
 
 
-def run_hedging_width(
-    out: str | Path,
-    n_samples: int = 150_000,
-    n_seeds: int = 2,
-    n_new: int = 5,
-    widths: Sequence[int] = WIDTHS,
-    batch_size: int = 1024,
-    lr: float = 2e-3,
-    seed: int = 0,
-    world_seed: int = 0,
-    dead_after_samples: int = 10_000,
-) -> Run:
-    """Train the initial stack n_samples, then the protocol's two stages n_samples each.
+@dataclass(frozen=True)
+class HedgingWidthConfig:
+    """`toy hedging-width`: hedging degree against width of BatchTopK SAEs on the paper's
+    50-feature world."""
 
-    New latents start far too small to win a BatchTopK slot, so they only come alive through the
-    aux-k loss on dead latents: dead_after_samples must be well below n_samples."""
-    if n_seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {n_seeds}")
-    world = LargeWorld.paper_50(seed=world_seed)
-    if not widths or min(widths) < 1:
-        raise ValueError(f"widths must be positive integers, got {list(widths)}")
+    widths: tuple[int, ...] = WIDTHS
+    """SAE widths, all in one stack."""
+    seeds: int = 2
+    """Independent initialisations of every width."""
+    new_latents: int = 5
+    """N, latents added by the hedging protocol."""
+    world_seed: int = 0
+    """Seed of the world (feature directions, correlations)."""
+    dead_after_samples: int = 10_000
+    """New latents start far too small to win a BatchTopK slot and only come alive through the
+    aux-k loss on dead latents: this must be well below the samples per stage."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            samples=150_000, batch_size=1024, lr=2e-3, device="cpu", progress=False
+        )
+    )
+    """Each stage (initial, control, extended) trains train.samples samples."""
+
+    def __post_init__(self) -> None:
+        require_positive_ints("widths", self.widths)
+        for name in ("seeds", "new_latents", "dead_after_samples"):
+            require_positive_int(name, getattr(self, name))
+
+
+@one_torch_thread
+def run_hedging_width(config: HedgingWidthConfig, out: str | Path) -> Run:
+    """Train the initial stack, then the protocol's two stages, each train.samples samples."""
+    world = LargeWorld.paper_50(seed=config.world_seed)
     k = round(world.true_l0)
-    members = [(s, int(w)) for s in range(n_seeds) for w in widths]
-    options = {"batch_size": batch_size, "lr": lr, "progress": False, "device": "cpu"}
+    members = [(s, int(w)) for s in range(config.seeds) for w in config.widths]
+    seed = config.train.seed
     run = Run(
         out,
-        {
-            "experiment": "toy-hedging-width",
-            "world": world.to_config(),
-            "architecture": "batchtopk",
-            "k": k,
-            "widths": list(widths),
-            "n_seeds": n_seeds,
-            "n_new": n_new,
-            "samples_per_stage": n_samples,
-            "dead_after_samples": dead_after_samples,
-            **options,
-        },
+        config,
         seeds={
             "sae_init": seed,
             "initial_training": seed,
             "protocol": seed + 1,
-            "world": world_seed,
+            "world": config.world_seed,
         },
+        kind="toy-hedging-width",
     )
     sae = make_sae(
         "batchtopk",
         d_in=world.d_in,
-        n_latents=max(widths),
+        n_latents=max(config.widths),
         n_members=len(members),
         widths=[w for _, w in members],
         k=k,
-        dead_after_samples=dead_after_samples,
+        dead_after_samples=config.dead_after_samples,
         generator=torch.Generator().manual_seed(seed),
     )
 
     def data(batch: int) -> torch.Tensor:
         return world.sample_sparse(batch)[0]  # the firing pattern is not needed here
 
-    train(sae, data, n_samples, seed=seed, **options)
-    rows, _, _ = hedging_protocol(sae, data, n_samples, n_new, seed=seed + 1, **options)
+    train(sae, data, config.train)
+    protocol = config.train.replace(seed=seed + 1)
+    rows, _, _ = hedging_protocol(sae, data, protocol, config.new_latents)
     table = pd.DataFrame(
         [
             {
@@ -98,7 +103,7 @@ def run_hedging_width(
                 "hedging_degree": r["h"],
                 "p": r["p"],
                 "p_rand": r["p_rand"],
-                "n_new": n_new,
+                "n_new": config.new_latents,
             }
             for (s, w), r in zip(members, rows, strict=True)
         ]
@@ -108,7 +113,9 @@ def run_hedging_width(
     run.write_metrics(
         {
             "spearman_width_vs_hedging": float(correlation),
-            "n_new": n_new,
+            "n_new": config.new_latents,
+            "k": k,
+            "world": world.to_config(),
             "mean_hedging_by_width": table.groupby("width").hedging_degree.mean().to_dict(),
             "formulas": {"hedging_degree": HEDGING_DEGREE_LATEX},
         }

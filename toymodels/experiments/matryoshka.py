@@ -11,18 +11,19 @@ seed is a member of ONE stack; the best mu has the cleanest parent latent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
+from theory.config import require_number, require_numbers, require_positive_int
 from theory.features import hierarchical
 from theory.predictions import tracking_hedging_coefficient
-from toymodels.experiments.common import EmbeddedWorlds
+from toymodels.experiments.common import EmbeddedWorlds, one_torch_thread
 from toymodels.runs import Run
 from toymodels.sae import make_sae
-from toymodels.train import train
+from toymodels.train import TrainConfig, train
 
 MU_VALUES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 P_PARENT, P_READ_OUT, P_HIDDEN = 0.25, 0.15, 0.55
@@ -33,55 +34,51 @@ def matryoshka_world():  # noqa: ANN201 (FeatureModel)
     return hierarchical(P_PARENT, [P_READ_OUT] * len(READ_OUT) + [P_HIDDEN])
 
 
-def run_matryoshka(
-    out: str | Path,
-    n_samples: int = 1_000_000,
-    n_seeds: int = 3,
-    mu_values: Sequence[float] = MU_VALUES,
-    l1: float = 3e-2,
-    d_in: int = 50,
-    batch_size: int = 1024,
-    lr: float = 1e-2,
-    seed: int = 0,
-) -> Run:
-    if n_seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {n_seeds}")
-    members = [(r, float(mu)) for r in range(n_seeds) for mu in mu_values]
-    world = matryoshka_world()
-    data = EmbeddedWorlds([world], [0] * len(members), d_in, seed)
-    run = Run(
-        out,
-        {
-            "experiment": "toy-matryoshka",
-            "architecture": "matryoshka",
-            "inner": "relu-l1",
-            "levels": [1, 4],
-            "l1": l1,
-            "mu_values": list(mu_values),
-            "n_seeds": n_seeds,
-            "samples": n_samples,
-            "batch_size": batch_size,
-            "lr": lr,
-            "d_in": d_in,
-            "world": world.describe(),
-        },
-        seeds={"sae_init_and_data": seed},
+@dataclass(frozen=True)
+class ToyMatryoshkaConfig:
+    """`toy matryoshka`: balance matryoshka SAEs on the hedging paper's toy, sweeping mu."""
+
+    mu_values: tuple[float, ...] = MU_VALUES
+    """Balance values mu (level j weighs mu^(n-j))."""
+    seeds: int = 3
+    """Independent initialisations per mu."""
+    l1: float = 3e-2
+    """L1 coefficient."""
+    d_in: int = 50
+    """Dimension the features are embedded in."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            samples=400_000, batch_size=1024, lr=1e-2, device="cpu", progress=False
+        )
     )
+
+    def __post_init__(self) -> None:
+        require_numbers("mu_values", self.mu_values, 0)
+        require_number("l1", self.l1, 0)
+        for name in ("seeds", "d_in"):
+            require_positive_int(name, getattr(self, name))
+
+
+@one_torch_thread
+def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
+    seed = config.train.seed
+    members = [(r, float(mu)) for r in range(config.seeds) for mu in config.mu_values]
+    world = matryoshka_world()
+    data = EmbeddedWorlds([world], [0] * len(members), config.d_in, seed)
+    run = Run(out, config, seeds={"sae_init_and_data": seed}, kind="toy-matryoshka")
     sae = make_sae(
         "matryoshka",
         inner="relu-l1",
-        d_in=d_in,
+        d_in=config.d_in,
         n_latents=4,
         n_members=len(members),
         levels=[1, 4],
         mu=[mu for _, mu in members],
-        l1=l1,
+        l1=config.l1,
         decoder_init_norm=1.0,
         generator=torch.Generator().manual_seed(seed),
     )
-    train(
-        sae, data, n_samples, batch_size=batch_size, lr=lr, seed=seed, progress=False, device="cpu"
-    )
+    train(sae, data, config.train)
     sae.fold_decoder_norms()
     with torch.no_grad():
         decoder_MFN = sae.W_dec @ data.directions_ND.T
@@ -114,6 +111,7 @@ def run_matryoshka(
     run.write_metrics(
         {
             "best_mu": float(by_mu.error.idxmin()),
+            "world": world.describe(),
             "hedging_by_mu": by_mu.hedging.to_dict(),
             "absorption_by_mu": by_mu.absorption.to_dict(),
             "formulas": {

@@ -9,14 +9,22 @@ theory's global optimum.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from theory.features import SCENARIOS, FeatureModel, scenario
+from theory.config import (
+    config_to_json,
+    require_choice,
+    require_numbers,
+    require_positive_int,
+    require_positive_ints,
+)
+from theory.features import PAPER_L1, SCENARIOS, FeatureModel, WorldConfig, scenario
 from theory.optimum import Optimum, global_optimum
 from theory.predictions import catalogue
 from theory.sae import SAEParams, SAESpec, expected_loss
@@ -24,81 +32,79 @@ from toymodels.experiments.common import (
     EmbeddedWorlds,
     best_of_restarts,
     cosine_distance,
-    freeze_decoder_bias,
     held_out_loss,
     match_latents,
-    tie_encoder_to_decoder,
+    one_torch_thread,
 )
 from toymodels.runs import Run
 from toymodels.sae import make_sae
-from toymodels.train import to_feature_basis, train
-
-L1_VALUES = (1e-3, 2e-2, 1e-1)
-WIDTHS = (1, 2)
+from toymodels.train import TrainConfig, to_feature_basis, train
 
 
 @dataclass(frozen=True)
-class Schedule:
-    """How the two-feature SAEs are trained (defaults reach theory's optimum, see the tests)."""
+class FitConfig:
+    """How toy SAEs are fitted to a small feature model (the defaults reach theory's optimum,
+    see the tests)."""
 
-    n_samples: int = 300_000  # per member
-    batch_size: int = 1024
-    lr: float = 1e-2
-    decay_fraction: float = 0.3  # linear decay to 0 over the last 30% of steps
-    restarts: int = 16  # each lands on the optimum with probability >= 3/8 (measured)
+    restarts: int = 16
+    """Initialisations per configuration; the best held-out loss wins (each lands on the
+    optimum with probability >= 3/8, measured)."""
     d_in: int = 50
+    """Dimension the features are embedded in (orthonormal directions)."""
     held_out_samples: int = 32_768
-    seed: int = 0
+    """Fresh samples on which restarts are compared."""
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            samples=300_000,
+            batch_size=1024,
+            lr=1e-2,
+            decay_fraction=0.3,
+            device="cpu",
+            progress=False,
+        )
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("restarts", "d_in", "held_out_samples"):
+            require_positive_int(name, getattr(self, name))
 
 
 def train_relu_l1(
     worlds: Sequence[FeatureModel],
     configs: Sequence[tuple[int, float, int]],
-    schedule: Schedule,
-    tied: bool = False,
-    decoder_bias: bool = True,
+    fit: FitConfig,
+    spec: SAESpec | None = None,
 ) -> list[SAEParams]:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
-    restart's parameters in the feature basis (not folded)."""
-    if schedule.restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {schedule.restarts}")
-    members = [c for _ in range(schedule.restarts) for c in configs]
+    restart's parameters in the feature basis (not folded). `spec` gives the variant (tied,
+    decoder bias); its width and l1 are the configs'."""
+    spec = spec or SAESpec()
+    members = [c for _ in range(fit.restarts) for c in configs]
+    seed = fit.train.seed
     # Each restart draws its own data stream: restarts sharing one stream were measured to fall
     # into the same wrong basin together. Held-out losses use common samples per world, so
     # restarts of one configuration are compared on identical data.
     n_worlds = len(worlds)
     data = EmbeddedWorlds(
-        [w for _ in range(schedule.restarts) for w in worlds],
-        [r * n_worlds + w for r in range(schedule.restarts) for w, _, _ in configs],
-        schedule.d_in,
-        schedule.seed,
+        [w for _ in range(fit.restarts) for w in worlds],
+        [r * n_worlds + w for r in range(fit.restarts) for w, _, _ in configs],
+        fit.d_in,
+        seed,
     )
-    held_out = EmbeddedWorlds(worlds, [w for w, _, _ in members], schedule.d_in, schedule.seed)
+    held_out = EmbeddedWorlds(worlds, [w for w, _, _ in members], fit.d_in, seed)
     sae = make_sae(
         "relu-l1",
-        d_in=schedule.d_in,
+        d_in=fit.d_in,
         n_latents=max(width for _, _, width in members),
         n_members=len(members),
         widths=[width for _, _, width in members],
         l1=[l1 for _, l1, _ in members],
-        generator=torch.Generator().manual_seed(schedule.seed),
+        tied=spec.tied,
+        decoder_bias=spec.decoder_bias,
+        generator=torch.Generator().manual_seed(seed),
     )
-    if tied:
-        tie_encoder_to_decoder(sae)
-    if not decoder_bias:
-        freeze_decoder_bias(sae)
-    train(
-        sae,
-        data,
-        n_samples=schedule.n_samples,
-        batch_size=schedule.batch_size,
-        lr=schedule.lr,
-        decay_fraction=schedule.decay_fraction,
-        seed=schedule.seed,
-        progress=False,
-        device="cpu",
-    )
-    losses = held_out_loss(sae, held_out, schedule.held_out_samples, seed=schedule.seed + 1)
+    train(sae, data, fit.train)
+    losses = held_out_loss(sae, held_out, fit.held_out_samples, seed=seed + 1)
     params = to_feature_basis(sae, data.directions_ND)
     return [params[m] for m in best_of_restarts(losses, len(configs))]
 
@@ -138,46 +144,53 @@ QUANTITIES = {  # table quantity -> (parameter, feature index or None)
 }
 
 
-def run_scenarios(
-    out: str | Path,
-    schedule: Schedule = Schedule(),
-    scenarios: Sequence[str] = tuple(SCENARIOS),
-    l1_values: Sequence[float] = L1_VALUES,
-    widths: Sequence[int] = WIDTHS,
-) -> Run:
+@dataclass(frozen=True)
+class ScenariosConfig:
+    """`toy scenarios`: width-1 and width-2 ReLU-L1 SAEs on the hedging paper's two-feature
+    scenarios, each next to theory's exact optimum."""
+
+    scenarios: tuple[str, ...] = tuple(SCENARIOS)
+    """Scenarios to train on."""
+    l1_values: tuple[float, ...] = PAPER_L1
+    """L1 coefficients."""
+    widths: tuple[int, ...] = (1, 2)
+    """SAE widths."""
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    def __post_init__(self) -> None:
+        for name in self.scenarios:
+            require_choice("scenario", name, SCENARIOS)
+        require_numbers("l1_values", self.l1_values, 0)
+        require_positive_ints("widths", self.widths)
+
+
+@one_torch_thread
+def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
     """Train every scenario x L1 x width (one stack) and write the comparison run folder."""
-    for name in scenarios:
-        if name not in SCENARIOS:
-            raise ValueError(f"unknown scenario {name!r}; allowed: {', '.join(SCENARIOS)}")
-    worlds = [scenario(name) for name in scenarios]
+    worlds = [scenario(name) for name in config.scenarios]
     configs = [
         (w, float(l1), int(width))
         for w in range(len(worlds))
-        for l1 in l1_values
-        for width in widths
+        for l1 in config.l1_values
+        for width in config.widths
     ]
+    seed = config.fit.train.seed
     run = Run(
         out,
-        {
-            "experiment": "toy-scenarios",
-            "scenarios": list(scenarios),
-            "l1_values": list(l1_values),
-            "widths": list(widths),
-            "schedule": vars(schedule),
-            "architecture": "relu-l1",
-        },
-        seeds={"sae_init_and_data": schedule.seed, "held_out": schedule.seed + 1},
+        config,
+        seeds={"sae_init_and_data": seed, "held_out": seed + 1},
+        kind="toy-scenarios",
     )
-    trained = train_relu_l1(worlds, configs, schedule)
+    trained = train_relu_l1(worlds, configs, config.fit)
     rows, losses = [], []
     for (w, l1, width), params in zip(configs, trained, strict=True):
         optimum = global_optimum(worlds[w], SAESpec(width, l1))
         result = compare(worlds[w], l1, params, optimum)
-        key = {"scenario": scenarios[w], "l1": l1, "width": width}
+        key = {"scenario": config.scenarios[w], "l1": l1, "width": width}
         for latent in range(width):
-            for quantity, (field, feature) in QUANTITIES.items():
-                predicted = getattr(optimum.params, field)[latent]
-                measured = getattr(result["params"], field)[latent]
+            for quantity, (field_name, feature) in QUANTITIES.items():
+                predicted = getattr(optimum.params, field_name)[latent]
+                measured = getattr(result["params"], field_name)[latent]
                 if feature is not None:
                     predicted, measured = predicted[feature], measured[feature]
                 rows.append(
@@ -213,3 +226,45 @@ def run_scenarios(
         }
     )
     return run
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    """`toy train`: one ReLU-L1 SAE trained on a feature model, next to theory's optimum."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    sae: SAESpec = field(default_factory=SAESpec)
+    fit: FitConfig = field(
+        default_factory=lambda: FitConfig(
+            restarts=1,
+            train=TrainConfig(
+                samples=2_000_000, batch_size=1024, lr=1e-2, device="cpu", progress=False
+            ),
+        )
+    )
+
+
+@one_torch_thread
+def train_against_theory(config: ToyTrainConfig) -> dict:
+    """Train the SAE, find theory's optimum, and return one JSON-ready record: the trained
+    parameters in the feature basis (folded, latents matched to the optimum's), its exact
+    expected loss, `derive`'s record under "theory" and their "difference"."""
+    from theory.derive import optimum_record
+
+    model, spec = config.world.feature_model(), config.sae
+    start = time.perf_counter()
+    (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], config.fit, spec)
+    optimum = global_optimum(model, spec, seed=config.fit.train.seed)
+    result = compare(model, float(spec.l1), trained, optimum)
+    return {
+        **result["params"].to_json(),
+        "expected_loss": result["expected_loss"],
+        "theory": optimum_record(model, spec, optimum),
+        "difference": {
+            "decoder_cosine_distance": result["decoder_cosine_distance"],
+            "decoder_child_components": result["decoder_child_components"],
+            "loss_gap": result["loss_gap"],
+        },
+        "training": {**config_to_json(config.fit), "architecture": "relu-l1"},
+        "seconds": time.perf_counter() - start,
+    }

@@ -17,16 +17,21 @@ Every parameter and buffer carries the member axis first, which is what select_m
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from theory.config import require_number, require_positive_int
 
 
-def per_member(value: float | Sequence[float], n_members: int, what: str) -> list[float]:
-    """A hyperparameter given once or once per member, as a list of n_members numbers >= 0."""
+def per_member(value: float | Sequence[float], n_members: int, what: str) -> tuple[float, ...]:
+    """A hyperparameter given once or once per member, as n_members numbers >= 0."""
     values = [value] * n_members if isinstance(value, int | float) else list(value)
     if len(values) != n_members:
         raise ValueError(
@@ -35,72 +40,136 @@ def per_member(value: float | Sequence[float], n_members: int, what: str) -> lis
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{what} values must be finite numbers >= 0, got {v!r}")
-    return [float(v) for v in values]
+    return tuple(float(v) for v in values)
+
+
+def integer_per_member(value: int | Sequence[int], n_members: int, what: str) -> tuple[int, ...]:
+    """An integer hyperparameter >= 1, given once or once per member."""
+    values = per_member(value, n_members, what)
+    if any(v != int(v) or v < 1 for v in values):
+        raise ValueError(f"{what} values must be integers >= 1, got {list(values)}")
+    return tuple(int(v) for v in values)
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """What every architecture shares: the stack's shape, initialisation, dead latents, tying.
+
+    Subclasses (one per architecture, in the architecture's file) add their sparsity
+    hyperparameters; per-member ones accept one value or one per member and are stored as
+    tuples of length n_members."""
+
+    d_in: int
+    """Input dimension D (d_model on an LLM)."""
+    n_latents: int
+    """Latents F of the widest member."""
+    n_members: int = 1
+    """SAEs M in the stack (trained together, each exactly as alone)."""
+    widths: tuple[int, ...] | None = None
+    """Each member's width (<= n_latents); default: every member has n_latents."""
+    decoder_init_norm: float = 0.1
+    """Norm of the random initial decoder rows (the encoder starts as their transpose)."""
+    aux_coefficient: float = 0.0
+    """Weight of the aux-k loss that revives dead latents (0: off)."""
+    aux_k: int | None = None
+    """Dead latents used by the aux-k loss per sample (default d_in / 2)."""
+    dead_after_samples: int = 1_000_000
+    """A latent that has not fired for this many samples is dead."""
+    tied: bool = False
+    """Encoder = decoder transpose for good (theory's tied SAE)."""
+    decoder_bias: bool = True
+    """Learn a decoder bias (False: b_dec stays 0, theory's SAE without one)."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "n_latents", "n_members"):
+            require_positive_int(name, getattr(self, name))
+        widths = (self.n_latents,) * self.n_members if self.widths is None else self.widths
+        if (
+            isinstance(widths, int | float)
+            or len(widths) != self.n_members
+            or any(
+                isinstance(w, bool) or int(w) != w or not 1 <= w <= self.n_latents for w in widths
+            )
+        ):
+            raise ValueError(
+                f"widths must be {self.n_members} integers in [1, {self.n_latents}], got {widths!r}"
+            )
+        self._set("widths", tuple(int(w) for w in widths))
+        require_number("decoder_init_norm", self.decoder_init_norm, 0, open_low=True)
+        require_number("aux_coefficient", self.aux_coefficient, 0)
+        if self.aux_k is not None:
+            require_positive_int("aux_k", self.aux_k)
+        require_positive_int("dead_after_samples", self.dead_after_samples)
+
+    def _set(self, name: str, value: Any) -> None:
+        """Normalise a field in __post_init__ (the config is frozen afterwards)."""
+        object.__setattr__(self, name, value)
+
+    def replace(self, **changes: Any) -> SAEConfig:
+        return dataclasses.replace(self, **changes)
+
+
+class SAELensExtras(NamedTuple):
+    """What an architecture adds to its SAELens file beyond W_enc, b_enc, W_dec, b_dec."""
+
+    tensors: dict[str, Tensor]
+    """More weights, over all latents (e.g. a JumpReLU threshold)."""
+    cfg: dict[str, Any]
+    """SAELens cfg.json entries (e.g. k)."""
+    ours: dict[str, Any]
+    """Entries kept under the toolkit's own cfg key, read back by load_saelens_extras."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an architecture supports, declared once on its class (nobody asks hasattr)."""
+
+    fused_loss: bool = False
+    """A faster shared-batch loss with the generic path's values and gradients."""
+    sparse_path: bool = False
+    """Shared-batch training through each sample's k chosen latents only."""
+    inference_threshold: bool = False
+    """Fires at inference when pre > inference_threshold() (SAELens's JumpReLU form)."""
+    relu_codes: bool = False
+    """Codes are ReLU(pre), so theory's exact loss describes the SAE."""
 
 
 class SAE(nn.Module):
     """Base class: parameters, encode/decode, the loss skeleton, dead latents, folding, growing.
 
-    Subclasses set `architecture`, implement `activation(pre_MBF)` and usually `sparsity_loss`,
-    and list their per-member hyperparameters in `member_hyperparameters` (config keys whose
-    values are lists of length M).
+    Subclasses set `architecture`, `config_class` (their SAEConfig subclass), `capabilities`,
+    implement `activation(pre_MBF)` and usually `sparsity_loss`, and list their per-member
+    hyperparameters in `member_hyperparameters` (config fields holding one value per member).
     """
 
     architecture: ClassVar[str] = ""
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    capabilities: ClassVar[Capabilities] = Capabilities()
     member_hyperparameters: ClassVar[tuple[str, ...]] = ()
-    relu_codes: ClassVar[bool] = False  # codes are ReLU(pre): theory's exact loss applies
+    saelens_architecture: ClassVar[str] = ""  # what SAELens calls it at inference time
 
-    def __init__(
-        self,
-        d_in: int,
-        n_latents: int,
-        n_members: int = 1,
-        *,
-        widths: Sequence[int] | None = None,
-        decoder_init_norm: float = 0.1,
-        aux_coefficient: float = 0.0,
-        aux_k: int | None = None,
-        dead_after_samples: int = 1_000_000,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def __init__(self, config: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        for name, value in (("d_in", d_in), ("n_latents", n_latents), ("n_members", n_members)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        widths = [n_latents] * n_members if widths is None else [int(w) for w in widths]
-        if len(widths) != n_members or any(not 1 <= w <= n_latents for w in widths):
+        if type(config) is not self.config_class:
             raise ValueError(
-                f"widths must be {n_members} integers in [1, {n_latents}], got {list(widths)}"
+                f"{type(self).__name__} takes a {self.config_class.__name__}, "
+                f"got {type(config).__name__}"
             )
-        if decoder_init_norm <= 0:
-            raise ValueError(f"decoder_init_norm must be > 0, got {decoder_init_norm}")
-        if aux_coefficient < 0:
-            raise ValueError(f"aux_coefficient must be >= 0, got {aux_coefficient}")
-        if aux_k is not None and aux_k < 1:
-            raise ValueError(f"aux_k must be a positive integer or None, got {aux_k}")
-        if dead_after_samples < 1:
-            raise ValueError(f"dead_after_samples must be >= 1, got {dead_after_samples}")
-        self.config: dict[str, Any] = {
-            "d_in": d_in,
-            "n_latents": n_latents,
-            "n_members": n_members,
-            "widths": widths,
-            "decoder_init_norm": decoder_init_norm,
-            "aux_coefficient": aux_coefficient,
-            "aux_k": aux_k,
-            "dead_after_samples": dead_after_samples,
-        }
-        M, D, F = n_members, d_in, n_latents
+        self.config = config
+        M, D, F = config.n_members, config.d_in, config.n_latents
         # Tied initialisation: random decoder rows of norm decoder_init_norm, W_enc = W_dec^T.
-        W_dec = torch.randn(M, F, D, generator=generator)
-        W_dec *= decoder_init_norm / W_dec.norm(dim=-1, keepdim=True)
+        W_dec = rows_of_norm(torch.randn(M, F, D, generator=generator), config.decoder_init_norm)
         self.W_dec = nn.Parameter(W_dec)
         self.W_enc = nn.Parameter(W_dec.transpose(1, 2).clone())
         self.b_enc = nn.Parameter(torch.zeros(M, F))
-        self.b_dec = nn.Parameter(torch.zeros(M, D))
-        mask = torch.arange(F) < torch.tensor(widths)[:, None]
+        self.b_dec = nn.Parameter(torch.zeros(M, D), requires_grad=config.decoder_bias)
+        mask = torch.arange(F) < torch.tensor(config.widths)[:, None]
         self.register_buffer("latent_mask", mask)
         self.register_buffer("samples_since_fired", torch.zeros(M, F, dtype=torch.long))
+        if config.tied:
+            parametrize.register_parametrization(
+                self, "W_enc", _Transposed(self.W_dec), unsafe=True
+            )
         self._mask_changed()
         self.register_load_state_dict_post_hook(lambda module, _: module._mask_changed())
 
@@ -111,19 +180,40 @@ class SAE(nn.Module):
     # --- shape ---------------------------------------------------------------------------------
     @property
     def d_in(self) -> int:
-        return self.config["d_in"]
+        return self.config.d_in
 
     @property
     def n_latents(self) -> int:
-        return self.config["n_latents"]
+        return self.config.n_latents
 
     @property
     def n_members(self) -> int:
-        return self.config["n_members"]
+        return self.config.n_members
+
+    def family_class(self) -> type[SAE]:
+        """This SAE's class in the family (tying swaps in a parametrized subclass of it)."""
+        cls = type(self)
+        return cls.__bases__[0] if parametrize.is_parametrized(self) else cls
 
     def full_config(self) -> dict[str, Any]:
-        """Everything make_sae needs to rebuild this SAE: {"architecture": name, **config}."""
-        return {"architecture": self.architecture, **self.config}
+        """Everything make_sae needs to rebuild this SAE: {"architecture": name, **config}
+        (JSON-ready)."""
+        return {"architecture": self.architecture, **dataclasses.asdict(self.config)}
+
+    def inference_threshold(self) -> Tensor:
+        """(M, F) thresholds in pre-activation units: at inference latent i fires when
+        pre_i > threshold_i. Only for architectures with capabilities.inference_threshold."""
+        raise ValueError(f"{self.architecture} SAEs have no inference threshold")
+
+    # --- SAELens files -------------------------------------------------------------------------
+    def saelens_extras(self) -> SAELensExtras:
+        """What this architecture adds to a SAELens file of a folded M = 1 SAE."""
+        if self.capabilities.inference_threshold:
+            return SAELensExtras({"threshold": self.inference_threshold()[0]}, {}, {})
+        return SAELensExtras({}, {}, {})
+
+    def load_saelens_extras(self, tensors: dict[str, Tensor], ours: dict[str, Any]) -> None:
+        """Read back what saelens_extras wrote (M = 1): its tensors and our own cfg entries."""
 
     # --- forward -------------------------------------------------------------------------------
     def pre_activations(self, x: Tensor) -> Tensor:
@@ -191,8 +281,9 @@ class SAE(nn.Module):
 
     def fused_loss_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """A faster route to (mse (M,), sparsity (M,), code sums over the batch (M, F)) with the
-        gradients of the generic path, or None where an architecture has none for this input."""
-        return None
+        gradients of the generic path, or None for inputs it does not cover. Only called on
+        architectures that declare capabilities.fused_loss."""
+        raise NotImplementedError
 
     def decoder_norms(self) -> Tensor:
         """||W_dec[m, i]||: (M, F)."""
@@ -200,7 +291,7 @@ class SAE(nn.Module):
 
     def dead_latents(self) -> Tensor:
         """(M, F) bool: active latents that have not fired for dead_after_samples samples."""
-        return (self.samples_since_fired >= self.config["dead_after_samples"]) & self.latent_mask
+        return (self.samples_since_fired >= self.config.dead_after_samples) & self.latent_mask
 
     def aux_loss(self, x: Tensor, codes_MBF: Tensor, pre_MBF: Tensor) -> Tensor:
         """TopK-style aux-k loss: the top aux_k dead latents reconstruct the residual.
@@ -209,22 +300,21 @@ class SAE(nn.Module):
         latents' ReLU pre-activations (top aux_k per sample) decode e without b_dec,
         loss = mean ||e - e_hat||^2 scaled by min(n_dead / aux_k, 1) and aux_coefficient.
         Zero when nothing is dead."""
-        F = self.n_latents
-        k_aux = min(self.config["aux_k"] or max(self.d_in // 2, 1), F)
+        k_aux = self.aux_k()
         dead_MF = self.dead_latents()
         residual = (x - self.decode(codes_MBF)).detach()
         values, index = pre_MBF.masked_fill(~dead_MF[:, None], float("-inf")).topk(k_aux, dim=-1)
         aux_codes = torch.zeros_like(pre_MBF).scatter(-1, index, values.relu())
         error = torch.bmm(aux_codes, self.W_dec) - residual
         scale = (dead_MF.sum(-1) / k_aux).clamp(max=1.0)
-        return self.config["aux_coefficient"] * scale * error.square().sum(-1).mean(-1)
+        return self.config.aux_coefficient * scale * error.square().sum(-1).mean(-1)
 
     def loss(self, x: Tensor) -> dict[str, Tensor]:
         """total (scalar, summed over members) and per-member (M,) mse, sparsity, aux, per_member.
 
         In training mode this also updates the dead-latent counters."""
-        with_aux = self.config["aux_coefficient"] > 0
-        fused = None if with_aux else self.fused_loss_terms(x)
+        with_aux = self.config.aux_coefficient > 0
+        fused = self.fused_loss_terms(x) if self.capabilities.fused_loss and not with_aux else None
         if fused is None:
             pre = self.pre_activations(x)
             codes = self.activation(pre)
@@ -287,7 +377,7 @@ class SAE(nn.Module):
     @torch.no_grad()
     def init_b_dec(self, x: Tensor, method: str = "geometric_median", iterations: int = 50) -> None:
         """Set b_dec from a batch (B, D) or (M, B, D): "mean", "geometric_median" or "zero"."""
-        if method == "zero":
+        if method == "zero" or not self.config.decoder_bias:
             self.b_dec.zero_()
             return
         x_MBD = (x if x.dim() == 3 else x[None]).to(self.b_dec)
@@ -329,15 +419,23 @@ class SAE(nn.Module):
             raise ValueError(
                 f"member indices must be in [0, {self.n_members}), got {list(indices)}"
             )
-        config = dict(self.config, n_members=len(index))
-        for key in ("widths", *self.member_hyperparameters):
-            config[key] = [config[key][i] for i in index.tolist()]
-        return self._state_into(type(self)(**config), members=index.to(self.W_dec.device))
+        per_member = {
+            key: tuple(getattr(self.config, key)[i] for i in index.tolist())
+            for key in ("widths", *self.member_hyperparameters)
+        }
+        config = self.config.replace(n_members=len(index), **per_member)
+        return self._state_into(self.family_class()(config), members=index.to(self.W_dec.device))
 
     def _grown_config(self, n_new: int) -> dict[str, Any]:
-        config = dict(self.config, n_latents=self.n_latents + n_new)
-        config["widths"] = [w + n_new for w in config["widths"]]
-        return config
+        """The config changes that add n_new latents to every member."""
+        return {
+            "n_latents": self.n_latents + n_new,
+            "widths": tuple(w + n_new for w in self.config.widths),
+        }
+
+    def aux_k(self) -> int:
+        """Dead latents the aux-k loss uses per sample."""
+        return min(self.config.aux_k or max(self.d_in // 2, 1), self.n_latents)
 
     def add_latents(
         self, n_new: int, scale: float = 0.1, generator: torch.Generator | None = None
@@ -348,18 +446,38 @@ class SAE(nn.Module):
         encoder column, and b_enc 0; every other tensor is copied unchanged."""
         if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
             raise ValueError(f"n_new must be a positive integer, got {n_new!r}")
-        new = self._state_into(type(self)(**self._grown_config(n_new)))
+        new = self._state_into(
+            self.family_class()(self.config.replace(**self._grown_config(n_new)))
+        )
         M, F = self.n_members, self.n_latents
-        directions = torch.randn(M, n_new, self.d_in, generator=generator).to(self.W_dec)
-        directions *= scale / directions.norm(dim=-1, keepdim=True)
+        directions = rows_of_norm(torch.randn(M, n_new, self.d_in, generator=generator), scale)
+        directions = directions.to(self.W_dec)
         with torch.no_grad():
             new.W_dec[:, F:] = directions
-            new.W_enc[:, :, F:] = directions.transpose(1, 2)
+            if not self.config.tied:  # a tied encoder follows the decoder
+                new.W_enc[:, :, F:] = directions.transpose(1, 2)
             new.b_enc[:, F:] = 0
             new.latent_mask[:, F:] = True
             new.samples_since_fired[:, F:] = 0
         new._mask_changed()
         return new
+
+
+class _Transposed(nn.Module):
+    """W_enc = W_dec^T (the parametrization of tied SAEs): gradients reach W_dec through both."""
+
+    def __init__(self, decoder: nn.Parameter) -> None:
+        super().__init__()
+        self._decoder = [decoder]  # held in a list, not as a submodule parameter: no cycle
+
+    def forward(self, _unused: Tensor) -> Tensor:
+        return self._decoder[0].transpose(1, 2)
+
+
+def rows_of_norm(rows: Tensor, norm: float = 1.0) -> Tensor:
+    """Rows rescaled to the given norm along the last axis (zero rows stay zero)."""
+    norms = rows.norm(dim=-1, keepdim=True)
+    return rows * (norm / torch.where(norms > 0, norms, torch.ones_like(norms)))
 
 
 def geometric_median(x_MBD: Tensor, iterations: int = 50, eps: float = 1e-8) -> Tensor:

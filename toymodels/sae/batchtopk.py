@@ -2,52 +2,75 @@
 
 Training keeps, per member, the k*B largest contributions h_i ||W_dec[i]|| over the whole batch
 (so samples share a budget of k on average). Like SAELens, an exponential moving average of the
-smallest kept contribution is tracked; in eval mode a latent fires when its contribution exceeds
-that threshold, which makes the SAE a per-sample function."""
+smallest kept contribution t is tracked; in eval mode a latent fires when its contribution exceeds
+t, i.e. when pre_i > t / ||W_dec[i]|| (inference_threshold), which makes the SAE a per-sample
+function."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from toymodels.sae.topk import TopKSAE, keep_top
+from theory.config import require_number
+from toymodels.sae.base import Capabilities, SAELensExtras
+from toymodels.sae.topk import TopKConfig, TopKSAE, keep_top
+
+
+@dataclass(frozen=True)
+class BatchTopKConfig(TopKConfig):
+    """TopK over the batch during training, a learned threshold at inference."""
+
+    threshold_lr: float = 0.01
+    """Step of the moving average that tracks the inference threshold."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_number("threshold_lr", self.threshold_lr, 0, 1, open_low=True)
 
 
 class BatchTopKSAE(TopKSAE):
     """TopK over the batch during training, a learned threshold at inference."""
 
     architecture = "batchtopk"
+    config_class = BatchTopKConfig
+    capabilities = Capabilities(inference_threshold=True)
+    saelens_architecture = "jumprelu"
 
-    def __init__(
-        self,
-        d_in: int,
-        n_latents: int,
-        n_members: int = 1,
-        *,
-        threshold_lr: float = 0.01,
-        **topk: Any,
-    ) -> None:
-        super().__init__(d_in, n_latents, n_members, **topk)
-        if not 0 < threshold_lr <= 1:
-            raise ValueError(f"threshold_lr must be in (0, 1], got {threshold_lr}")
-        self.config["threshold_lr"] = threshold_lr
-        self.register_buffer("threshold", torch.zeros(n_members))
+    def __init__(self, config: BatchTopKConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, generator)
+        # The running threshold t on contributions h_i ||W_dec[i]||, one per member.
+        self.register_buffer("contribution_threshold", torch.zeros(config.n_members))
+
+    def inference_threshold(self) -> Tensor:
+        return self.contribution_threshold[:, None] / self.decoder_norms()
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
         M, B, F = pre_MBF.shape
         scores = self.scores(pre_MBF)
+        threshold_M = self.contribution_threshold
         if not self.training:
-            return pre_MBF.relu() * (scores > self.threshold[:, None, None])
+            return pre_MBF.relu() * (scores > threshold_M[:, None, None])
         keep = keep_top(scores.reshape(M, B * F), self.k * B, self._k_max * B).view(M, B, F)
         with torch.no_grad():
             kept = torch.where((keep > 0) & (scores > 0), scores, torch.inf).flatten(1)
             smallest = kept.min(dim=-1).values
-            lr = self.config["threshold_lr"]
-            updated = (1 - lr) * self.threshold + lr * smallest
-            self.threshold.copy_(torch.where(torch.isfinite(smallest), updated, self.threshold))
+            lr = self.config.threshold_lr
+            updated = (1 - lr) * threshold_M + lr * smallest
+            threshold_M.copy_(torch.where(torch.isfinite(smallest), updated, threshold_M))
         return pre_MBF.relu() * keep
 
     def _rescale_contributions(self, factor: float) -> None:
-        self.threshold *= factor
+        self.contribution_threshold *= factor
+
+    def saelens_extras(self) -> SAELensExtras:
+        # SAELens's JumpReLU fires on pre_i > t_i; our scalar t is kept exactly in our own key.
+        threshold = {"threshold": self.inference_threshold()[0]}
+        return SAELensExtras(
+            threshold, {}, {"batchtopk_threshold": float(self.contribution_threshold[0])}
+        )
+
+    def load_saelens_extras(self, tensors: dict[str, Tensor], ours: dict[str, Any]) -> None:
+        self.contribution_threshold.fill_(ours["batchtopk_threshold"])

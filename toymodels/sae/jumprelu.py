@@ -8,13 +8,14 @@ d h / d theta = -(theta / eps) K((pre - theta) / eps), d H / d theta = -(1 / eps
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from toymodels.sae.base import SAE, per_member
+from theory.config import require_number
+from toymodels.sae.base import SAE, Capabilities, SAEConfig, per_member
 
 
 def _rectangle(pre: Tensor, threshold: Tensor, bandwidth: float) -> Tensor:
@@ -50,47 +51,63 @@ class _Step(torch.autograd.Function):
         return None, grad_threshold.sum_to_size(threshold.shape), None
 
 
+@dataclass(frozen=True)
+class JumpReLUConfig(SAEConfig):
+    """Per-latent learned thresholds and an L0 penalty."""
+
+    l0_coefficient: tuple[float, ...] | float = 1e-2
+    """L0 penalty coefficient, one value or one per member."""
+    threshold_init: float = 1e-3
+    """Initial threshold of every latent."""
+    bandwidth: float = 1e-3
+    """Width of the rectangle kernel of the threshold's pseudo-gradient."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set(
+            "l0_coefficient", per_member(self.l0_coefficient, self.n_members, "l0_coefficient")
+        )
+        require_number("threshold_init", self.threshold_init, 0, open_low=True)
+        require_number("bandwidth", self.bandwidth, 0, open_low=True)
+
+
 class JumpReLUSAE(SAE):
     """Per-latent thresholds (stored as log-thresholds), L0 penalty with coefficient per member."""
 
     architecture = "jumprelu"
+    config_class = JumpReLUConfig
+    capabilities = Capabilities(inference_threshold=True)
     member_hyperparameters = ("l0_coefficient",)
+    saelens_architecture = "jumprelu"
 
-    def __init__(
-        self,
-        d_in: int,
-        n_latents: int,
-        n_members: int = 1,
-        *,
-        l0_coefficient: float | Sequence[float] = 1e-2,
-        threshold_init: float = 1e-3,
-        bandwidth: float = 1e-3,
-        **base: Any,
-    ) -> None:
-        super().__init__(d_in, n_latents, n_members, **base)
-        if threshold_init <= 0 or bandwidth <= 0:
-            raise ValueError(
-                f"threshold_init and bandwidth must be > 0, got {threshold_init}, {bandwidth}"
-            )
-        self.config.update(
-            l0_coefficient=per_member(l0_coefficient, n_members, "l0_coefficient"),
-            threshold_init=threshold_init,
-            bandwidth=bandwidth,
-        )
-        self.register_buffer("l0_coefficient", torch.tensor(self.config["l0_coefficient"]))
+    def __init__(self, config: JumpReLUConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, generator)
+        self.register_buffer("l0_coefficient", torch.tensor(config.l0_coefficient))
         self.log_threshold = torch.nn.Parameter(
-            torch.full((n_members, n_latents), math.log(threshold_init))
+            torch.full((config.n_members, config.n_latents), math.log(config.threshold_init))
         )
 
-    def threshold(self) -> Tensor:
+    def inference_threshold(self) -> Tensor:
         return self.log_threshold.exp()
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
-        return _JumpReLU.apply(pre_MBF, self.threshold()[:, None], self.config["bandwidth"])
+        return _JumpReLU.apply(pre_MBF, self.inference_threshold()[:, None], self.config.bandwidth)
 
     def sparsity_loss(self, codes_MBF: Tensor, pre_MBF: Tensor) -> Tensor:
-        fired = _Step.apply(pre_MBF, self.threshold()[:, None], self.config["bandwidth"])
+        fired = _Step.apply(pre_MBF, self.inference_threshold()[:, None], self.config.bandwidth)
         return self.l0_coefficient * fired.sum(-1).mean(-1)
 
     def _rescale_thresholds(self, norms_MF: Tensor) -> None:
         self.log_threshold += norms_MF.log()
+
+    def load_saelens_extras(self, tensors: dict[str, Tensor], ours: dict[str, Any]) -> None:
+        set_thresholds(self, tensors["threshold"])
+
+
+def set_thresholds(sae: JumpReLUSAE, threshold_F: Tensor) -> None:
+    """Set an M = 1 JumpReLU SAE's thresholds. Ours are exp(log_threshold) > 0; a threshold
+    <= 0 (other files) becomes the smallest positive float, which differs only for
+    0 < pre < 1e-38."""
+    threshold_F = threshold_F.clamp(min=torch.finfo(torch.float32).tiny)
+    with torch.no_grad():
+        sae.log_threshold[0] = threshold_F.log()

@@ -5,90 +5,145 @@ Reconstruction = sum_j beta_j mean_batch ||x - x_hat_{<=m_j}||^2 with beta_j = m
 the plain SAE (0^0 = 1 keeps the outer level), mu = 1 the standard matryoshka; mu may differ per
 member, so a mu sweep is one stack. `detached` stops the gradient of inner-level latents in the
 reconstructions of outer levels, so each level's error trains only the latents it adds.
-The inner activation and sparsity come from a BatchTopK or a ReLU-L1 SAE.
+The inner activation and sparsity come from any other architecture (relu-l1, topk, batchtopk,
+jumprelu); every level is trained: matryoshka SAEs take the generic loss path (no fused loss,
+no TopK sparse path, which would skip the level losses).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from toymodels.sae.base import SAE, per_member
-from toymodels.sae.batchtopk import BatchTopKSAE
-from toymodels.sae.relu_l1 import ReLUL1SAE
+from theory.config import require_choice
+from toymodels.sae.base import SAE, Capabilities, SAEConfig, per_member
+from toymodels.sae.batchtopk import BatchTopKConfig, BatchTopKSAE
+from toymodels.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
+from toymodels.sae.relu_l1 import ReLUL1Config, ReLUL1SAE
+from toymodels.sae.topk import TopKConfig, TopKSAE
+
+
+@dataclass(frozen=True)
+class MatryoshkaFields:
+    """The matryoshka part of a matryoshka config (mixed into the inner architecture's)."""
+
+    inner: str = "batchtopk"
+    """Architecture giving the activation and sparsity: relu-l1, topk, batchtopk, jumprelu."""
+    levels: tuple[int, ...] | None = None
+    """Prefix sizes m_1 < ... < m_n = n_latents (default: one level, n_latents)."""
+    mu: tuple[float, ...] | float = 1.0
+    """Balance: level j weighs mu^(n-j) (0 = plain SAE, 1 = standard matryoshka), per member."""
+    detached: bool = False
+    """Stop inner latents' gradients in outer levels' reconstructions."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # the inner architecture's checks
+        levels = (self.n_latents,) if self.levels is None else tuple(int(m) for m in self.levels)
+        if levels[0] < 1 or levels[-1] != self.n_latents or sorted(set(levels)) != list(levels):
+            raise ValueError(
+                f"levels must increase strictly from >= 1 to n_latents = {self.n_latents}, "
+                f"got {list(levels)}"
+            )
+        self._set("levels", levels)
+        self._set("mu", per_member(self.mu, self.n_members, "mu"))
+        self._set("detached", bool(self.detached))
+
+
+@dataclass(frozen=True)
+class MatryoshkaReLUL1Config(MatryoshkaFields, ReLUL1Config):
+    inner: str = "relu-l1"
+
+
+@dataclass(frozen=True)
+class MatryoshkaTopKConfig(MatryoshkaFields, TopKConfig):
+    inner: str = "topk"
+
+
+@dataclass(frozen=True)
+class MatryoshkaBatchTopKConfig(MatryoshkaFields, BatchTopKConfig):
+    inner: str = "batchtopk"
+
+
+@dataclass(frozen=True)
+class MatryoshkaJumpReLUConfig(MatryoshkaFields, JumpReLUConfig):
+    inner: str = "jumprelu"
 
 
 class _Matryoshka(SAE):
     """Matryoshka reconstruction on top of another architecture's activation and sparsity."""
 
-    def __init__(
-        self,
-        d_in: int,
-        n_latents: int,
-        n_members: int = 1,
-        *,
-        levels: Sequence[int] | None = None,
-        mu: float | Sequence[float] = 1.0,
-        detached: bool = False,
-        **inner: Any,
-    ) -> None:
-        super().__init__(d_in, n_latents, n_members, **inner)
-        levels = [n_latents] if levels is None else [int(m) for m in levels]
-        if levels[0] < 1 or levels[-1] != n_latents or sorted(set(levels)) != levels:
-            raise ValueError(
-                f"levels must increase strictly from >= 1 to n_latents = {n_latents}, got {levels}"
-            )
-        self.config.update(
-            levels=levels, mu=per_member(mu, n_members, "mu"), detached=bool(detached)
-        )
-        exponents = torch.arange(len(levels) - 1, -1, -1, dtype=torch.float32)
-        self.register_buffer("level_weights", torch.tensor(self.config["mu"])[:, None] ** exponents)
+    architecture = "matryoshka"
+
+    def __init__(self, config: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, generator)
+        exponents = torch.arange(len(config.levels) - 1, -1, -1, dtype=torch.float32)
+        self.register_buffer("level_weights", torch.tensor(config.mu)[:, None] ** exponents)
 
     def reconstruction_loss(self, x: Tensor, codes_MBF: Tensor) -> Tensor:
         total, inner, start = 0.0, None, 0
-        for j, stop in enumerate(self.config["levels"]):
+        for j, stop in enumerate(self.config.levels):
             block = torch.bmm(codes_MBF[..., start:stop], self.W_dec[:, start:stop])
             x_hat = self.b_dec[:, None] + block
             if inner is not None:
-                x_hat = x_hat + (inner.detach() if self.config["detached"] else inner)
+                x_hat = x_hat + (inner.detach() if self.config.detached else inner)
             total = total + self.level_weights[:, j] * (x - x_hat).square().sum(-1).mean(-1)
             inner = block if inner is None else inner + block
             start = stop
         return total
 
-    def full_config(self) -> dict[str, Any]:
-        return {**super().full_config(), "inner": self.inner_architecture}
-
     def _grown_config(self, n_new: int) -> dict[str, Any]:
         """New latents join the outer level."""
-        config = super()._grown_config(n_new)
-        config["levels"] = [*self.config["levels"][:-1], self.n_latents + n_new]
-        return config
+        grown = super()._grown_config(n_new)
+        return {**grown, "levels": (*self.config.levels[:-1], grown["n_latents"])}
 
 
-class MatryoshkaBatchTopKSAE(_Matryoshka, BatchTopKSAE):
-    architecture = "matryoshka"
-    inner_architecture = "batchtopk"
-    member_hyperparameters = ("k", "mu")
+def _capabilities(inner: type[SAE]) -> Capabilities:
+    """The inner architecture's, less the shortcuts that would skip the level losses."""
+    return Capabilities(
+        inference_threshold=inner.capabilities.inference_threshold,
+        relu_codes=inner.capabilities.relu_codes,
+    )
 
 
 class MatryoshkaReLUL1SAE(_Matryoshka, ReLUL1SAE):
-    architecture = "matryoshka"
-    inner_architecture = "relu-l1"
+    config_class = MatryoshkaReLUL1Config
+    capabilities = _capabilities(ReLUL1SAE)
     member_hyperparameters = ("l1", "mu")
-    relu_codes = True
 
 
-INNER = {"batchtopk": MatryoshkaBatchTopKSAE, "relu-l1": MatryoshkaReLUL1SAE}
+class MatryoshkaTopKSAE(_Matryoshka, TopKSAE):
+    config_class = MatryoshkaTopKConfig
+    capabilities = _capabilities(TopKSAE)
+    member_hyperparameters = ("k", "mu")
 
 
-def matryoshka(*args: Any, inner: str = "batchtopk", **config: Any) -> SAE:
-    """A matryoshka SAE whose activation and sparsity come from `inner` (batchtopk or relu-l1)."""
-    if inner not in INNER:
-        raise ValueError(
-            f"unknown matryoshka inner activation {inner!r}; allowed: {', '.join(INNER)}"
-        )
-    return INNER[inner](*args, **config)
+class MatryoshkaBatchTopKSAE(_Matryoshka, BatchTopKSAE):
+    config_class = MatryoshkaBatchTopKConfig
+    capabilities = _capabilities(BatchTopKSAE)
+    member_hyperparameters = ("k", "mu")
+
+
+class MatryoshkaJumpReLUSAE(_Matryoshka, JumpReLUSAE):
+    config_class = MatryoshkaJumpReLUConfig
+    capabilities = _capabilities(JumpReLUSAE)
+    member_hyperparameters = ("l0_coefficient", "mu")
+
+
+INNER: dict[str, type[SAE]] = {
+    sae.config_class.inner: sae
+    for sae in (
+        MatryoshkaReLUL1SAE,
+        MatryoshkaTopKSAE,
+        MatryoshkaBatchTopKSAE,
+        MatryoshkaJumpReLUSAE,
+    )
+}
+
+
+def matryoshka_class(inner: str = "batchtopk") -> type[SAE]:
+    """The matryoshka SAE class whose activation and sparsity come from `inner`."""
+    require_choice("matryoshka inner architecture", inner, INNER)
+    return INNER[inner]

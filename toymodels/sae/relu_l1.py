@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from toymodels.sae.base import SAE, per_member
+from toymodels.sae.base import SAE, Capabilities, SAEConfig, per_member
 
 # The fused loss handles each member's F x F Gram matrices as diagonals, about 3F passes over the
 # (B, M F) codes: measured on CPU at d_in = 50 it is 2-4x faster than the generic path for F <= 8,
 # 1.2x at F = 16, even at F = 32 and slower beyond.
 FUSED_MAX_LATENTS = 16
+
+
+@dataclass(frozen=True)
+class ReLUL1Config(SAEConfig):
+    """A ReLU SAE with a decoder-norm-weighted L1 penalty."""
+
+    l1: tuple[float, ...] | float = 1e-2
+    """L1 coefficient, one value or one per member."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set("l1", per_member(self.l1, self.n_members, "l1"))
 
 
 class ReLUL1SAE(SAE):
@@ -24,21 +36,14 @@ class ReLUL1SAE(SAE):
     loss of theory/sae.py, so a trained SAE can be compared with theory's exact loss."""
 
     architecture = "relu-l1"
+    config_class = ReLUL1Config
+    capabilities = Capabilities(fused_loss=True, relu_codes=True)
     member_hyperparameters = ("l1",)
-    relu_codes = True
+    saelens_architecture = "standard"
 
-    def __init__(
-        self,
-        d_in: int,
-        n_latents: int,
-        n_members: int = 1,
-        *,
-        l1: float | Sequence[float] = 1e-2,
-        **base: Any,
-    ) -> None:
-        super().__init__(d_in, n_latents, n_members, **base)
-        self.config["l1"] = per_member(l1, n_members, "l1")
-        self.register_buffer("l1", torch.tensor(self.config["l1"]))
+    def __init__(self, config: ReLUL1Config, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, generator)
+        self.register_buffer("l1", torch.tensor(config.l1))
         self._workspace: Tensor | None = None  # the fused loss's (2, B, M F) buffers
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
@@ -50,14 +55,8 @@ class ReLUL1SAE(SAE):
 
     def fused_loss_terms(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
         """mse, sparsity and code sums of a shared batch of a narrow SAE in a few matmuls."""
-        # Subclasses that change the reconstruction (matryoshka) take the generic path, and so
-        # do inputs that need a gradient.
-        if (
-            x.dim() != 2
-            or x.requires_grad
-            or self.n_latents > FUSED_MAX_LATENTS
-            or type(self).reconstruction_loss is not ReLUL1SAE.reconstruction_loss
-        ):
+        # Inputs that need a gradient take the generic path.
+        if x.dim() != 2 or x.requires_grad or self.n_latents > FUSED_MAX_LATENTS:
             return None
         # Kept from step to step: the allocator hands large blocks back to the system, so a
         # fresh one is page-faulted anew each step, which costs more than the work done in it.

@@ -10,22 +10,14 @@ Backward then costs O(B k D) instead of three dense (B, F) x (F, D) products."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
-from toymodels.sae.base import SAE, per_member
-
-
-def integer_per_member(value: int | Sequence[int], n_members: int, what: str) -> list[int]:
-    """An integer hyperparameter >= 1, given once or once per member."""
-    values = per_member(value, n_members, what)
-    if any(v != int(v) or v < 1 for v in values):
-        raise ValueError(f"{what} values must be integers >= 1, got {values}")
-    return [int(v) for v in values]
+from toymodels.sae.base import SAE, Capabilities, SAEConfig, SAELensExtras, integer_per_member
 
 
 def keep_top(scores_MN: Tensor, counts_M: Tensor, max_count: int) -> Tensor:
@@ -35,26 +27,33 @@ def keep_top(scores_MN: Tensor, counts_M: Tensor, max_count: int) -> Tensor:
     return torch.zeros_like(scores_MN).scatter(-1, index, rank_kept.to(scores_MN.dtype))
 
 
+@dataclass(frozen=True)
+class TopKConfig(SAEConfig):
+    """Each sample keeps its k largest latents."""
+
+    k: tuple[int, ...] | int = 1
+    """Latents kept per sample, one value or one per member (a narrower member keeps all)."""
+    aux_coefficient: float = 1 / 32
+    """Weight of the aux-k loss that revives dead latents (0: off)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._set("k", integer_per_member(self.k, self.n_members, "k"))
+
+
 class TopKSAE(SAE):
     """h = ReLU(pre) on each sample's top-k latents (by h_i ||W_dec[i]||), zero elsewhere."""
 
     architecture = "topk"
+    config_class = TopKConfig
+    capabilities = Capabilities(sparse_path=True)
     member_hyperparameters = ("k",)
+    saelens_architecture = "topk"
 
-    def __init__(
-        self,
-        d_in: int,
-        n_latents: int,
-        n_members: int = 1,
-        *,
-        k: int | Sequence[int] = 1,
-        aux_coefficient: float = 1 / 32,
-        **base: Any,
-    ) -> None:
-        super().__init__(d_in, n_latents, n_members, aux_coefficient=aux_coefficient, **base)
-        self.config["k"] = integer_per_member(k, n_members, "k")
-        self.register_buffer("k", torch.tensor(self.config["k"]))
-        self._k_max = max(self.config["k"])  # a Python int: no device sync in the hot loop
+    def __init__(self, config: TopKConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(config, generator)
+        self.register_buffer("k", torch.tensor(config.k))
+        self._k_max = max(config.k)  # a Python int: no device sync in the hot loop
 
     def scores(self, pre_MBF: Tensor) -> Tensor:
         """Ranking scores: each latent's contribution h_i ||W_dec[i]||, no gradient."""
@@ -71,7 +70,7 @@ class TopKSAE(SAE):
         """The base loss; for a shared batch (B, D) computed through the k chosen latents only.
 
         Same values and gradients as the generic path (tested against it)."""
-        if x.dim() != 2 or type(self).activation is not TopKSAE.activation:
+        if x.dim() != 2 or not self.capabilities.sparse_path:
             return super().loss(x)
         M, D, F = self.W_enc.shape
         with torch.no_grad():
@@ -94,7 +93,7 @@ class TopKSAE(SAE):
                 )
                 self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired_MF, 0)
         aux = torch.zeros_like(mse)
-        if self.config["aux_coefficient"] > 0:
+        if self.config.aux_coefficient > 0:
             dead_MF = self.dead_latents()
             if bool(dead_MF.any()):  # one sync per step; most steps then skip the aux pass
                 aux = self._sparse_aux_loss(x, pre_MBF, dead_MF, (x - x_hat_MBD).detach())
@@ -105,6 +104,11 @@ class TopKSAE(SAE):
             "aux": aux,
             "per_member": mse + aux,
         }
+
+    def saelens_extras(self) -> SAELensExtras:
+        # Decoder rows are unit norm in files, so ranking by pre-activation is our ranking by
+        # contribution, and codes stay relu(pre) as ours are.
+        return SAELensExtras({}, {"k": self.config.k[0], "rescale_acts_by_decoder_norm": False}, {})
 
     def _chosen_pre(self, x_BD: Tensor, pre_MBF: Tensor, index_MBK: Tensor) -> Tensor:
         """pre-activations (M, B, K) of the chosen latents, with gradients."""
@@ -125,7 +129,7 @@ class TopKSAE(SAE):
         self, x_BD: Tensor, pre_MBF: Tensor, dead_MF: Tensor, residual_MBD: Tensor
     ) -> Tensor:
         """aux_loss of the base class through the chosen dead latents only."""
-        k_aux = min(self.config["aux_k"] or max(self.d_in // 2, 1), self.n_latents)
+        k_aux = self.aux_k()
         with torch.no_grad():
             values_MBK, index_MBK = pre_MBF.masked_fill(~dead_MF[:, None], float("-inf")).topk(
                 k_aux, dim=-1
@@ -133,7 +137,7 @@ class TopKSAE(SAE):
         aux_codes_MBK = self._chosen_pre(x_BD, pre_MBF, index_MBK).relu() * (values_MBK > 0)
         error_MBD = self._bag_decode(index_MBK, aux_codes_MBK) - residual_MBD
         scale = (dead_MF.sum(-1) / k_aux).clamp(max=1.0)
-        return self.config["aux_coefficient"] * scale * error_MBD.square().sum(-1).mean(-1)
+        return self.config.aux_coefficient * scale * error_MBD.square().sum(-1).mean(-1)
 
 
 def _flat(index_MBK: Tensor, n_latents: int) -> Tensor:
