@@ -30,7 +30,7 @@ import torch
 from theory.features import scenario
 from toymodels.sae import make_sae
 from toymodels.sampling import orthonormal_directions, sample_activations
-from toymodels.train import train
+from toymodels.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
@@ -58,16 +58,11 @@ def measure_ours(args: argparse.Namespace) -> dict:
     train(
         make_sae("relu-l1", d_in=args.d_in, n_latents=1),
         data,
-        n_samples=args.batch,
-        batch_size=args.batch,
-        device=args.device,
-        progress=False,
+        TrainConfig(samples=args.batch, batch_size=args.batch, device=args.device, progress=False),
     )
     start = time.perf_counter()
-    log = train(
-        sae,
-        data,
-        n_samples=args.samples,
+    schedule = TrainConfig(
+        samples=args.samples,
         batch_size=args.batch,
         lr=args.lr,
         seed=args.seed,
@@ -75,6 +70,7 @@ def measure_ours(args: argparse.Namespace) -> dict:
         progress=False,
         log_every=100,
     )
+    log = train(sae, data, schedule)
     seconds = time.perf_counter() - start
     steps = args.samples // args.batch
     return {

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from llm.evaluate import reconstruction_metrics
 from llm.training import normalisation_scale
 from toymodels.sae import make_sae
-from toymodels.train import train
+from toymodels.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_PYTHON = ROOT / ".peer-venv" / "bin" / "python"
@@ -72,14 +72,16 @@ def measure_ours(
     train(
         sae,
         (lambda batch: source(batch) * scale) if args.normalize else source,
-        args.tokens,
-        batch_size=args.batch,
-        lr=args.lr,
-        decay_fraction=0.0,
-        seed=args.seed,
-        device="cpu",
-        progress=False,
-        log_every=10**9,
+        TrainConfig(
+            samples=args.tokens,
+            batch_size=args.batch,
+            lr=args.lr,
+            decay_fraction=0.0,
+            seed=args.seed,
+            device="cpu",
+            progress=False,
+            log_every=10**9,
+        ),
     )
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     quality = reconstruction_metrics(sae, held_out_ND * scale)[0]

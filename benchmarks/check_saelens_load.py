@@ -46,7 +46,7 @@ def write_ours(folder: Path) -> None:
             if architecture == "jumprelu":
                 sae.log_threshold.fill_(-1.0)
             if architecture in ("batchtopk", "matryoshka"):
-                sae.threshold.fill_(0.3)
+                sae.contribution_threshold.fill_(0.3)
         save_sae(
             sae,
             folder / architecture,

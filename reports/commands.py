@@ -17,7 +17,7 @@ class ReportConfig:
     """`report`: a PDF (config, metrics, tables, figures, formulas, provenance) rebuilt from
     run folders written by the toolkit's jobs; nothing is retrained."""
 
-    runs: tuple[str, ...] = simple_parsing.field(positional=True, nargs="+")
+    runs: tuple[str, ...] = simple_parsing.field(positional=True, nargs="+", metavar="RUN")
     """Run folders."""
     title: str | None = None
     """The report's title."""

@@ -40,6 +40,8 @@ class TheorySummaryConfig:
 
     def __post_init__(self) -> None:
         require_numbers("l1_values", self.l1_values, 0)
+        if self.width2_l1 not in self.l1_values:
+            raise ValueError(f"width2_l1 = {self.width2_l1} must be one of l1_values")
 
 
 @dataclass(frozen=True)
@@ -125,17 +127,13 @@ def run_theory_summary(config: TheorySummaryConfig, out: Path) -> Run:
             ]
         ),
     )
+    optima = pd.DataFrame(rows)
+    width1 = optima[(optima.width == 1) & (optima.l1 == config.width2_l1)]
     run.write_metrics(
         {
             "formulas": {p.name: p.latex for p in predictions},
             "hedging_child_component_width1": {
-                name: float(
-                    pd.DataFrame(rows)
-                    .query("scenario == @name and width == 1 and l1 == @config.width2_l1")[
-                        "decoder_child"
-                    ]
-                    .iloc[0]
-                )
+                name: float(width1[width1.scenario == name].decoder_child.iloc[0])
                 for name in config.scenarios
             },
         }

@@ -30,25 +30,24 @@ def config_to_json(config: Any) -> dict[str, Any]:
 
 
 def config_from_json(cls: type[Config], data: Mapping[str, Any]) -> Config:
-    """Rebuild a config from config_to_json's output (unknown keys are refused)."""
-    from simple_parsing.helpers.serialization import from_dict
-
+    """Rebuild a config from config_to_json's output: nested configs from objects, tuples from
+    lists; unknown keys are refused, missing ones take the defaults."""
     if not isinstance(data, Mapping):
         raise ValueError(f"a {cls.__name__} must be a JSON object, got {type(data).__name__}")
-    _check_keys(cls, data)
-    return from_dict(cls, dict(data), drop_extra_fields=False)
-
-
-def _check_keys(cls: type, data: Mapping[str, Any]) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; allowed: {sorted(names)}")
     hints = typing.get_type_hints(cls)
-    for name, value in data.items():
-        nested = hints[name]
-        if dataclasses.is_dataclass(nested) and isinstance(value, Mapping):
-            _check_keys(nested, value)
+    return cls(**{name: _decode(hints[name], value) for name, value in data.items()})
+
+
+def _decode(hint: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return config_from_json(hint, value)
+    if isinstance(value, list):  # config sequences are tuples (hashable, frozen)
+        return tuple(value)
+    return value
 
 
 def add_config_arguments(parser: Any, cls: type, dest: str = "config") -> None:

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from reports.cli import main
-from reports.pipeline import PipelineConfig, Stage, demo_stages, run_stages
-from toymodels.runs import Run
+from reports.pipeline import (
+    PipelineConfig,
+    Stage,
+    TheorySummaryConfig,
+    demo_stages,
+    run_stages,
+    run_theory_summary,
+)
+from toymodels.runs import Run, read_run
 
 
 def _stage(name: str, calls: list[str]) -> Stage:
@@ -64,3 +73,14 @@ def test_the_pipeline_imports_no_cli_module():
 def test_run_refuses_bad_sizes(capsys):
     assert main(["run", "--tokens", "0"]) == 2
     assert "tokens must be a positive integer" in capsys.readouterr().err
+
+
+def test_the_theory_stage_writes_optima_and_predictions(tmp_path):
+    config = TheorySummaryConfig(scenarios=("correlated",), l1_values=(0.02,))
+    run = run_theory_summary(config, tmp_path / "theory")
+    optima = read_run(run.folder)["tables"]["theory_optima"]
+    assert sorted(set(optima.width)) == [1, 2] and set(optima.scenario) == {"correlated"}
+    child = read_run(run.folder)["metrics"]["hedging_child_component_width1"]["correlated"]
+    assert child == pytest.approx(optima[optima.width == 1].decoder_child.iloc[0]) and child > 0.1
+    with pytest.raises(ValueError, match="width2_l1"):
+        TheorySummaryConfig(l1_values=(0.1,))

@@ -1,0 +1,230 @@
+"""Typed configs: each round-trips through JSON and through the command line, and a flag's help
+is its field's docstring."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+
+import pytest
+from simple_parsing.docstring import get_attribute_docstring
+
+from llm.cache import ExtractConfig
+from llm.hedging import LLMHedgingConfig
+from llm.jobs import EvalConfig, SAETrainConfig
+from reports.cli import build_parser, main
+from reports.commands import ReportConfig
+from reports.pipeline import PipelineConfig, TheorySummaryConfig
+from theory.config import config_from_json, config_to_json
+from theory.derive import DeriveConfig
+from theory.features import WorldConfig
+from theory.sae import SAESpec
+from toymodels.experiments.absorption import ToyAbsorptionConfig
+from toymodels.experiments.hedging_width import HedgingWidthConfig
+from toymodels.experiments.matryoshka import ToyMatryoshkaConfig
+from toymodels.experiments.scenarios import FitConfig, ScenariosConfig, ToyTrainConfig
+from toymodels.sae import make_sae, sae_class
+from toymodels.train import TrainConfig
+
+SMALL = TrainConfig(samples=8192, batch_size=512, lr=0.003, seed=7, device="cpu", progress=False)
+
+# (command words, a config that differs from the defaults wherever it can)
+COMMANDS = [
+    (
+        ["derive"],
+        DeriveConfig(
+            world=WorldConfig(scenario="correlated", p_parent=0.3, p_child_given_parent=0.4),
+            sae=SAESpec(width=2, l1=0.05, tied=True, decoder_bias=False),
+            symbolic=True,
+            seed=3,
+        ),
+    ),
+    (
+        ["toy", "train"],
+        ToyTrainConfig(
+            world=WorldConfig(joint="00:0.6,10:0.2,01:0.05,11:0.15"),
+            sae=SAESpec(width=1, l1=0.02),
+            fit=FitConfig(restarts=3, d_in=20, held_out_samples=1000, train=SMALL),
+        ),
+    ),
+    (
+        ["toy", "scenarios"],
+        ScenariosConfig(
+            scenarios=("correlated", "hierarchical"),
+            l1_values=(0.01,),
+            widths=(1,),
+            fit=FitConfig(restarts=2, train=SMALL),
+        ),
+    ),
+    (
+        ["toy", "hedging-width"],
+        HedgingWidthConfig(widths=(15, 20), seeds=3, new_latents=2, world_seed=4, train=SMALL),
+    ),
+    (
+        ["toy", "absorption"],
+        ToyAbsorptionConfig(
+            l1_values=(0.05,), leaks=(0.0,), seeds=1, eval_samples=500, train=SMALL
+        ),
+    ),
+    (["toy", "matryoshka"], ToyMatryoshkaConfig(mu_values=(0.5,), seeds=1, l1=0.1, train=SMALL)),
+    (
+        ["llm", "extract"],
+        ExtractConfig(
+            model="smollm2-135m",
+            layer=3,
+            hook="mlp_out",
+            tokens=5000,
+            corpus="text/",
+            dtype="bfloat16",
+            device="cpu",
+            shard_tokens=1000,
+            batch_size=4,
+            context_length=64,
+        ),
+    ),
+    (
+        ["llm", "train"],
+        SAETrainConfig(
+            cache="runs/x",
+            architecture="relu-l1",
+            width=256,
+            k=8,
+            l1=0.5,
+            l0_coefficient=0.2,
+            normalize=False,
+            held_out_tokens=1000,
+            train=SMALL,
+        ),
+    ),
+    (
+        ["llm", "eval"],
+        EvalConfig(sae="runs/t", cache="runs/x", model="gemma3-270m", corpus="c", batches=2),
+    ),
+    (
+        ["llm", "hedging"],
+        LLMHedgingConfig(
+            cache="runs/x",
+            widths=(64, 128),
+            architectures=("relu-l1",),
+            n_new=8,
+            k=4,
+            l1=1.0,
+            mus=(),
+            seeds=2,
+            train=SMALL,
+        ),
+    ),
+    (["report"], ReportConfig(runs=("runs/a", "runs/b"), title="A title")),
+    (["run"], PipelineConfig(model="smollm2-135m", layer=2, tokens=9000, llm=False, title="T")),
+]
+SAE_CONFIGS = [
+    *(
+        (name, sae_class(name).config_class(d_in=5, n_latents=4, n_members=2, widths=(3, 4)))
+        for name in ("relu-l1", "topk", "batchtopk", "jumprelu")
+    ),
+    *(
+        (
+            "matryoshka",
+            sae_class("matryoshka", inner).config_class(
+                d_in=5, n_latents=4, n_members=2, levels=(1, 4), mu=(0.0, 0.5), tied=True
+            ),
+        )
+        for inner in ("relu-l1", "topk", "batchtopk", "jumprelu")
+    ),
+]
+LIBRARY_ONLY = [
+    TheorySummaryConfig(l1_values=(0.01, 0.02), width2_l1=0.01),
+    *(config for _, config in SAE_CONFIGS),
+]
+
+
+def _command_id(value: object) -> str:
+    return " ".join(value) if isinstance(value, list) else ""
+
+
+def to_argv(config: object) -> list[str]:
+    """The flags that give `config` (nested configs flattened, as the CLI builds them)."""
+    argv = []
+    hints = typing.get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if dataclasses.is_dataclass(hints[field.name]):
+            argv += to_argv(value)
+        elif field.name == "runs":  # the report's positional run folders
+            argv += list(value)
+        elif value is None:
+            continue
+        elif isinstance(value, tuple):
+            argv += [f"--{field.name.replace('_', '-')}", *map(str, value)]
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            argv += [f"--{field.name.replace('_', '-')}", text]
+    return argv
+
+
+@pytest.mark.parametrize("config", [c for _, c in COMMANDS] + LIBRARY_ONLY, ids=repr)
+def test_every_config_round_trips_through_json(config):
+    data = json.loads(json.dumps(config_to_json(config)))
+    assert config_from_json(type(config), data) == config
+    default = type(config)(**{f.name: getattr(config, f.name) for f in _required(config)})
+    assert config_from_json(type(config), config_to_json(default)) == default
+
+
+def _required(config):
+    return [
+        f
+        for f in dataclasses.fields(config)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+
+
+@pytest.mark.parametrize(("words", "config"), COMMANDS, ids=_command_id)
+def test_the_parsed_config_equals_the_one_built_in_code(words, config):
+    out = [] if words in (["derive"], ["toy", "train"]) else ["--out", "somewhere"]
+    args = build_parser().parse_args([*words, *to_argv(config), *out])
+    assert args.config == config
+    # and the defaults are the config class's defaults
+    required = {f.name: getattr(config, f.name) for f in _required(config)}
+    required_argv = to_argv(type(config)(**required)) if required else []
+    defaults = build_parser().parse_args([*words, *required_argv, *out]).config
+    assert defaults == type(config)(**required)
+
+
+def _leaf_fields(cls: type) -> list[tuple[type, str]]:
+    hints = typing.get_type_hints(cls)
+    leaves = []
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            leaves += _leaf_fields(hints[field.name])
+        else:
+            leaves.append((cls, field.name))
+    return leaves
+
+
+@pytest.mark.parametrize(("words", "config"), COMMANDS, ids=_command_id)
+def test_a_flags_help_is_its_fields_docstring(words, config, capsys):
+    assert main([*words, "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    for cls, name in _leaf_fields(type(config)):
+        docstring = get_attribute_docstring(cls, name).docstring_below
+        assert docstring, f"{cls.__name__}.{name} has no docstring"
+        flag = "RUN" if name == "runs" else f"--{name.replace('_', '-')}"
+        # the flag, its metavar (and a bool's negative flag), then the docstring
+        pattern = re.escape(flag) + r"(?: \S+){0,6}? " + re.escape(" ".join(docstring.split()))
+        assert re.search(pattern, help_text), f"{cls.__name__}.{name}: {docstring!r}"
+
+
+def test_unknown_keys_in_a_config_file_are_refused():
+    with pytest.raises(ValueError, match="has no field"):
+        config_from_json(TrainConfig, {"lr": 0.1, "learning_rate": 0.1})
+    with pytest.raises(ValueError, match="has no field"):
+        config_from_json(ScenariosConfig, {"fit": {"train": {"lrr": 1}}})
+
+
+@pytest.mark.parametrize(("architecture", "config"), SAE_CONFIGS, ids=repr)
+def test_an_sae_config_rebuilds_the_same_sae(architecture, config):
+    sae = sae_class(architecture, getattr(config, "inner", "batchtopk"))(config)
+    rebuilt = make_sae(**json.loads(json.dumps(sae.full_config())))
+    assert rebuilt.config == config and rebuilt.family_class() is sae.family_class()
