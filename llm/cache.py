@@ -5,7 +5,8 @@ A cache folder holds shard_00000.safetensors, ... (tensors `activations` (N, d_m
 `token_ids` (N,)) and manifest.json (model, layer, hook, dtype, d_model, token count, per-shard
 sha256, corpus hash, the full request). The manifest is rewritten atomically after each shard,
 so an interrupted extraction resumes at the first unfinished shard and ends with the same
-files and manifest as an uninterrupted one. Shards are hash-checked whenever they are read.
+files and manifest as an uninterrupted one. One extraction at a time holds the folder's RunLock;
+it removes the temporaries a killed one left. Shards are hash-checked whenever they are read.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from safetensors.torch import save as save_safetensors
 
 from llm.corpus import Corpus, token_batches
 from llm.models import DTYPES, HOOKS, LoadedModel, activations
-from toymodels.runs import atomic_write_bytes, atomic_write_json
+from toymodels.runs import RunLock, atomic_write_bytes, atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "sae-hedging-activations/1"
@@ -48,8 +49,9 @@ def extract(
     """Write `n_tokens` activations (fewer if the corpus runs out) and return the manifest.
 
     Only positions marked kept by token_batches (no BOS, separators, padding) are stored, in
-    corpus order. Resumes an interrupted extraction in `out_dir`; refuses a folder whose manifest
-    was written for a different request.
+    corpus order. Resumes an interrupted extraction in `out_dir`; refuses, without touching it, a
+    folder whose manifest was written for a different request, and refuses a folder another
+    extraction is writing (RunLock).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
@@ -73,10 +75,20 @@ def extract(
         "corpus": corpus.name,
         "corpus_sha256": corpus.sha256,
     }
-    manifest = _resume_or_start(out_dir, config, model.d_model)
-    if manifest["complete"]:
-        return manifest
+    _check_request(out_dir, config)  # before the lock, which would add its files to the folder
+    with RunLock(out_dir):
+        manifest = _resume_or_start(out_dir, config, model.d_model)
+        if not manifest["complete"]:
+            _extract_remaining(model, corpus, out_dir, manifest)
+    return manifest
 
+
+def _extract_remaining(model: LoadedModel, corpus: Corpus, out_dir: Path, manifest: dict) -> None:
+    """Extract the shards the manifest's request still lacks, then mark the manifest complete."""
+    request = manifest["config"]
+    layer, hook, dtype = request["layer"], request["hook"], request["dtype"]
+    n_tokens, shard_tokens = request["n_tokens"], request["shard_tokens"]
+    batch_size, context_length = request["batch_size"], request["context_length"]
     skip = sum(shard["n_tokens"] for shard in manifest["shards"])
     seen = 0  # kept positions of the corpus passed so far
     pending_acts: list[torch.Tensor] = []
@@ -101,7 +113,6 @@ def extract(
         _write_shard(out_dir, manifest, pending_acts, pending_ids, _pending(pending_ids))
     manifest["complete"] = True
     atomic_write_json(out_dir / MANIFEST, manifest)
-    return manifest
 
 
 def _pending(pending_ids: list[torch.Tensor]) -> int:
@@ -147,29 +158,55 @@ def _resume_or_start(out_dir: Path, config: dict, d_model: int) -> dict:
         }
         atomic_write_json(path, manifest)
         return manifest
-    manifest = json.loads(path.read_text())
+    _check_request(out_dir, config)
+    return verify(out_dir)
+
+
+def _check_request(out_dir: Path, config: dict) -> None:
+    """Refuse a folder holding a cache made for another request; read-only."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return
+    cached = read_manifest(out_dir)["config"]
     differing = sorted(
-        key
-        for key in config.keys() | manifest["config"].keys()
-        if config.get(key) != manifest["config"].get(key)
+        key for key in config.keys() | cached.keys() if config.get(key) != cached.get(key)
     )
     if differing:
         details = "; ".join(
-            f"{key}: cached {manifest['config'].get(key)!r}, requested {config.get(key)!r}"
-            for key in differing
+            f"{key}: cached {cached.get(key)!r}, requested {config.get(key)!r}" for key in differing
         )
         raise ValueError(f"{out_dir} holds a cache made for a different request ({details})")
-    verify(out_dir)
-    return manifest
 
 
-def verify(cache_dir: str | Path) -> dict:
-    """The manifest, after checking every recorded shard against its sha256."""
+def verify(cache_dir: str | Path, shards: Sequence[int] | None = None) -> dict:
+    """The manifest, after checking the recorded shards (all, or the indices in `shards`)
+    against their sha256; one error names every missing or corrupt one."""
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir)
-    for shard in manifest["shards"]:
-        _read_shard(cache_dir, shard)
+    recorded = manifest["shards"]
+    indices = range(len(recorded)) if shards is None else list(shards)
+    if any(not 0 <= i < len(recorded) for i in indices):
+        raise ValueError(
+            f"shards {list(indices)} are not all shards of {cache_dir}; "
+            f"allowed: 0..{len(recorded) - 1}"
+        )
+    problems = []
+    for shard in (recorded[i] for i in indices):
+        path = cache_dir / shard["file"]
+        if not path.exists():
+            problems.append(f"{shard['file']} is missing")
+        elif sha256_file(path) != shard["sha256"]:
+            problems.append(f"{shard['file']} is corrupt (sha256 differs)")
+    if problems:
+        raise _damaged(cache_dir, problems)
     return manifest
+
+
+def _damaged(cache_dir: Path, problems: list[str]) -> ValueError:
+    return ValueError(
+        f"activation cache {cache_dir} is damaged: {', '.join(problems)}; "
+        "delete the folder and extract again"
+    )
 
 
 def read_manifest(cache_dir: str | Path) -> dict:
@@ -185,12 +222,10 @@ def read_manifest(cache_dir: str | Path) -> dict:
 def _read_shard(cache_dir: Path, shard: dict) -> dict[str, torch.Tensor]:
     path = cache_dir / shard["file"]
     if not path.exists():
-        raise ValueError(f"activation shard {shard['file']} is missing from {cache_dir}")
+        raise _damaged(cache_dir, [f"{shard['file']} is missing"])
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-        raise ValueError(
-            f"activation shard {shard['file']} in {cache_dir} is corrupt (sha256 differs)"
-        )
+        raise _damaged(cache_dir, [f"{shard['file']} is corrupt (sha256 differs)"])
     return load_safetensors(data)
 
 
