@@ -191,7 +191,7 @@ def _hub_offline_reason() -> str | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+def _unreachable(url: str, timeout_s: float = 2.0) -> str | None:
     """Why a TCP connection to the host of `url` fails within timeout_s, or None when it opens.
 
     The name lookup has no timeout of its own, so the attempt runs in a thread that is abandoned

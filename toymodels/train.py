@@ -227,10 +227,11 @@ def _load_checkpoint(path: Path) -> dict:
 def discard_checkpoint(path: str | Path) -> bool:
     """Delete a training checkpoint so the next `train` with it starts from step 0; True when
     there was one."""
-    path = Path(path)
-    existed = path.exists()
-    path.unlink(missing_ok=True)
-    return existed
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEParams]:
