@@ -5,7 +5,8 @@ A cache folder holds shard_00000.safetensors, ... (tensors `activations` (N, d_m
 `token_ids` (N,)) and manifest.json (model, layer, hook, dtype, d_model, token count, per-shard
 sha256, corpus hash, the full request). The manifest is rewritten atomically after each shard,
 so an interrupted extraction resumes at the first unfinished shard and ends with the same
-files and manifest as an uninterrupted one. Shards are hash-checked whenever they are read.
+files and manifest as an uninterrupted one. One extraction at a time holds the folder's RunLock;
+it removes the temporaries a killed one left. Shards are hash-checked whenever they are read.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from safetensors.torch import save as save_safetensors
 from llm.corpus import Corpus, token_batches
 from llm.models import DTYPES, HOOKS, LoadedModel, activations
 from theory.config import require_choice, require_nonnegative_int, require_positive_int
-from toymodels.runs import atomic_write_bytes, atomic_write_json
+from toymodels.resources import resolve_device
+from toymodels.runs import RunLock, atomic_write_bytes, atomic_write_json, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "sae-hedging-activations/1"
@@ -66,38 +68,47 @@ class ExtractConfig:
         require_nonnegative_int("layer", self.layer)
         for name in ("tokens", "shard_tokens", "batch_size", "context_length"):
             require_positive_int(name, getattr(self, name))
+        resolve_device(self.device)  # a device this machine lacks is refused here
 
 
 def extract(model: LoadedModel, corpus: Corpus, config: ExtractConfig, out_dir: str | Path) -> dict:
     """Write config.tokens activations (fewer if the corpus runs out) and return the manifest.
 
     Only positions marked kept by token_batches (no BOS, separators, padding) are stored, in
-    corpus order. Resumes an interrupted extraction in `out_dir`; refuses a folder whose manifest
-    was written for a different request.
+    corpus order. Resumes an interrupted extraction in `out_dir`; refuses, without touching it, a
+    folder whose manifest was written for a different request, and refuses a folder another
+    extraction is writing (RunLock).
     """
-    layer, hook, dtype = config.layer, config.hook, config.dtype
-    n_tokens, shard_tokens = config.tokens, config.shard_tokens
-    batch_size, context_length = config.batch_size, config.context_length
-    if not 0 <= layer < model.n_layers:
-        raise ValueError(f"layer {layer} is out of range; allowed: 0..{model.n_layers - 1}")
+    if not 0 <= config.layer < model.n_layers:
+        raise ValueError(f"layer {config.layer} is out of range; allowed: 0..{model.n_layers - 1}")
     out_dir = Path(out_dir)
-    config = {
+    request = {
         "model": model.name,
         "model_dtype": str(model.dtype).removeprefix("torch."),
-        "layer": layer,
-        "hook": hook,
-        "dtype": dtype,
-        "n_tokens": n_tokens,
-        "shard_tokens": shard_tokens,
-        "batch_size": batch_size,
-        "context_length": context_length,
+        "layer": config.layer,
+        "hook": config.hook,
+        "dtype": config.dtype,
+        "n_tokens": config.tokens,
+        "shard_tokens": config.shard_tokens,
+        "batch_size": config.batch_size,
+        "context_length": config.context_length,
         "corpus": corpus.name,
         "corpus_sha256": corpus.sha256,
     }
-    manifest = _resume_or_start(out_dir, config, model.d_model)
-    if manifest["complete"]:
-        return manifest
+    _check_request(out_dir, request)  # before the lock, which would add its files to the folder
+    with RunLock(out_dir):
+        manifest = _resume_or_start(out_dir, request, model.d_model)
+        if not manifest["complete"]:
+            _extract_remaining(model, corpus, out_dir, manifest)
+    return manifest
 
+
+def _extract_remaining(model: LoadedModel, corpus: Corpus, out_dir: Path, manifest: dict) -> None:
+    """Extract the shards the manifest's request still lacks, then mark the manifest complete."""
+    request = manifest["config"]
+    layer, hook, dtype = request["layer"], request["hook"], request["dtype"]
+    n_tokens, shard_tokens = request["n_tokens"], request["shard_tokens"]
+    batch_size, context_length = request["batch_size"], request["context_length"]
     skip = sum(shard["n_tokens"] for shard in manifest["shards"])
     seen = 0  # kept positions of the corpus passed so far
     pending_acts: list[torch.Tensor] = []
@@ -122,7 +133,6 @@ def extract(model: LoadedModel, corpus: Corpus, config: ExtractConfig, out_dir: 
         _write_shard(out_dir, manifest, pending_acts, pending_ids, _pending(pending_ids))
     manifest["complete"] = True
     atomic_write_json(out_dir / MANIFEST, manifest)
-    return manifest
 
 
 def _pending(pending_ids: list[torch.Tensor]) -> int:
@@ -168,29 +178,55 @@ def _resume_or_start(out_dir: Path, config: dict, d_model: int) -> dict:
         }
         atomic_write_json(path, manifest)
         return manifest
-    manifest = json.loads(path.read_text())
+    _check_request(out_dir, config)
+    return verify(out_dir)
+
+
+def _check_request(out_dir: Path, config: dict) -> None:
+    """Refuse a folder holding a cache made for another request; read-only."""
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return
+    cached = read_manifest(out_dir)["config"]
     differing = sorted(
-        key
-        for key in config.keys() | manifest["config"].keys()
-        if config.get(key) != manifest["config"].get(key)
+        key for key in config.keys() | cached.keys() if config.get(key) != cached.get(key)
     )
     if differing:
         details = "; ".join(
-            f"{key}: cached {manifest['config'].get(key)!r}, requested {config.get(key)!r}"
-            for key in differing
+            f"{key}: cached {cached.get(key)!r}, requested {config.get(key)!r}" for key in differing
         )
         raise ValueError(f"{out_dir} holds a cache made for a different request ({details})")
-    verify(out_dir)
-    return manifest
 
 
-def verify(cache_dir: str | Path) -> dict:
-    """The manifest, after checking every recorded shard against its sha256."""
+def verify(cache_dir: str | Path, shards: Sequence[int] | None = None) -> dict:
+    """The manifest, after checking the recorded shards (all, or the indices in `shards`)
+    against their sha256; one error names every missing or corrupt one."""
     cache_dir = Path(cache_dir)
     manifest = read_manifest(cache_dir)
-    for shard in manifest["shards"]:
-        _read_shard(cache_dir, shard)
+    recorded = manifest["shards"]
+    indices = range(len(recorded)) if shards is None else list(shards)
+    if any(not 0 <= i < len(recorded) for i in indices):
+        raise ValueError(
+            f"shards {list(indices)} are not all shards of {cache_dir}; "
+            f"allowed: 0..{len(recorded) - 1}"
+        )
+    problems = []
+    for shard in (recorded[i] for i in indices):
+        path = cache_dir / shard["file"]
+        if not path.exists():
+            problems.append(f"{shard['file']} is missing")
+        elif sha256_file(path) != shard["sha256"]:
+            problems.append(f"{shard['file']} is corrupt (sha256 differs)")
+    if problems:
+        raise _damaged(cache_dir, problems)
     return manifest
+
+
+def _damaged(cache_dir: Path, problems: list[str]) -> ValueError:
+    return ValueError(
+        f"activation cache {cache_dir} is damaged: {', '.join(problems)}; "
+        "delete the folder and extract again"
+    )
 
 
 def read_manifest(cache_dir: str | Path) -> dict:
@@ -206,12 +242,10 @@ def read_manifest(cache_dir: str | Path) -> dict:
 def _read_shard(cache_dir: Path, shard: dict) -> dict[str, torch.Tensor]:
     path = cache_dir / shard["file"]
     if not path.exists():
-        raise ValueError(f"activation shard {shard['file']} is missing from {cache_dir}")
+        raise _damaged(cache_dir, [f"{shard['file']} is missing"])
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != shard["sha256"]:
-        raise ValueError(
-            f"activation shard {shard['file']} in {cache_dir} is corrupt (sha256 differs)"
-        )
+        raise _damaged(cache_dir, [f"{shard['file']} is corrupt (sha256 differs)"])
     return load_safetensors(data)
 
 

@@ -39,6 +39,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--out", type=Path, default=Path(f"runs/llm-{name}"), help="the run folder"
         )
         parser.set_defaults(handler=handler)
+    commands.choices["train"].add_argument(
+        "--restart",
+        action="store_true",
+        help="discard the run's checkpoint (e.g. a damaged one) and train from step 0",
+    )
 
 
 def _metrics(run: object) -> dict:
@@ -61,7 +66,7 @@ def train_command(args: argparse.Namespace) -> int:
     from llm.jobs import run_train
 
     config = args.config
-    run = run_train(config, args.out)
+    run = run_train(config, args.out, restart=args.restart)
     quality = _metrics(run)
     print(
         f"{config.architecture} SAE width {config.width}: held-out explained variance "

@@ -14,8 +14,9 @@ from pathlib import Path
 
 from llm.cache import ExtractConfig
 from theory.config import require_choice, require_positive_int
+from toymodels.resources import check_allocation, resolve_device
 from toymodels.runs import Run
-from toymodels.train import TrainConfig
+from toymodels.train import TrainConfig, discard_checkpoint
 
 # The architectures `llm train` offers, with the config field holding each one's sparsity.
 SPARSITY_FIELD = {"topk": "k", "batchtopk": "k", "relu-l1": "l1", "jumprelu": "l0_coefficient"}
@@ -88,6 +89,17 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for name in ("batches", "batch_size", "held_out_tokens"):
             require_positive_int(name, getattr(self, name))
+        resolve_device(self.device)  # a device this machine lacks is refused here
+
+
+def check_sae_memory(width: int, d_in: int, device: str, n_members: int = 1) -> None:
+    """Refuse, before allocating, an SAE stack that cannot train in this machine's memory:
+    W_enc and W_dec, their gradients and Adam's two moments, float32."""
+    check_allocation(
+        n_members * 2 * width * d_in * 4 * 4,
+        f"{n_members} SAE(s) of width {width} on d_in {d_in} with Adam",
+        device,
+    )
 
 
 def record_cache(run: Run, cache_dir: Path, manifest: dict) -> None:
@@ -107,9 +119,19 @@ def run_extract(config: ExtractConfig, out: str | Path) -> Run:
     from llm.corpus import load_corpus
     from llm.models import load_model
 
-    run = Run(out, config, kind="llm-extract")
     model = load_model(config.model, device=config.device)
+    if not config.layer < model.n_layers:
+        raise ValueError(
+            f"layer {config.layer} is out of range for {config.model}; "
+            f"allowed: 0..{model.n_layers - 1}"
+        )
+    check_allocation(
+        4 * config.batch_size * config.context_length * model.d_model * 8,
+        f"a forward pass of {config.batch_size} x {config.context_length} tokens",
+        config.device,
+    )
     corpus = load_corpus(config.corpus)
+    run = Run(out, config, kind="llm-extract")
     cache_dir = run.folder / "activations"
     start = time.perf_counter()
     manifest = extract(model, corpus, config, cache_dir)
@@ -128,9 +150,9 @@ def run_extract(config: ExtractConfig, out: str | Path) -> Run:
     return run
 
 
-def run_train(config: SAETrainConfig, out: str | Path) -> Run:
-    """Train the SAE (resuming from the run's checkpoint), evaluate it on the held-out rows and
-    save it in the SAELens layout (artefact "sae")."""
+def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) -> Run:
+    """Train the SAE (resuming from the run's checkpoint, or from step 0 with `restart`),
+    evaluate it on the held-out rows and save it in the SAELens layout (artefact "sae")."""
     import pandas as pd
     import torch
 
@@ -142,12 +164,15 @@ def run_train(config: SAETrainConfig, out: str | Path) -> Run:
 
     split = split_cache(config.cache, config.held_out_tokens)
     manifest = split.manifest
+    check_sae_memory(config.width, split.d_model, config.train.device)
     sae = make_sae(
         **config.sae_config(split.d_model),
         generator=torch.Generator().manual_seed(config.train.seed),
     )
     seed = config.train.seed
     run = Run(out, config, seeds={"sae_init": seed, "training": seed}, kind="llm-train")
+    if restart:
+        discard_checkpoint(run.folder / "checkpoint.pt")
     record_cache(run, split.cache_dir, manifest)
     start = time.perf_counter()
     trained = train_on_cache(
@@ -199,6 +224,7 @@ def run_train(config: SAETrainConfig, out: str | Path) -> Run:
 def run_eval(config: EvalConfig, out: str | Path) -> Run:
     """Reconstruction on the cache's held-out rows, then CE loss recovered and KL with the SAE
     spliced into the model, on text after the cached tokens."""
+    from llm.cache import verify
     from llm.corpus import load_corpus
     from llm.evaluate import reconstruction_metrics, splice_metrics
     from llm.models import load_model, model_provenance
@@ -206,7 +232,7 @@ def run_eval(config: EvalConfig, out: str | Path) -> Run:
     from llm.training import held_out_activations, split_cache
 
     split = split_cache(config.cache, config.held_out_tokens)
-    manifest = split.manifest
+    manifest = verify(split.cache_dir, shards=split.held_out_shards)
     loaded = load_sae(config.sae)
     if loaded.sae.d_in != split.d_model:
         raise ValueError(

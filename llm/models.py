@@ -6,23 +6,30 @@ dequantizes a GGUF on every load (about 40 s for Gemma 3 270M), so the first loa
 model as a plain checkpoint and saves it (float32 safetensors + tokenizer) under the user cache
 (env SAE_HEDGING_CACHE, default ~/.cache/sae-hedging); later loads read that in seconds. The
 cached folder is built in a temporary directory, renamed into place, and verified on every load
-against the sha256 of each file recorded in its completeness marker.
+against the sha256 of each file recorded in its completeness marker. A Hugging Face id is looked
+up in the local Hugging Face cache when the hub is offline or unreachable, and a name found
+nowhere fails at once instead of after the hub client's network retries.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from torch import nn
 
+from toymodels.resources import resolve_device
 from toymodels.runs import atomic_write_json, sha256_file
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -109,26 +116,21 @@ def load_model(
 ) -> LoadedModel:
     """Load an embedded offline model by name, a Hugging Face model id, or a local model folder.
 
-    device: "auto" (cuda when present, else cpu) or any torch device string.
+    device: "auto" (cuda when present, else cpu) or a device this machine has (resolve_device).
     dtype: one of float32, bfloat16, float16.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-    torch_device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    )
+    torch_device = resolve_device(device)
+    folder = _model_source(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = _cached_offline_model(name) if name in OFFLINE_MODELS else name
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as error:
-        raise ValueError(
-            f"cannot load model {name!r} ({error.__class__.__name__}: {error}); offline models: "
-            f"{', '.join(OFFLINE_MODELS)}; anything else must be a Hugging Face model id "
-            "reachable from this machine or a local model folder"
-        ) from error
+        first_line = next(iter(str(error).splitlines()), "")
+        raise _unloadable(name, f"{error.__class__.__name__}: {first_line}") from error
     model.to(torch_device).eval()
     config = model.config.get_text_config()
     return LoadedModel(
@@ -140,6 +142,105 @@ def load_model(
         dtype=DTYPES[dtype],
         device=torch_device,
     )
+
+
+def count_layers(name: str) -> int:
+    """The number of decoder blocks of a model, read from its config alone (no weights): for
+    checking a requested layer before any work starts."""
+    from transformers import AutoConfig
+
+    folder = _model_source(name)
+    try:
+        config = AutoConfig.from_pretrained(folder).get_text_config()
+    except (OSError, ValueError) as error:
+        first_line = next(iter(str(error).splitlines()), "")
+        raise _unloadable(name, f"{error.__class__.__name__}: {first_line}") from error
+    return int(config.num_hidden_layers)
+
+
+def _unloadable(name: str, why: str) -> ValueError:
+    return ValueError(
+        f"cannot load model {name!r} ({why}); offline models: {', '.join(OFFLINE_MODELS)}; "
+        "anything else must be a local model folder or a Hugging Face model id that is in the "
+        "local Hugging Face cache or on a reachable hub"
+    )
+
+
+def _model_source(name: str) -> str | Path:
+    """What from_pretrained should read for `name`, decided without waiting on the network: the
+    embedded model's cached folder, a local folder, the Hugging Face cache's snapshot of an id
+    when the hub is offline or unreachable, else the id itself (for the hub client)."""
+    if name in OFFLINE_MODELS:
+        return _cached_offline_model(name)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise _unloadable(name, f"{path} is a file, not a model folder")
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise _unloadable(name, "no such folder, and not a Hugging Face model id") from None
+    offline = _hub_offline_reason()
+    if offline is None:
+        return name
+    snapshot = _hub_cache_snapshot(name)
+    if snapshot is None:
+        raise _unloadable(name, f"not in the local Hugging Face cache, and {offline}")
+    return snapshot
+
+
+def _hub_cache_snapshot(repo_id: str) -> Path | None:
+    """The local Hugging Face cache's snapshot folder of `repo_id`, if it holds one."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (OSError, ValueError):  # LocalEntryNotFoundError is an OSError
+        return None
+
+
+_TRUE = ("1", "on", "yes", "true")
+
+
+def _hub_offline_reason() -> str | None:
+    """Why the Hugging Face hub cannot be used now (offline mode, no connection), or None."""
+    from huggingface_hub import constants
+
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in _TRUE:
+            return f"{variable} is set"
+    if constants.HF_HUB_OFFLINE:
+        return "the hub client is in offline mode (HF_HUB_OFFLINE)"
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    return _unreachable(proxy or constants.ENDPOINT)
+
+
+@functools.lru_cache(maxsize=8)
+def _unreachable(url: str, timeout_s: float = 2.0) -> str | None:
+    """Why a TCP connection to the host of `url` fails within timeout_s, or None when it opens.
+
+    The name lookup has no timeout of its own, so the attempt runs in a thread that is abandoned
+    when it takes too long."""
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"{error.__class__.__name__}: {error}")
+
+    attempt = threading.Thread(target=connect, daemon=True)
+    attempt.start()
+    attempt.join(timeout_s)
+    if not outcome:
+        return f"{host}:{port} did not answer within {timeout_s:g} s"
+    return None if outcome[0] is None else f"{host}:{port} is unreachable ({outcome[0]})"
 
 
 def _cached_offline_model(name: str) -> Path:

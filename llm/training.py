@@ -17,7 +17,7 @@ from typing import Any
 from torch import Tensor
 
 from llm.cache import ActivationStream, read_manifest
-from theory.config import require_choice
+from theory.config import require_choice, require_positive_int
 from toymodels.runs import named_artefact
 from toymodels.sae import SAE
 from toymodels.train import TrainConfig, TrainLog, train
@@ -59,8 +59,7 @@ def split_cache(cache_dir: str | Path, held_out_tokens: int = 16_384) -> CacheSp
     manifest = read_manifest(cache_dir)
     if not manifest["complete"]:
         raise ValueError(f"activation cache {cache_dir} is incomplete; rerun the extraction")
-    if held_out_tokens < 1:
-        raise ValueError(f"held_out_tokens must be >= 1, got {held_out_tokens}")
+    require_positive_int("held_out_tokens", held_out_tokens)
     n_shards = len(manifest["shards"])
     held_out, rows = [], 0
     for index in range(n_shards - 1, 0, -1):
@@ -73,6 +72,12 @@ def split_cache(cache_dir: str | Path, held_out_tokens: int = 16_384) -> CacheSp
             f"activation cache {cache_dir} has {n_shards} shard; training and "
             "held-out evaluation need at least 2 (extract more tokens or use a "
             "smaller shard size)"
+        )
+    if rows < held_out_tokens:
+        raise ValueError(
+            f"held_out_tokens = {held_out_tokens} is more than cache {cache_dir} can hold out "
+            f"({rows} rows in all its shards but the first, which training needs); "
+            f"allowed: up to {rows}"
         )
     train_shards = tuple(range(held_out[0]))
     return CacheSplit(cache_dir, manifest, train_shards, tuple(held_out))

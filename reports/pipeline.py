@@ -196,9 +196,21 @@ def demo_stages(config: PipelineConfig, out: Path) -> list[Stage]:
 
 
 def run_pipeline(config: PipelineConfig, out: str | Path) -> Path:
-    """Run the demo stages that have not finished yet, then rebuild the report from every run."""
+    """Run the demo stages that have not finished yet, then rebuild the report from every run.
+    Every stage's config is built (and so checked) first, and the model and layer are checked
+    against the model's own config, so a bad request fails before the first stage."""
     out = Path(out)
-    return run_stages(demo_stages(config, out), out, config.title)
+    stages = demo_stages(config, out)
+    if config.llm:
+        from llm.models import count_layers
+
+        n_layers = count_layers(config.model)
+        if config.layer >= n_layers:
+            raise ValueError(
+                f"layer {config.layer} is out of range for {config.model}; "
+                f"allowed: 0..{n_layers - 1}"
+            )
+    return run_stages(stages, out, config.title)
 
 
 def run_stages(stages: list[Stage], out: Path, title: str) -> Path:
@@ -213,6 +225,6 @@ def run_stages(stages: list[Stage], out: Path, title: str) -> Path:
             print(f"[run] {stage.name}: already done ({folder})")
         else:
             print(f"[run] {stage.name} ...", flush=True)
-            stage.job(stage.config, folder)
+            stage.job(stage.config, folder).close()
         folders.append(folder)
     return build_report(folders, out / "report.pdf", title=title)

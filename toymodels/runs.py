@@ -2,7 +2,9 @@
 
 A run is a folder holding config.json, metrics.json, tables (CSV), checkpoints and manifest.json
 (package versions, git commit, seeds, data hashes, command line). Every file is written atomically
-(temporary file then rename), so an interrupted job never leaves a half-written record.
+(temporary file then rename), so an interrupted job never leaves a half-written record; the
+temporaries a killed job leaves behind are removed by the next writer. One writer at a time:
+`RunLock` holds an OS lock on the folder, which the OS releases when the holder dies.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ import hashlib
 import json
 import os
 import platform
+import re
+import shlex
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
+import filelock
 import pandas as pd
 
 from theory.config import config_from_json, config_to_json
@@ -44,11 +52,13 @@ TRACKED_PACKAGES = (
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write(file)` on a temporary file, then rename it to `path`, so readers see either
-    the old file or the whole new one."""
+    the old file or the whole new one. The file gets the permissions a plain open() would give
+    it (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~process_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -57,6 +67,49 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def process_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (/proc/self/status);
+    elsewhere set and restored under a lock, so no other atomic_write sees the brief 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return umask
+
+
+LOCK_FILE = ".lock"
+LOCK_OWNER_FILE = ".lock.owner"
+# atomic_write's temporaries: "." + the final name + "." + mkstemp's 8 random characters + ".tmp"
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def clean_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Remove the temporaries atomic_write left in `folder` and below when its writer was killed
+    between creating and renaming them; return their paths.
+
+    Call it only while no one writes there (holding the folder's RunLock): a live writer's
+    temporary looks exactly like a stale one. A subfolder with its own lock record (an activation
+    cache inside a run) is left to whoever locks it next.
+    """
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not (Path(root, d) / LOCK_OWNER_FILE).exists())
+        for name in sorted(files):
+            path = Path(root, name)
+            if _TEMPORARY.fullmatch(name) and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -114,6 +167,75 @@ def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str |
     return versions
 
 
+class RunLock:
+    """The one-writer lock of a folder: an OS lock on folder/.lock, taken without waiting.
+
+    A second writer, in this process or any other, gets a one-line ValueError naming the folder
+    and the holder (pid, host, command line, from folder/.lock.owner). The OS drops the lock when
+    the holder's process dies, however it dies, so a killed job never blocks the next one.
+    Acquiring also removes the temporaries a killed writer left behind (clean_stale_temporaries).
+    Use as `with RunLock(folder): ...`; it is not re-entrant.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self._lock = filelock.FileLock(self.folder / LOCK_FILE, timeout=0, thread_local=False)
+
+    def acquire(self) -> RunLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise ValueError(
+                f"{self.folder} is in use by another job ({self._holder()}); wait for it to "
+                "finish or choose another folder"
+            ) from None
+        try:
+            atomic_write_json(
+                self.folder / LOCK_OWNER_FILE,
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": shlex.join(sys.argv),
+                    "since": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
+            clean_stale_temporaries(self.folder)
+        except BaseException:
+            self._lock.release(force=True)
+            raise
+        return self
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            # Removed while still held, so the next holder's record is never the one deleted.
+            (self.folder / LOCK_OWNER_FILE).unlink(missing_ok=True)
+            self._lock.release(force=True)
+
+    @property
+    def is_locked(self) -> bool:
+        return self._lock.is_locked
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def _holder(self) -> str:
+        try:
+            owner = json.loads((self.folder / LOCK_OWNER_FILE).read_text())
+            command = " ".join(str(owner["command"]).split())  # one line, whatever argv held
+            return f"pid {owner['pid']} on {owner['host']} since {owner['since']}: {command}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "holder not yet recorded"
+
+
 class Run:
     """One run folder. Create with the job's typed config (or, for runs written by users' own
     scripts, a plain mapping); add metrics, tables and hashes.
@@ -130,7 +252,10 @@ class Run:
         kind: str = "experiment",
     ) -> None:
         self.folder = Path(folder)
+        plain = dict(config) if isinstance(config, Mapping) else config_to_json(config)
+        _refuse_another_run(self.folder, plain)  # before anything in the folder changes
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock: RunLock | None = RunLock(self.folder).acquire()
         self.config = config
         self.manifest: dict[str, Any] = {
             "kind": kind,
@@ -146,9 +271,24 @@ class Run:
             "files": {},
             "artefacts": {},
         }
-        plain = dict(config) if isinstance(config, Mapping) else config_to_json(config)
         atomic_write_json(self.folder / "config.json", plain)
         self._write_manifest()
+
+    def close(self) -> None:
+        """Release the folder's lock (the job is done writing)."""
+        lock = getattr(self, "_lock", None)  # absent when __init__ refused the folder
+        if lock is not None:
+            lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     @property
     def artefacts(self) -> dict[str, Path]:
@@ -202,6 +342,36 @@ class Run:
 
     def _write_manifest(self) -> None:
         atomic_write_json(self.folder / "manifest.json", self.manifest)
+
+
+def _refuse_another_run(folder: Path, config: dict[str, Any]) -> None:
+    """A folder that is a file, or holds a run of another config, is refused untouched (the
+    same config resumes)."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file; a run needs a folder (choose another --out)")
+    path = folder / "config.json"
+    if not path.is_file():
+        return
+    try:
+        existing = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} cannot be read ({error}); delete the folder to start over"
+        ) from None
+    requested = json.loads(json.dumps(config, default=_jsonable))
+    if existing != requested:
+        old, new = dict(_flat(existing)), dict(_flat(requested))
+        differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise ValueError(
+            f"{folder} holds a run of another config (differs in {', '.join(differ)}); "
+            "choose another --out, or delete the folder to start over"
+        )
+
+
+def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _flat(v, f"{prefix}{k}.")]
+    return [(prefix.rstrip("."), value)]
 
 
 def read_run(folder: str | Path) -> dict[str, Any]:

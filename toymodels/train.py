@@ -25,6 +25,7 @@ from theory.config import (
     require_positive_int,
 )
 from theory.sae import SAEParams
+from toymodels.resources import resolve_device
 from toymodels.runs import atomic_write
 from toymodels.sae import SAE
 
@@ -47,13 +48,6 @@ class TrainLog:
         for name in ("total", "mse", "sparsity", "aux"):
             out[name] = np.array(getattr(self, name))
         return out
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """ "auto" means CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def learning_rate_factor(
@@ -103,6 +97,7 @@ class TrainConfig:
         require_number("lr", self.lr, 0, open_low=True)
         require_nonnegative_int("warmup_steps", self.warmup_steps)
         require_number("decay_fraction", self.decay_fraction, 0, 1)
+        resolve_device(self.device)  # a device this machine lacks is refused here
 
     @property
     def n_steps(self) -> int:
@@ -125,7 +120,9 @@ def train(
     reproducible; one with its own state may expose state_dict()/load_state_dict() to be
     checkpointed too. With checkpoint_path, the state (SAE, Adam, RNG, data, step) is written
     atomically every config.checkpoint_every steps and at the end; an existing checkpoint is
-    resumed, and the resumed run ends with exactly the parameters of an uninterrupted one.
+    resumed, and the resumed run ends with exactly the parameters of an uninterrupted one. A
+    checkpoint that cannot be read raises a ValueError; `discard_checkpoint(checkpoint_path)`
+    first trains from step 0 instead.
     """
     n_samples, batch_size, lr = config.samples, config.batch_size, config.lr
     seed = config.seed
@@ -219,7 +216,7 @@ def _resume(
     data: DataSource,
     log: TrainLog,
 ) -> tuple[int, Tensor | None]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = _load_checkpoint(path)
     if state["run"] != run:
         changed = sorted(k for k in run if state["run"].get(k) != run[k])
         raise ValueError(
@@ -236,6 +233,38 @@ def _resume(
     for name, values in vars(state["log"]).items():
         getattr(log, name).extend(values)
     return state["step"], state["sums"]
+
+
+CHECKPOINT_KEYS = ("run", "step", "sums", "sae", "optimizer", "torch_rng", "log")
+
+
+def _load_checkpoint(path: Path) -> dict:
+    """The checkpoint's state; one line naming the file and the way out when it is unreadable
+    (truncated by a full disk, overwritten by something else, from an incompatible version)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        problem = None if isinstance(state, dict) else f"holds a {type(state).__name__}"
+    except Exception as error:  # torch.load raises whatever its unpickler or zip reader meets
+        first_line = next(iter(str(error).splitlines()), "")[:200]
+        state, problem = None, f"{error.__class__.__name__}: {first_line}"
+    if problem is None and (missing := [k for k in CHECKPOINT_KEYS if k not in state]):
+        problem = f"lacks {', '.join(missing)}"
+    if problem is not None:
+        raise ValueError(
+            f"checkpoint {path} is corrupt or truncated ({problem}); delete it "
+            "(toymodels.train.discard_checkpoint, or the CLI's --restart) to train from step 0"
+        )
+    return state
+
+
+def discard_checkpoint(path: str | Path) -> bool:
+    """Delete a training checkpoint so the next `train` with it starts from step 0; True when
+    there was one."""
+    try:
+        Path(path).unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEParams]:

@@ -1,10 +1,17 @@
-"""Activation cache: exact round trip, resume after interruption, verification, shuffled stream;
-and one end-to-end check on the real embedded Gemma model."""
+"""Activation cache: exact round trip, resume after interruption (kills at random points),
+verification naming every damaged shard, one writer at a time, shuffled stream; and one
+end-to-end check on the real embedded Gemma model."""
 
+import hashlib
 import json
+import os
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import llm.cache
@@ -12,10 +19,20 @@ from llm.cache import ActivationStream, ExtractConfig, extract, verify
 from llm.corpus import load_corpus, token_batches
 from llm.models import activations, load_model
 from tests.llm.tiny_models import save_tiny_model, write_text_corpus
+from toymodels.runs import RunLock
 
 SETTINGS = dict(
     layer=1, hook="resid_post", tokens=1000, shard_tokens=300, batch_size=4, context_length=16
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """d_model is 32: extra threads only add synchronisation (and stall on a busy CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -105,31 +122,157 @@ def test_resumed_extraction_equals_an_uninterrupted_one(tiny, corpus, tmp_path, 
         assert resumed.read_bytes() == whole.read_bytes(), name
 
 
-def test_corrupt_or_missing_shards_are_named_and_never_used(tiny, corpus, tmp_path):
-    _extract(tiny, corpus, tmp_path, **SETTINGS)
-    shard = tmp_path / "shard_00001.safetensors"
+def _damage(shard):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 1
     shard.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="shard_00001.safetensors .* corrupt"):
+
+
+def test_every_corrupt_or_missing_shard_is_named_and_none_is_used(tiny, corpus, tmp_path):
+    _extract(tiny, corpus, tmp_path, **SETTINGS)
+    _damage(tmp_path / "shard_00001.safetensors")
+    (tmp_path / "shard_00003.safetensors").unlink()
+    both = (
+        f"activation cache {tmp_path} is damaged: shard_00001.safetensors is corrupt "
+        "(sha256 differs), shard_00003.safetensors is missing; delete the folder and extract again"
+    )
+    with pytest.raises(ValueError) as refused:
         verify(tmp_path)
-    with pytest.raises(ValueError, match="shard_00001.safetensors .* corrupt"):
+    assert str(refused.value) == both
+    with pytest.raises(ValueError) as refused:
         _extract(tiny, corpus, tmp_path, **SETTINGS)  # even a finished cache is re-checked
-    stream = ActivationStream(tmp_path, batch_size=100, seed=0, buffer_shards=1)
-    with pytest.raises(ValueError, match="shard_00001.safetensors .* corrupt"):
+    assert str(refused.value) == both
+    stream = ActivationStream(tmp_path, batch_size=100, seed=0, buffer_shards=1, shards=[0, 1, 2])
+    with pytest.raises(ValueError, match="shard_00001.safetensors is corrupt"):
         for _ in range(10):
             stream()
-    shard.unlink()
-    with pytest.raises(ValueError, match="shard_00001.safetensors is missing"):
-        verify(tmp_path)
 
 
-def test_a_different_request_is_refused(tiny, corpus, tmp_path):
+@pytest.mark.parametrize(
+    "shards, problem",
+    [
+        ([0, 2], None),
+        ([], None),
+        ([2, 1], "shard_00001.safetensors is corrupt (sha256 differs); delete"),
+        ([3, 1], "shard_00003.safetensors is missing, shard_00001.safetensors is corrupt"),
+        ([0, 4], "shards [0, 4] are not all shards of {cache}; allowed: 0..3"),
+        ([-1], "shards [-1] are not all shards"),
+    ],
+)
+def test_a_subset_of_shards_is_verified_alone(tiny, corpus, tmp_path, shards, problem):
+    manifest = _extract(tiny, corpus, tmp_path, **SETTINGS)
+    _damage(tmp_path / "shard_00001.safetensors")
+    (tmp_path / "shard_00003.safetensors").unlink()
+    if problem is None:
+        assert verify(tmp_path, shards=shards) == manifest
+        return
+    with pytest.raises(ValueError) as refused:
+        verify(tmp_path, shards=shards)
+    assert problem.format(cache=tmp_path) in str(refused.value)
+
+
+def _folder_bytes(folder):
+    """Every file under `folder`, hidden ones too, with its content's sha256."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(Path(folder).rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize("lock_file_present", [True, False])
+def test_a_different_request_is_refused_leaving_every_byte_as_it_was(
+    tiny, corpus, tmp_path, lock_file_present
+):
     _extract(tiny, corpus, tmp_path, **SETTINGS)
+    if not lock_file_present:  # a cache made before folders were locked
+        (tmp_path / ".lock").unlink()
+    (tmp_path / ".shard_00004.safetensors.abcd1234.tmp").write_bytes(b"left by a killed job")
+    before = _folder_bytes(tmp_path)
     with pytest.raises(ValueError, match="different request.*layer: cached 1, requested 0"):
         _extract(tiny, corpus, tmp_path, **{**SETTINGS, "layer": 0})
     with pytest.raises(ValueError, match="batch_size: cached 4, requested 8"):
         _extract(tiny, corpus, tmp_path, **{**SETTINGS, "batch_size": 8})
+    assert _folder_bytes(tmp_path) == before
+
+
+def test_an_extraction_in_progress_refuses_a_second_one(tiny, corpus, tmp_path):
+    with RunLock(tmp_path):
+        with pytest.raises(ValueError, match=f"{tmp_path} is in use .*pid {os.getpid()}"):
+            _extract(tiny, corpus, tmp_path, **SETTINGS)
+    assert _extract(tiny, corpus, tmp_path, **SETTINGS)["complete"]
+
+
+class Killed(BaseException):
+    """The process dying: nothing catches it, and no cleanup that a real kill skips runs."""
+
+
+class KillAt:
+    """Wrappers for the extraction's forward passes and atomic writes that die at event `at`;
+    a write dies half way, leaving its temporary file behind as a SIGKILL would."""
+
+    def __init__(self, at):
+        self.at, self.events = at, 0
+
+    def _event(self):
+        self.events += 1
+        return self.events - 1 == self.at
+
+    def activations(self, *args, **kwargs):
+        if self._event():
+            raise Killed
+        return activations(*args, **kwargs)
+
+    def write_bytes(self, path, data):
+        if self._event():
+            fd, _ = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.write(fd, data[: len(data) // 2])
+            os.close(fd)
+            raise Killed
+        real_write_bytes(path, data)
+
+    def write_json(self, path, obj):
+        self.write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+real_write_bytes = llm.cache.atomic_write_bytes
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, corpus, tmp_path_factory):
+    """(folder bytes, number of kill points) of an extraction that runs to the end."""
+    folder = tmp_path_factory.mktemp("whole")
+    counter = KillAt(-1)
+    with pytest.MonkeyPatch.context() as patch:
+        _install(patch, counter)
+        _extract(tiny, corpus, folder, **SETTINGS)
+    return _folder_bytes(folder), counter.events
+
+
+def _install(patch, killer):
+    patch.setattr(llm.cache, "activations", killer.activations)
+    patch.setattr(llm.cache, "atomic_write_bytes", killer.write_bytes)
+    patch.setattr(llm.cache, "atomic_write_json", killer.write_json)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kills=st.lists(st.integers(0, 40), min_size=1, max_size=3))
+def test_extraction_killed_anywhere_resumes_to_the_uninterrupted_files(
+    tiny, corpus, uninterrupted, kills
+):
+    whole, n_events = uninterrupted
+    assert n_events == 17 + 4 + 6  # forward passes, shard writes, manifest writes
+    with tempfile.TemporaryDirectory() as folder:
+        for at in kills:
+            killer = KillAt(at % n_events)
+            with pytest.MonkeyPatch.context() as patch:
+                _install(patch, killer)
+                try:
+                    _extract(tiny, corpus, folder, **SETTINGS)
+                except Killed:
+                    pass
+        assert _extract(tiny, corpus, folder, **SETTINGS)["complete"]
+        assert _folder_bytes(folder) == whole  # the same files, and no temporary left behind
 
 
 def test_stream_serves_every_row_once_per_epoch_within_a_bounded_buffer(

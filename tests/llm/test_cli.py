@@ -188,11 +188,26 @@ def test_hedging_writes_its_tables(extracted, tmp_path):
         ),
         (["llm", "hedging", "--cache", "{out}", "--widths", "8", "x"], "invalid int value: 'x'"),
         (
-            ["llm", "eval", "--sae", "{tmp}", "--cache", "{out}", "--out", "{tmp}/e"],
+            [
+                "llm",
+                "eval",
+                "--sae",
+                "{tmp}",
+                "--cache",
+                "{out}",
+                "--held-out-tokens",
+                "500",
+                "--out",
+                "{tmp}/e",
+            ],
             "neither an SAE folder",
         ),
         (["llm", "train", "--cache", "{out}", "--architecture", "gated"], "unknown architecture"),
         (["llm", "train", "--cache", "{out}", "--width", "16", "--k", "32"], "k = 32 exceeds"),
+        (
+            ["llm", "train", "--cache", "{out}", "--held-out-tokens", "10000000"],
+            "held_out_tokens = 10000000 is more than",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_status_2(extracted, tmp_path, capsys, argv, message):

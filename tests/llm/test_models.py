@@ -2,10 +2,14 @@
 
 import hashlib
 import json
+import socket
 
+import huggingface_hub
 import pytest
 import torch
+import transformers
 
+import llm.models
 from llm.models import HOOKS, OFFLINE_MODELS, _verify_folder, activations, load_model
 from tests.llm.tiny_models import save_tiny_model
 
@@ -95,9 +99,86 @@ def test_bfloat16_load_matches_float32_within_bfloat16_tolerance(tiny, tmp_path)
     torch.testing.assert_close(half_BTD.float(), full_BTD, rtol=0.05, atol=0.05)
 
 
-def test_unloadable_names_and_bad_dtypes_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="cannot load .*offline models: gemma3-270m, smollm2"):
-        load_model(str(tmp_path / "no-such-model"))
+EMBEDDED = "offline models: gemma3-270m, smollm2-135m"
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """An empty local Hugging Face cache, and any attempt to read a model from the hub fails."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for variable in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_model went to the hub")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_network)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "name, offline, reason",
+    [
+        ("{tmp}/no-such-model", None, "no such folder, and not a Hugging Face model id"),
+        ("{tmp}/weights.gguf", None, "weights.gguf is a file, not a model folder"),
+        ("someorg/some-model", "HF_HUB_OFFLINE", "not in the local Hugging Face cache, and HF_HUB"),
+        ("gpt2", "TRANSFORMERS_OFFLINE", "and TRANSFORMERS_OFFLINE is set"),
+        ("someorg/some-model", "unreachable", "and huggingface.co:443 is unreachable"),
+    ],
+)
+def test_names_found_nowhere_fail_at_once_naming_the_embedded_models(
+    no_hub, monkeypatch, name, offline, reason
+):
+    (no_hub / "weights.gguf").write_bytes(b"GGUF")
+    if offline == "unreachable":
+        monkeypatch.setattr(
+            llm.models, "_unreachable", lambda url: "huggingface.co:443 is unreachable (no route)"
+        )
+    elif offline is not None:
+        monkeypatch.setenv(offline, "1")
+    name = name.format(tmp=no_hub)
+    with pytest.raises(ValueError) as refused:
+        load_model(name, device="cpu")
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"cannot load model {name!r} (")
+    assert reason in message and EMBEDDED in message
+
+
+def test_an_id_in_the_local_hugging_face_cache_loads_with_the_hub_offline(monkeypatch, tmp_path):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "hub" / "models--someorg--tiny-llama"
+    save_tiny_model(repo / "snapshots" / "0123abcd", "llama", n_layers=2)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    loaded = load_model("someorg/tiny-llama", device="cpu")
+    assert (loaded.name, loaded.n_layers, loaded.d_model) == ("someorg/tiny-llama", 2, 32)
+
+
+def test_the_hub_probe_tells_a_closed_port_from_an_open_one():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        open_port = listening.getsockname()[1]
+        assert llm.models._unreachable(f"http://127.0.0.1:{open_port}") is None
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        assert llm.models._unreachable(f"https://127.0.0.1:{closed_port}").startswith(
+            f"127.0.0.1:{closed_port} is unreachable (ConnectionRefusedError"
+        )
+
+
+@pytest.mark.parametrize(
+    "device, refusal",
+    [("cuda", "device 'cuda' is not available on this machine"), ("foo", "device 'foo' is not")],
+)
+def test_unusable_devices_and_bad_dtypes_are_refused_before_loading(
+    no_hub, monkeypatch, device, refusal
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=refusal):
+        load_model(str(no_hub), device=device)
     with pytest.raises(ValueError, match="dtype 'float64'.*float32, bfloat16, float16"):
         load_model("gemma3-270m", dtype="float64")
     assert set(OFFLINE_MODELS) == {"gemma3-270m", "smollm2-135m"}

@@ -42,7 +42,9 @@ def test_split_holds_out_the_last_shards(cache, tmp_path):
     split = split_cache(cache, held_out_tokens=500)
     assert (split.train_shards, split.held_out_shards) == ((0, 1, 2), (3,))
     assert split_cache(cache, held_out_tokens=700).held_out_shards == (2, 3)
-    assert split_cache(cache, held_out_tokens=10**9).train_shards == (0,)
+    assert split_cache(cache, held_out_tokens=1800).train_shards == (0,)
+    with pytest.raises(ValueError, match="held_out_tokens = 1801 is more than .* up to 1800"):
+        split_cache(cache, held_out_tokens=1801)  # refused, never silently capped
     held_out = held_out_activations(split)
     assert torch.equal(_sorted_rows(held_out), _sorted_rows(_all_rows(cache, (3,))))
     assert len(held_out_activations(split, 100)) == 100

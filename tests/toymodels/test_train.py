@@ -1,5 +1,7 @@
 """The trainer: stacks train like separate runs, exact resume, training reaches theory's optimum."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,13 @@ from theory.features import scenario
 from theory.sae import SAEParams, expected_loss
 from toymodels.sae import make_sae
 from toymodels.sampling import orthonormal_directions, sample_activations
-from toymodels.train import TrainConfig, learning_rate_factor, to_feature_basis, train
+from toymodels.train import (
+    TrainConfig,
+    discard_checkpoint,
+    learning_rate_factor,
+    to_feature_basis,
+    train,
+)
 
 WORLD = scenario("correlated").numeric()
 
@@ -100,6 +108,42 @@ def test_resume_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["train.pt"]  # no temporary files
     with pytest.raises(ValueError, match="different run"):
         train(small_stack(), data, SCHEDULE.replace(lr=2e-2), checkpoint_path=path)
+
+
+def _saved(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda good: b"", "EOFError"),
+        (lambda good: good[: len(good) // 2], "Error: "),  # OSError or RuntimeError by version
+        (lambda good: b"not a checkpoint at all", "UnpicklingError"),
+        (lambda good: _saved([1, 2, 3]), "holds a list"),
+        (lambda good: _saved({"step": 3}), "lacks run, sums, sae, optimizer, torch_rng, log"),
+    ],
+    ids=["empty", "truncated", "garbage", "not-a-dict", "missing-keys"],
+)
+def test_an_unreadable_checkpoint_is_named_with_the_way_out(tmp_path, damage, problem):
+    _, data = world_data(d_in=8)
+    path = tmp_path / "train.pt"
+    schedule = SCHEDULE.replace(samples=64 * 5)
+    reference = small_stack()
+    train(reference, data, schedule, checkpoint_path=path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError) as refused:
+        train(small_stack(), data, schedule, checkpoint_path=path)
+    message = str(refused.value)
+    assert "\n" not in message and message.startswith(f"checkpoint {path} is corrupt or truncated")
+    assert problem in message and "discard_checkpoint" in message and "--restart" in message
+    assert discard_checkpoint(path) and not discard_checkpoint(path)
+    restarted = small_stack()
+    train(restarted, data, schedule, checkpoint_path=path)  # from step 0, like the first run
+    for name, p in reference.state_dict().items():
+        assert torch.equal(p, restarted.state_dict()[name]), name
 
 
 def test_learning_rate_warms_up_then_decays_to_zero_over_the_last_fraction():
