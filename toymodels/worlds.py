@@ -1,6 +1,6 @@
 """Large toy worlds: thousands of features in superposition, too many for explicit firing states.
 
-A LargeWorld is fully described by its JSON config (seed included); every derived array (feature
+A LargeWorld is a typed config (seed included; theory.config's JSON round trip); every derived array (feature
 directions, probabilities, hierarchy, correlation factor) is rebuilt from it deterministically.
 
 Features 0..R-1 are roots and fire with marginal probabilities P_i of a chosen shape:
@@ -45,7 +45,6 @@ gather-sum of direction rows (embedding_bag). Only the copula draws n x roots Ga
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -131,25 +130,46 @@ class LargeWorld:
     """A seeded large toy world; see the module docstring for the model."""
 
     n_features: int
+    """Features n (roots first, then the trees' descendants)."""
     d_in: int
+    """Dimension of the activations (superposition when d_in < n_features)."""
     seed: int = 0
+    """Seed of everything derived: directions, probabilities, hierarchy, correlations."""
     firing: str = "zipf"
+    """Shape of the roots' firing probabilities: zipf | linear."""
     p_max: float = 0.4
+    """Largest root firing probability."""
     p_min: float = 0.05
+    """Smallest root firing probability (linear shape)."""
     zipf_exponent: float = 1.0
+    """Exponent of the zipf shape."""
     n_trees: int = 0
+    """Roots heading a hierarchy tree."""
     branching: int = 2
+    """Children per tree node."""
     depth: int = 1
+    """Levels of children below each tree's root."""
     child_probability: tuple[float, float] = (0.2, 0.4)
+    """Range of P(child | parent), drawn uniformly per child."""
     exclusive_children: bool = False
+    """At most one sibling fires."""
     correlation: str = "none"
+    """How roots correlate: none | random | low_rank (Gaussian copula) | clusters (shared
+    triggers)."""
     correlation_strength: tuple[float, float] = (0.3, 0.9)
+    """Range of correlation strengths (|c| or rho), drawn uniformly."""
     correlated_fraction: float = 1.0
+    """random: fraction of root pairs that are correlated."""
     positive_fraction: float = 0.5
+    """random: fraction of correlated pairs with a positive sign."""
     correlation_rank: int = 8
+    """low_rank: rank of the correlation factor."""
     cluster_size: int = 4
+    """clusters: roots per cluster."""
     magnitude_mean: float = 1.0
+    """Mean magnitude of a firing feature."""
     magnitude_std: float = 0.0
+    """Standard deviation of a firing feature's magnitude (ReLU-clipped)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -240,20 +260,6 @@ class LargeWorld:
             correlation_strength=(0.3, 0.9),
             magnitude_std=0.15,
         )
-
-    def to_config(self) -> dict:
-        """JSON-serialisable config; from_config(to_config()) rebuilds the same world."""
-        config = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> LargeWorld:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(config) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown LargeWorld config keys {unknown}; allowed: {sorted(fields)}")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-        return cls(**values)
 
     # --- structure -------------------------------------------------------------------------------
     @property

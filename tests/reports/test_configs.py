@@ -27,6 +27,7 @@ from toymodels.experiments.matryoshka import ToyMatryoshkaConfig
 from toymodels.experiments.scenarios import FitConfig, ScenariosConfig, ToyTrainConfig
 from toymodels.sae import make_sae, sae_class
 from toymodels.train import TrainConfig
+from toymodels.worlds import LargeWorld
 
 SMALL = TrainConfig(samples=8192, batch_size=512, lr=0.003, seed=7, device="cpu", progress=False)
 
@@ -60,7 +61,20 @@ COMMANDS = [
     ),
     (
         ["toy", "hedging-width"],
-        HedgingWidthConfig(widths=(15, 20), seeds=3, new_latents=2, world_seed=4, train=SMALL),
+        HedgingWidthConfig(
+            widths=(15, 20),
+            seeds=3,
+            new_latents=2,
+            world=LargeWorld(
+                n_features=30,
+                d_in=20,
+                seed=4,
+                n_trees=2,
+                correlation="clusters",
+                child_probability=(0.1, 0.3),
+            ),
+            train=SMALL,
+        ),
     ),
     (
         ["toy", "absorption"],
@@ -144,23 +158,45 @@ def _command_id(value: object) -> str:
     return " ".join(value) if isinstance(value, list) else ""
 
 
-def to_argv(config: object) -> list[str]:
-    """The flags that give `config` (nested configs flattened, as the CLI builds them)."""
-    argv = []
-    hints = typing.get_type_hints(type(config))
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
+def _leaves(config_class: type, parent: str = "") -> list[tuple[type, str, str]]:
+    """(class, field, path) of every non-config field, nested configs flattened."""
+    hints = typing.get_type_hints(config_class)
+    leaves = []
+    for field in dataclasses.fields(config_class):
         if dataclasses.is_dataclass(hints[field.name]):
-            argv += to_argv(value)
-        elif field.name == "runs":  # the report's positional run folders
+            leaves += _leaves(hints[field.name], f"{parent}{field.name}.")
+        else:
+            leaves.append((config_class, field.name, f"{parent}{field.name}"))
+    return leaves
+
+
+def _flags(config_class: type) -> dict[str, str]:
+    """Field path -> flag, as the CLI builds them: --name, or --parent.name where two nested
+    configs share a field name."""
+    leaves = _leaves(config_class)
+    names = [name for _, name, _ in leaves]
+    flags = {}
+    for _, name, path in leaves:
+        shown = ".".join(path.split(".")[-2:]) if names.count(name) > 1 else name
+        flags[path] = "RUN" if name == "runs" else "--" + shown.replace("_", "-")
+    return flags
+
+
+def to_argv(config: object) -> list[str]:
+    """The flags that give `config`."""
+    argv = []
+    for path, flag in _flags(type(config)).items():
+        value = config
+        for part in path.split("."):
+            value = getattr(value, part)
+        if flag == "RUN":  # the report's positional run folders
             argv += list(value)
         elif value is None:
             continue
         elif isinstance(value, tuple):
-            argv += [f"--{field.name.replace('_', '-')}", *map(str, value)]
+            argv += [flag, *map(str, value)]
         else:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            argv += [f"--{field.name.replace('_', '-')}", text]
+            argv += [flag, str(value).lower() if isinstance(value, bool) else str(value)]
     return argv
 
 
@@ -192,27 +228,18 @@ def test_the_parsed_config_equals_the_one_built_in_code(words, config):
     assert defaults == type(config)(**required)
 
 
-def _leaf_fields(cls: type) -> list[tuple[type, str]]:
-    hints = typing.get_type_hints(cls)
-    leaves = []
-    for field in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[field.name]):
-            leaves += _leaf_fields(hints[field.name])
-        else:
-            leaves.append((cls, field.name))
-    return leaves
-
-
 @pytest.mark.parametrize(("words", "config"), COMMANDS, ids=_command_id)
 def test_a_flags_help_is_its_fields_docstring(words, config, capsys):
     assert main([*words, "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    for cls, name in _leaf_fields(type(config)):
+    flags = _flags(type(config))
+    for cls, name, path in _leaves(type(config)):
         docstring = get_attribute_docstring(cls, name).docstring_below
         assert docstring, f"{cls.__name__}.{name} has no docstring"
-        flag = "RUN" if name == "runs" else f"--{name.replace('_', '-')}"
         # the flag, its metavar (and a bool's negative flag), then the docstring
-        pattern = re.escape(flag) + r"(?: \S+){0,6}? " + re.escape(" ".join(docstring.split()))
+        pattern = (
+            re.escape(flags[path]) + r"(?: \S+){0,6}? " + re.escape(" ".join(docstring.split()))
+        )
         assert re.search(pattern, help_text), f"{cls.__name__}.{name}: {docstring!r}"
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy.special import ndtri
 from scipy.stats import multivariate_normal
 
+from theory.config import config_from_json, config_to_json
 from toymodels.worlds import LargeWorld, _group_by_sample, _IndependentFiring
 
 
@@ -281,13 +282,13 @@ def test_config_round_trip_and_determinism():
         magnitude_std=0.1,
         seed=9,
     )
-    rebuilt = LargeWorld.from_config(json.loads(json.dumps(world.to_config())))
+    rebuilt = config_from_json(LargeWorld, json.loads(json.dumps(config_to_json(world))))
     assert rebuilt == world
     a, fa = world.sample(100, _generator(5))
     b, fb = rebuilt.sample(100, _generator(5))
     assert torch.equal(a, b) and torch.equal(fa, fb)
-    with pytest.raises(ValueError, match="unknown LargeWorld config keys"):
-        LargeWorld.from_config({**world.to_config(), "sparsity": 3})
+    with pytest.raises(ValueError, match=r"LargeWorld has no field\(s\) \['sparsity'\]"):
+        config_from_json(LargeWorld, {**config_to_json(world), "sparsity": 3})
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""`toy hedging-width`: hedging degree against SAE width on the hedging paper's large world.
+"""`toy hedging-width`: hedging degree against SAE width on a large world (the hedging paper's by
+default; every LargeWorld option is a flag).
 
 LargeWorld.paper_50 (50 correlated features in 100 dims, true L0 about 11); BatchTopK SAEs with
 k = round(true L0), widths 15..50 step 5, several seeds, all ONE stack (seed = an independent
@@ -42,8 +43,8 @@ class HedgingWidthConfig:
     """Independent initialisations of every width."""
     new_latents: int = 5
     """N, latents added by the hedging protocol."""
-    world_seed: int = 0
-    """Seed of the world (feature directions, correlations)."""
+    world: LargeWorld = field(default_factory=LargeWorld.paper_50)
+    """The feature world (default: the paper's 50 correlated features in 100 dims)."""
     dead_after_samples: int = 10_000
     """New latents start far too small to win a BatchTopK slot and only come alive through the
     aux-k loss on dead latents: this must be well below the samples per stage."""
@@ -63,7 +64,7 @@ class HedgingWidthConfig:
 @one_torch_thread
 def run_hedging_width(config: HedgingWidthConfig, out: str | Path) -> Run:
     """Train the initial stack, then the protocol's two stages, each train.samples samples."""
-    world = LargeWorld.paper_50(seed=config.world_seed)
+    world = config.world
     k = round(world.true_l0)
     members = [(s, int(w)) for s in range(config.seeds) for w in config.widths]
     seed = config.train.seed
@@ -74,7 +75,7 @@ def run_hedging_width(config: HedgingWidthConfig, out: str | Path) -> Run:
             "sae_init": seed,
             "initial_training": seed,
             "protocol": seed + 1,
-            "world": config.world_seed,
+            "world": world.seed,
         },
         kind="toy-hedging-width",
     )
@@ -115,7 +116,6 @@ def run_hedging_width(config: HedgingWidthConfig, out: str | Path) -> Run:
             "spearman_width_vs_hedging": float(correlation),
             "n_new": config.new_latents,
             "k": k,
-            "world": world.to_config(),
             "mean_hedging_by_width": table.groupby("width").hedging_degree.mean().to_dict(),
             "formulas": {"hedging_degree": HEDGING_DEGREE_LATEX},
         }
