@@ -1,7 +1,8 @@
 """Large toy worlds: thousands of features in superposition, too many for explicit firing states.
 
-A LargeWorld is a typed config (seed included; theory.config's JSON round trip); every derived array (feature
-directions, probabilities, hierarchy, correlation factor) is rebuilt from it deterministically.
+A LargeWorld is a typed config (seed included; theory.config gives its JSON round trip); every
+derived array (feature directions, probabilities, hierarchy, correlation factor) is rebuilt from
+it deterministically.
 
 Features 0..R-1 are roots and fire with marginal probabilities P_i of a chosen shape:
     zipf:   P_i = p_max * (i + 1)^-zipf_exponent
