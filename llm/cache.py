@@ -273,8 +273,7 @@ class ActivationStream:
         self.manifest = read_manifest(self.cache_dir)
         if not self.manifest["complete"]:
             raise ValueError(f"activation cache {cache_dir} is incomplete; rerun the extraction")
-        if buffer_shards < 1:
-            raise ValueError(f"buffer_shards {buffer_shards} must be >= 1")
+        require_positive_int("buffer_shards", buffer_shards)
         all_shards = self.manifest["shards"]
         indices = range(len(all_shards)) if shards is None else list(shards)
         if not indices or any(not 0 <= i < len(all_shards) for i in indices):

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from llm.corpus import Corpus, TokenBatch, token_batches
 from llm.models import LoadedModel, hook_site
+from theory.config import require_positive_int
 from toymodels.metrics import dead_fraction, explained_variance, l0
 from toymodels.sae import SAE
 
@@ -98,8 +99,7 @@ def splice_metrics(
     """
     if sae.n_members != 1:
         raise ValueError(f"splicing needs one SAE (M = 1), got a stack of {sae.n_members}")
-    if n_batches < 1:
-        raise ValueError(f"n_batches must be >= 1, got {n_batches}")
+    require_positive_int("n_batches", n_batches)
     sae = sae.to(model.device).eval()
     site, read_input = hook_site(model.layers[layer], hook)
     keep = {}

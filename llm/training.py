@@ -115,8 +115,8 @@ class CacheData:
         buffer_shards: int = 4,
         restart_every: int | None = None,
     ) -> None:
-        if restart_every is not None and restart_every < 1:
-            raise ValueError(f"restart_every must be >= 1 rows, got {restart_every}")
+        if restart_every is not None:
+            require_positive_int("restart_every (rows)", restart_every)
         self.split, self.seed, self.scale = split, seed, scale
         self.buffer_shards, self.restart_every = buffer_shards, restart_every
         self.rows_served = 0

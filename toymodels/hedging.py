@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from theory.config import require_positive_int
 from toymodels.metrics import hedging_degree
 from toymodels.sae import SAE
 from toymodels.train import DataSource, TrainConfig, train
@@ -39,8 +40,7 @@ def hedging_protocol(
     samples_per_stage, h, p, p_rand; the two trained stacks are folded to unit decoder rows.
     """
     seed, n_samples = train_config.seed, train_config.samples
-    if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
-        raise ValueError(f"n_new must be a positive integer, got {n_new!r}")
+    require_positive_int("n_new", n_new)
     stages = {
         "control": copy.deepcopy(initial),
         "extended": initial.add_latents(

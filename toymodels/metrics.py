@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from theory.config import require_positive_int
+
 ArrayLike = torch.Tensor | np.ndarray
 
 
@@ -68,8 +70,7 @@ def hedging_degree(
     ctrl_FD = _tensor(W_dec_ctrl_FD, "W_dec_ctrl", 2).to(torch.float64)
     ext_GD = _tensor(W_dec_ext_GD, "W_dec_ext", 2).to(torch.float64)
     n_orig, d_in = ctrl_FD.shape
-    if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
-        raise ValueError(f"n_new must be a positive integer, got {n_new!r}")
+    require_positive_int("n_new", n_new)
     if ext_GD.shape != (n_orig + n_new, d_in):
         raise ValueError(
             f"extended decoder must have shape ({n_orig} + {n_new}, {d_in}) = "
@@ -81,8 +82,7 @@ def hedging_degree(
             f"n_new = {n_new} new latents can span all of d_in = {d_in}; hedging degree needs "
             "n_new < d_in"
         )
-    if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    require_positive_int("n_random", n_random)
     ctrl_FD, ext_GD = _unit_rows(ctrl_FD), _unit_rows(ext_GD)
     delta_FD = ext_GD[:n_orig] - ctrl_FD
     scale = ctrl_FD.norm(dim=1).mean()

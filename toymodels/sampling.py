@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from theory.config import require_positive_int
 from theory.features import FeatureModel, NumericFeatureModel
 
 
@@ -36,8 +37,8 @@ def orthonormal_directions(
     QR of a Gaussian matrix, with the signs of R's diagonal moved into Q so the basis is Haar
     distributed and does not depend on the QR implementation's sign convention.
     """
-    if n_features < 1 or d_in < 1:
-        raise ValueError(f"n_features and d_in must be >= 1, got {n_features} and {d_in}")
+    require_positive_int("n_features", n_features)
+    require_positive_int("d_in", d_in)
     if d_in < n_features:
         raise ValueError(
             f"{n_features} orthonormal directions need d_in >= n_features, got d_in = {d_in}"

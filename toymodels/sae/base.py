@@ -444,8 +444,7 @@ class SAE(nn.Module):
 
         Each new latent gets a random unit vector times `scale` as both its decoder row and its
         encoder column, and b_enc 0; every other tensor is copied unchanged."""
-        if isinstance(n_new, bool) or not isinstance(n_new, int) or n_new < 1:
-            raise ValueError(f"n_new must be a positive integer, got {n_new!r}")
+        require_positive_int("n_new", n_new)
         new = self._state_into(
             self.family_class()(self.config.replace(**self._grown_config(n_new)))
         )
