@@ -33,7 +33,7 @@ from theory.config import (
     require_positive_ints,
 )
 from toymodels.hedging import hedging_protocol
-from toymodels.runs import Run
+from toymodels.runs import Run, check_run_folder
 from toymodels.sae import SAE, make_sae
 from toymodels.train import TrainConfig
 
@@ -133,6 +133,7 @@ def run_llm_hedging(config: LLMHedgingConfig, out: str | Path) -> Run:
     given, of balance matryoshka BatchTopK SAEs with levels = widths across mu (table
     hedging_vs_mu). Checkpoints make an interrupted run resume."""
     widths = sorted(config.widths)
+    check_run_folder(out, config)
     split = split_cache(config.cache, config.held_out_tokens)
     if not config.n_new < split.d_model:
         raise ValueError(f"n_new must be in [1, d_model = {split.d_model}), got {config.n_new}")

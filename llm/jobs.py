@@ -15,7 +15,7 @@ from pathlib import Path
 from llm.cache import ExtractConfig
 from theory.config import require_choice, require_positive_int
 from toymodels.resources import check_allocation, resolve_device
-from toymodels.runs import Run
+from toymodels.runs import Run, check_run_folder
 from toymodels.train import TrainConfig, discard_checkpoint
 
 # The architectures `llm train` offers, with the config field holding each one's sparsity.
@@ -119,6 +119,7 @@ def run_extract(config: ExtractConfig, out: str | Path) -> Run:
     from llm.corpus import load_corpus
     from llm.models import load_model
 
+    check_run_folder(out, config)
     model = load_model(config.model, device=config.device)
     if not config.layer < model.n_layers:
         raise ValueError(
@@ -162,6 +163,7 @@ def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) ->
     from llm.training import held_out_activations, split_cache, train_on_cache
     from toymodels.sae import make_sae
 
+    check_run_folder(out, config)
     split = split_cache(config.cache, config.held_out_tokens)
     manifest = split.manifest
     check_sae_memory(config.width, split.d_model, config.train.device)
@@ -231,6 +233,7 @@ def run_eval(config: EvalConfig, out: str | Path) -> Run:
     from llm.saefiles import load_sae, saelens_hook_name
     from llm.training import held_out_activations, split_cache
 
+    check_run_folder(out, config)
     split = split_cache(config.cache, config.held_out_tokens)
     manifest = verify(split.cache_dir, shards=split.held_out_shards)
     loaded = load_sae(config.sae)

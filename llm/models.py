@@ -124,6 +124,9 @@ def load_model(
     torch_device = resolve_device(device)
     folder = _model_source(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a bar per load drowns the toolkit's own lines
 
     try:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype])

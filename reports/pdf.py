@@ -124,11 +124,15 @@ def build_report(
     run_folders: Iterable[str | Path], out_pdf: str | Path, title: str | None = None
 ) -> Path:
     """Write a PDF report of the given run folders to `out_pdf` (atomically) and return its path."""
+    out_pdf = Path(out_pdf)
+    if out_pdf.is_dir():
+        raise ValueError(f"the report path {out_pdf} is a folder; give a file name")
+    if not out_pdf.parent.is_dir():
+        raise ValueError(f"the report's folder {out_pdf.parent} does not exist; create it first")
     runs = [load_run_record(folder) for folder in run_folders]
     if not runs:
         raise ValueError("a report needs at least one run folder; none was given")
     title = title or DEFAULT_TITLE
-    out_pdf = Path(out_pdf)
     dates = [run.created for run in runs if run.created is not None]
     date = max(dates) if dates else datetime.now(timezone.utc)
     info = {

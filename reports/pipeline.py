@@ -200,6 +200,8 @@ def run_pipeline(config: PipelineConfig, out: str | Path) -> Path:
     Every stage's config is built (and so checked) first, and the model and layer are checked
     against the model's own config, so a bad request fails before the first stage."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; the job needs a folder (choose another --out)")
     stages = demo_stages(config, out)
     if config.llm:
         from llm.models import count_layers

@@ -26,8 +26,16 @@ class DeriveConfig:
 
 
 def run_derive(config: DeriveConfig) -> dict:
-    """derive() on the config's feature model and SAE."""
-    return derive(config.world.feature_model(), config.sae, config.symbolic, config.seed)
+    """derive() on the config's feature model and SAE. A width beyond the model's firing states
+    is refused before the search (a latent per state is already the most an SAE can use)."""
+    model = config.world.feature_model()
+    n_states = len(model.patterns)
+    if config.sae.width > n_states:
+        raise ValueError(
+            f"width {config.sae.width} exceeds the {n_states} states of the feature model; "
+            f"allowed: 1..{n_states}"
+        )
+    return derive(model, config.sae, config.symbolic, config.seed)
 
 
 def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:

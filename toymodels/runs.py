@@ -252,8 +252,7 @@ class Run:
         kind: str = "experiment",
     ) -> None:
         self.folder = Path(folder)
-        plain = dict(config) if isinstance(config, Mapping) else config_to_json(config)
-        _refuse_another_run(self.folder, plain)  # before anything in the folder changes
+        check_run_folder(self.folder, config)  # before anything in the folder changes
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock: RunLock | None = RunLock(self.folder).acquire()
         self.config = config
@@ -271,7 +270,7 @@ class Run:
             "files": {},
             "artefacts": {},
         }
-        atomic_write_json(self.folder / "config.json", plain)
+        atomic_write_json(self.folder / "config.json", _plain(config))
         self._write_manifest()
 
     def close(self) -> None:
@@ -344,9 +343,14 @@ class Run:
         atomic_write_json(self.folder / "manifest.json", self.manifest)
 
 
-def _refuse_another_run(folder: Path, config: dict[str, Any]) -> None:
-    """A folder that is a file, or holds a run of another config, is refused untouched (the
-    same config resumes)."""
+def _plain(config: Any) -> dict[str, Any]:
+    return dict(config) if isinstance(config, Mapping) else config_to_json(config)
+
+
+def check_run_folder(folder: str | Path, config: Any) -> None:
+    """Refuse, touching nothing, a folder that is a file or holds a run of another config (the
+    same config resumes). Jobs call it before any work; Run calls it again before writing."""
+    folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{folder} is a file; a run needs a folder (choose another --out)")
     path = folder / "config.json"
@@ -358,7 +362,7 @@ def _refuse_another_run(folder: Path, config: dict[str, Any]) -> None:
         raise ValueError(
             f"{path} cannot be read ({error}); delete the folder to start over"
         ) from None
-    requested = json.loads(json.dumps(config, default=_jsonable))
+    requested = json.loads(json.dumps(_plain(config), default=_jsonable))
     if existing != requested:
         old, new = dict(_flat(existing)), dict(_flat(requested))
         differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
@@ -380,9 +384,17 @@ def read_run(folder: str | Path) -> dict[str, Any]:
     if not (folder / "manifest.json").is_file():
         raise ValueError(f"{folder} is not a run folder (no manifest.json)")
 
-    def load(name: str) -> Any:
+    def load(name: str) -> dict[str, Any] | None:
         path = folder / name
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path} must hold a JSON object, not a {type(record).__name__}")
+        return record
 
     tables = {p.stem: pd.read_csv(p) for p in sorted((folder / "tables").glob("*.csv"))}
     return {

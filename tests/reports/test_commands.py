@@ -8,7 +8,7 @@ from reports.cli import main
 
 
 def test_report_command_writes_the_pdf(run_folder: Path, tmp_path: Path, capsys):
-    out = tmp_path / "reports" / "toy.pdf"
+    out = tmp_path / "toy.pdf"
     assert main(["report", str(run_folder), "--out", str(out), "--title", "From the CLI"]) == 0
     assert capsys.readouterr().out.strip() == str(out)
     data = out.read_bytes()

@@ -50,7 +50,7 @@ def page_texts(data: bytes) -> list[str]:
 
 @pytest.fixture
 def report(run_folder: Path, tmp_path: Path) -> bytes:
-    out = build_report([run_folder], tmp_path / "out" / "report.pdf", title="Toy report")
+    out = build_report([run_folder], tmp_path / "report.pdf", title="Toy report")
     return out.read_bytes()
 
 
