@@ -555,7 +555,7 @@ def judge_matryoshka(runs: RunsByKind) -> Assessment:
     read_out = _p_read_out_given_parent(record)
     if read_out is not None:
         mus = [float(table.mu.min()), float(table.mu.max())]
-        parts.append(_line("parent-only latent (theory)", mus, [read_out] * 2))
+        parts.append(_line("hedging (theory)", mus, [read_out] * 2))
     table_out = summary.drop(columns=["absorption_count"]).rename(
         columns={"hedging_count": "seeds"}
     )

