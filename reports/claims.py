@@ -45,6 +45,10 @@ CONFIDENCE = 0.95
 """Coverage of every interval the report gives."""
 BOOTSTRAP_SEED = 0
 """The bootstrap's generator seed: the same runs give the same report."""
+MIN_LEVELS_WITHOUT_REPLICATES = 5
+"""Without replicates (seeds) at every level, a trend needs this many levels for an interval:
+resampling 3 monotone points gives an interval excluding zero although a random order of 3
+points is monotone one time in three."""
 
 
 class Verdict(str, Enum):
@@ -247,10 +251,12 @@ class Trend:
     high: float
     rows: int
     levels: int
+    replicated: bool
+    """Every level has replicates (the bootstrap resamples within levels)."""
 
     def verdict(self, expected_sign: int) -> Verdict:
         """Held when the interval excludes no trend on the predicted side, failed when it lies
-        on the other side, inconclusive when it includes no trend."""
+        on the other side, inconclusive when it includes no trend or there is none."""
         if not np.isfinite(self.low):
             return Verdict.INCONCLUSIVE
         if self.low > 0 or self.high < 0:
@@ -258,21 +264,29 @@ class Trend:
         return Verdict.INCONCLUSIVE
 
     def text(self, per: str) -> str:
-        return (
-            f"slope {fmt(self.slope)} per {per}, {CONFIDENCE:.0%} CI "
-            f"{interval(self.low, self.high)} ({self.rows} rows, {self.levels} levels)"
+        design = f"{self.rows} rows, {self.levels} levels"
+        if not np.isfinite(self.low):
+            return (
+                f"slope {fmt(self.slope)} per {per}, no interval ({design}: needs seeds at every "
+                f"level or >= {MIN_LEVELS_WITHOUT_REPLICATES} levels)"
+            )
+        return f"slope {fmt(self.slope)} per {per}, {CONFIDENCE:.0%} CI " + (
+            f"{interval(self.low, self.high)} ({design})"
         )
 
 
 def bootstrap_trend(x: np.ndarray, y: np.ndarray) -> Trend:
     """Slope of y on x with a percentile bootstrap interval. Rows are resampled within each x
-    level when every level has replicates (seeds), else over all rows; resamples with a single x
-    level carry no slope and are dropped."""
+    level when every level has replicates (seeds), else over all rows if there are enough levels
+    (else no interval); resamples with a single x level carry no slope and are dropped."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     levels, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     slope = _slopes(x[None], y[None])[0] if len(levels) > 1 else np.nan
     rng = np.random.default_rng(BOOTSTRAP_SEED)
-    if len(levels) > 1 and counts.min() > 1:
+    replicated = len(levels) > 1 and counts.min() > 1
+    if not replicated and len(levels) < MIN_LEVELS_WITHOUT_REPLICATES:
+        return Trend(float(slope), np.nan, np.nan, len(x), len(levels), replicated)
+    if replicated:
         index = np.concatenate(
             [
                 rng.choice(np.flatnonzero(inverse == level), (BOOTSTRAP_RESAMPLES, count))
@@ -286,7 +300,7 @@ def bootstrap_trend(x: np.ndarray, y: np.ndarray) -> Trend:
     slopes = slopes[np.isfinite(slopes)]
     tail = (1 - CONFIDENCE) / 2
     low, high = np.quantile(slopes, [tail, 1 - tail]) if len(slopes) else (np.nan, np.nan)
-    return Trend(float(slope), float(low), float(high), len(x), len(levels))
+    return Trend(float(slope), float(low), float(high), len(x), len(levels), replicated)
 
 
 def _slopes(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -486,30 +500,30 @@ def judge_hedging_mse_driven(runs: RunsByKind) -> Assessment:
 WIDTH_COLUMNS = ("width", "hedging_degree")
 
 
-def _width_summary(table: pd.DataFrame, series: str) -> tuple[Trend, pd.DataFrame, pd.DataFrame]:
-    """Trend of hedging degree on log2(width), per-width summary and figure data (per-width mean
-    with the min..max over seeds; the fitted trend as the line)."""
-    trend = bootstrap_trend(np.log2(table.width), table.hedging_degree)
+def _hedging_trend(
+    table: pd.DataFrame, by: str, series: str
+) -> tuple[Trend, pd.DataFrame, pd.DataFrame]:
+    """Trend of hedging degree on `by` (log2 of it for width), the per-level summary and figure
+    data (per-level mean with the min..max over seeds; the fitted trend as the line)."""
+    scale = np.log2 if by == "width" else np.asarray
+    trend = bootstrap_trend(scale(table[by]), table.hedging_degree)
     summary = (
-        table.groupby("width")
+        table.groupby(by)
         .hedging_degree.agg(["mean", "min", "max", "count"])
         .reset_index()
         .rename(columns={"count": "seeds"})
     )
-    parts = [_points(series, summary.width, summary["mean"], summary["min"], summary["max"])]
+    parts = [_points(series, summary[by], summary["mean"], summary["min"], summary["max"])]
     if np.isfinite(trend.slope):
-        centre = table.hedging_degree.mean()
-        log_mean = np.log2(table.width).mean()
-        ends = np.array([table.width.min(), table.width.max()], float)
-        parts.append(
-            _line(f"{series} trend", ends, centre + trend.slope * (np.log2(ends) - log_mean))
-        )
+        ends = np.array([table[by].min(), table[by].max()], float)
+        fitted = table.hedging_degree.mean() + trend.slope * (scale(ends) - scale(table[by]).mean())
+        parts.append(_line(f"{series} trend", ends, fitted))
     return trend, summary, _figure(*parts)
 
 
 def judge_toy_width(runs: RunsByKind) -> Assessment:
     table = runs["toy-hedging-width"].table("hedging_vs_width", WIDTH_COLUMNS)
-    trend, summary, figure = _width_summary(table, "toy BatchTopK")
+    trend, summary, figure = _hedging_trend(table, "width", "toy BatchTopK")
     verdict = trend.verdict(-1)
     return Assessment(verdict, "h " + trend.text("doubling of width"), "", summary, figure)
 
@@ -518,7 +532,7 @@ def judge_llm_width(runs: RunsByKind) -> Assessment:
     table = runs["llm-hedging"].table("hedging_vs_width", (*WIDTH_COLUMNS, "architecture"))
     verdicts, numbers, summaries, figures = [], [], [], []
     for architecture, group in table.groupby("architecture", sort=True):
-        trend, summary, figure = _width_summary(group, str(architecture))
+        trend, summary, figure = _hedging_trend(group, "width", str(architecture))
         verdicts.append(trend.verdict(-1))
         numbers.append(f"{architecture}: {trend.text('doubling')} -> {verdicts[-1].value}")
         summary.insert(0, "architecture", architecture)
@@ -581,6 +595,12 @@ def _p_read_out_given_parent(record: RunRecord) -> float | None:
         sum(float(q) for s, q in states.items() if s[0] == "1" and s[i] == "1") for i in (1, 2, 3)
     ]
     return float(np.mean(both)) / parent
+
+
+def judge_llm_matryoshka(runs: RunsByKind) -> Assessment:
+    table = runs["llm-hedging"].table("hedging_vs_mu", ("mu", "hedging_degree"))
+    trend, summary, figure = _hedging_trend(table, "mu", "matryoshka")
+    return Assessment(trend.verdict(1), "h " + trend.text("unit mu"), "", summary, figure)
 
 
 # ---------------------------------------------------------------- absorption
@@ -820,6 +840,20 @@ CLAIMS: tuple[Claim, ...] = (
             "weight of matryoshka level j of n",
         ),
         figure_axes=("mu", "mean read-out component", False),
+    ),
+    Claim(
+        name="llm_matryoshka_mu",
+        title="Matryoshka hedging rises with mu (LLM)",
+        question="Does the balance knob move hedging on a real model?",
+        statement=(
+            "Balance matryoshka BatchTopK SAEs on a language model's activations hedge more as "
+            "mu (the weight of the inner levels) rises."
+        ),
+        paper=HEDGING,
+        prediction="positive slope of hedging degree h on mu; no closed form",
+        measured_by=(("llm-hedging", "hedging_vs_mu"),),
+        judge=judge_llm_matryoshka,
+        figure_axes=("mu", "hedging degree h", False),
     ),
     Claim(
         name="width2_absorbs",

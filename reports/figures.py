@@ -30,10 +30,11 @@ SERIES_COLOURS = {
     "toy BatchTopK": "#17becf",
     "batchtopk": "#17becf",
     "relu-l1": "#8c564b",
+    "matryoshka": "#e377c2",
     # references
     "theory: measured = predicted": "#4d4d4d",
 }
-OTHER_COLOURS = ("#e377c2", "#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd")
+OTHER_COLOURS = ("#bcbd22", "#393b79", "#637939", "#843c39", "#7b4173", "#3182bd")
 SUFFIXES = (" trend", " (theory)")
 
 

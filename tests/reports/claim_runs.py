@@ -105,16 +105,31 @@ def write_toy_width(folder: Path, slope: float = -0.03, **options) -> Path:
     return _write(folder, "toy-hedging-width", {"hedging_vs_width": width_table(slope, **options)})
 
 
-def write_llm_hedging(folder: Path, slopes: dict[str, float] | None = None, **options) -> Path:
-    """Per architecture a width table; no slopes: an unfinished run without tables."""
+def write_llm_hedging(
+    folder: Path,
+    slopes: dict[str, float] | None = None,
+    mu_slope: float | None = None,
+    **options,
+) -> Path:
+    """Per architecture a width table and, with `mu_slope`, a balance-matryoshka mu table; no
+    slopes: an unfinished run without tables."""
     if slopes is None:
         return _write(folder, "llm-hedging", {})
+    tables = {}
+    if mu_slope is not None:
+        tables["hedging_vs_mu"] = pd.DataFrame(
+            [
+                {"mu": mu, "seed": s, "width": 128, "hedging_degree": 0.1 + mu_slope * mu + offset}
+                for i, mu in enumerate((0.0, 0.25, 1.0))
+                for s, offset in enumerate(spread(2, i, 0.002))
+            ]
+        )
     parts = []
     for architecture, slope in slopes.items():
         table = width_table(slope, **options)
         table.insert(1, "architecture", architecture)
         parts.append(table)
-    return _write(folder, "llm-hedging", {"hedging_vs_width": pd.concat(parts)})
+    return _write(folder, "llm-hedging", {"hedging_vs_width": pd.concat(parts), **tables})
 
 
 def write_matryoshka(
@@ -154,7 +169,7 @@ def write_all(root: Path) -> list[Path]:
         write_theory(root / "theory"),
         write_toy_scenarios(root / "toy-scenarios"),
         write_toy_width(root / "toy-hedging-width"),
-        write_llm_hedging(root / "llm-hedging", {"batchtopk": -0.03, "relu-l1": -0.02}),
+        write_llm_hedging(root / "llm-hedging", {"batchtopk": -0.03, "relu-l1": -0.02}, 0.05),
         write_matryoshka(root / "toy-matryoshka"),
         write_absorption(root / "toy-absorption"),
     ]

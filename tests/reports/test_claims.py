@@ -156,10 +156,28 @@ def test_hedging_falls_with_width_llm_per_architecture(tmp_path):
     assert _verdict("llm_width", rising).verdict is Verdict.FAILED
 
 
-def test_a_single_seed_per_width_bootstraps_over_rows():
-    trend = bootstrap_trend(np.log2([16, 32, 64]), np.array([0.3, 0.2, 0.25]))
-    assert trend.rows == 3 and trend.low <= trend.slope <= trend.high
-    assert trend.verdict(-1) is Verdict.INCONCLUSIVE
+def test_matryoshka_hedging_rises_with_mu_on_the_llm(tmp_path):
+    slopes = {"batchtopk": -0.03}
+    rising = write_llm_hedging(tmp_path / "a", slopes, mu_slope=0.05)
+    assert _verdict("llm_matryoshka_mu", rising).verdict is Verdict.HELD
+    falling = write_llm_hedging(tmp_path / "b", slopes, mu_slope=-0.05)
+    assert _verdict("llm_matryoshka_mu", falling).verdict is Verdict.FAILED
+    without_mu = _verdict("llm_matryoshka_mu", write_llm_hedging(tmp_path / "c", slopes))
+    assert without_mu.verdict is Verdict.NOT_RUN and "has no table hedging_vs_mu" in (
+        without_mu.numbers
+    )
+
+
+def test_a_single_seed_per_width_bootstraps_over_rows_given_enough_widths():
+    widths = np.log2([16, 32, 64, 128, 256])
+    trend = bootstrap_trend(widths, np.array([0.3, 0.28, 0.2, 0.18, 0.1]))
+    assert trend.rows == 5 and not trend.replicated and trend.low <= trend.slope <= trend.high
+    assert trend.verdict(-1) is Verdict.HELD
+    # three monotone points: no interval, so no verdict either way
+    few = bootstrap_trend(widths[:3], np.array([0.3, 0.2, 0.1]))
+    assert few.verdict(-1) is Verdict.INCONCLUSIVE and "no interval (3 rows, 3 levels" in (
+        few.text("doubling")
+    )
     one_level = bootstrap_trend(np.array([1.0, 1.0]), np.array([0.1, 0.2]))
     assert one_level.verdict(-1) is Verdict.INCONCLUSIVE
 

@@ -58,6 +58,11 @@ def test_width_figures_draw_the_mean_over_seeds_per_width(runs):
         figure_points(_figure(runs, "toy_width")),
         means.rename(columns={"width": "x", "hedging_degree": "y"}),
     )
+    mu = _table(runs, "llm-hedging", "hedging_vs_mu").groupby("mu").hedging_degree.mean()
+    _same_points(
+        figure_points(_figure(runs, "llm_matryoshka_mu")),
+        mu.reset_index().rename(columns={"mu": "x", "hedging_degree": "y"}),
+    )
     llm = _table(runs, "llm-hedging", "hedging_vs_width")
     means = llm.groupby(["architecture", "width"]).hedging_degree.mean().reset_index()
     _same_points(
