@@ -14,8 +14,9 @@ from theory.config import add_config_arguments
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """`report`: a PDF (config, metrics, tables, figures, formulas, provenance) rebuilt from
-    run folders written by the toolkit's jobs; nothing is retrained."""
+    """`report`: a PDF giving every claim of the two papers a verdict (held, failed,
+    inconclusive, not run) with its numbers, formula and figure, rebuilt from run folders
+    written by the toolkit's jobs; nothing is retrained."""
 
     runs: tuple[str, ...] = simple_parsing.field(positional=True, nargs="+", metavar="RUN")
     """Run folders."""
