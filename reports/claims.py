@@ -87,6 +87,11 @@ class RunRecord:
         return str(self.manifest.get("kind", "unknown"))
 
     @property
+    def finished(self) -> bool:
+        """Jobs write metrics.json last."""
+        return (self.folder / "metrics.json").is_file()
+
+    @property
     def created(self) -> datetime | None:
         try:
             created = datetime.fromisoformat(str(self.manifest["created"]))
@@ -205,7 +210,14 @@ def assess(claim: Claim, runs: RunsByKind) -> Assessment:
         return Assessment(Verdict.NOT_RUN, "; ".join(missing))
     assessment = claim.judge(runs)
     sources = tuple(f"{runs[k].folder}/tables/{t}.csv" for k, t in claim.measured_by)
-    return Assessment(**{**assessment.__dict__, "sources": sources})
+    unfinished = sorted(
+        {str(runs[k].folder) for k, _ in claim.measured_by}
+        - {str(runs[k].folder) for k, _ in claim.measured_by if runs[k].finished}
+    )
+    detail = assessment.detail
+    if unfinished:
+        detail = f"Unfinished run (no metrics.json yet): {', '.join(unfinished)}. {detail}"
+    return Assessment(**{**assessment.__dict__, "sources": sources, "detail": detail.strip()})
 
 
 # ---------------------------------------------------------------- helpers

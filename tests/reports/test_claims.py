@@ -63,6 +63,12 @@ def test_a_claim_whose_run_is_absent_or_unfinished_is_not_run_never_held(tmp_pat
     assessment = _verdict("llm_width", unfinished)
     assert assessment.verdict is Verdict.NOT_RUN
     assert f"{unfinished} has no table hedging_vs_width" in assessment.numbers
+    # tables written before the run finished are read, and the run is named as unfinished
+    partial = write_toy_width(tmp_path / "partial")
+    (partial / "metrics.json").unlink()
+    assessment = _verdict("toy_width", partial)
+    assert assessment.verdict is Verdict.HELD
+    assert assessment.detail.startswith(f"Unfinished run (no metrics.json yet): {partial}")
     only_theory = _verdict("hedging_sign", every_run[0])
     assert only_theory.verdict is Verdict.NOT_RUN and "no toy-scenarios run" in only_theory.numbers
 

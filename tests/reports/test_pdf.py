@@ -50,8 +50,13 @@ def report(runs, tmp_path_factory) -> Path:
     return build_report(runs, tmp_path_factory.mktemp("out") / "report.pdf", title="Claims")
 
 
-def test_page_one_holds_the_questions_and_a_verdict_row_per_claim(report: Path):
-    first = _pages(report)[0]
+@pytest.fixture(scope="module")
+def pages(report) -> list[str]:
+    return _pages(report)
+
+
+def test_page_one_holds_the_questions_and_a_verdict_row_per_claim(pages: list[str]):
+    first = pages[0]
     assert first.startswith("Claims")
     for claim in CLAIMS:
         assert claim.question in first
@@ -73,8 +78,8 @@ def test_page_one_holds_the_questions_and_a_verdict_row_per_claim(report: Path):
     }
 
 
-def test_verdict_rows_show_the_numbers_of_the_run_tables(report: Path, runs: list[Path]):
-    first = _pages(report)[0]
+def test_verdict_rows_show_the_numbers_of_the_run_tables(pages: list[str], runs: list[Path]):
+    first = pages[0]
     numbers = {c.name: _row(first, n) for n, c in enumerate(CLAIMS, start=1)}
     losses = pd.read_csv(runs[1] / "tables" / "losses.csv")
     misses = losses[losses.loss_gap > 1e-4]
@@ -113,8 +118,7 @@ def test_a_claim_whose_run_is_absent_is_reported_as_not_run(tmp_path: Path):
     assert "not run no toy-scenarios run" in first
 
 
-def test_one_section_per_claim_with_formula_figure_table_and_sources(report, runs):
-    pages = _pages(report)
+def test_one_section_per_claim_with_formula_figure_table_and_sources(pages, runs):
     body = " ".join(pages[1:])
     for number, claim in enumerate(CLAIMS, start=1):
         assert f"{number}. {claim.title} Verdict:" in body
