@@ -246,7 +246,10 @@ def scenario_correlation(name: str, folder: Path) -> float:
     return given - not_given
 
 
-def sign(x: float) -> int:
+def sign(x: float) -> int | None:
+    """-1, 0 or 1 with SIGN_TOLERANCE around zero; None for a missing value."""
+    if not np.isfinite(x):
+        return None
     return 0 if abs(x) < SIGN_TOLERANCE else int(np.sign(x))
 
 
@@ -364,7 +367,8 @@ def width1_optimum_status(runs: RunsByKind) -> pd.DataFrame:
 
 def _child_components(runs: RunsByKind) -> pd.DataFrame:
     """Width-1 decoder child components: theory's optimum (theory run) and trained (toy
-    scenarios), one row per scenario x L1, with the correlation and the optimum status."""
+    scenarios), one row per scenario x L1 present in both runs, with the correlation and the
+    optimum status."""
     theory = runs["theory"]
     optima = theory.table("theory_optima", OPTIMA_COLUMNS)
     optima = optima[optima.width == 1][["scenario", "l1", "decoder_child"]]
@@ -374,7 +378,7 @@ def _child_components(runs: RunsByKind) -> pd.DataFrame:
     trained = trained[["scenario", "l1", "measured"]]
     status = width1_optimum_status(runs)[["scenario", "l1", "on_optimum"]]
     merged = optima.rename(columns={"decoder_child": "theory"}).merge(
-        trained.rename(columns={"measured": "trained"}), on=["scenario", "l1"], how="outer"
+        trained.rename(columns={"measured": "trained"}), on=["scenario", "l1"]
     )
     merged = merged.merge(status, on=["scenario", "l1"], how="left")
     merged["correlation"] = [scenario_correlation(name, toy.folder) for name in merged.scenario]
@@ -386,10 +390,10 @@ def _child_components(runs: RunsByKind) -> pd.DataFrame:
 def judge_hedging_sign(runs: RunsByKind) -> Assessment:
     data = _child_components(runs)
     expected = np.sign(data.correlation)
+    if data.empty:
+        return Assessment(Verdict.NOT_RUN, "no scenario and L1 in both the theory and toy runs")
     theory_ok = [sign(v) == e for v, e in zip(data.theory, expected, strict=True)]
-    trained_ok = [
-        not np.isfinite(v) or sign(v) == e for v, e in zip(data.trained, expected, strict=True)
-    ]
+    trained_ok = [sign(v) == e for v, e in zip(data.trained, expected, strict=True)]
     data["sign_as_predicted"] = [t and m for t, m in zip(theory_ok, trained_ok, strict=True)]
     wrong_theory = data[~np.array(theory_ok)]
     wrong_trained = data[~np.array(trained_ok)]
@@ -398,19 +402,18 @@ def judge_hedging_sign(runs: RunsByKind) -> Assessment:
         f"{'' if r.on_optimum else ', missed the optimum'})"
         for r in wrong_trained.itertuples()
     ]
-    if len(wrong_theory) or (len(wrong_trained) and wrong_trained.on_optimum.fillna(False).any()):
+    if len(wrong_theory) or wrong_trained.on_optimum.fillna(False).astype(bool).any():
         verdict = Verdict.FAILED
     elif len(wrong_trained):
         verdict = Verdict.INCONCLUSIVE
     else:
         verdict = Verdict.HELD
-    trained = data.dropna(subset=["trained"])
-    reached = trained[trained.on_optimum.fillna(False).astype(bool)]
+    reached = data[data.on_optimum.fillna(False).astype(bool)]
     deviation = float((reached.trained - reached.theory).abs().max()) if len(reached) else np.nan
     numbers = (
-        f"theory: {sum(theory_ok)}/{len(data)} optima, trained: "
-        f"{sum(trained_ok) - int(data.trained.isna().sum())}/{len(trained)} fits with the sign of "
-        f"P(c|p)-P(c|not p); |trained - theory| <= {fmt(deviation)} where on the optimum"
+        f"theory: {sum(theory_ok)}/{len(data)} optima, trained: {sum(trained_ok)}/{len(data)} "
+        f"fits with the sign of P(c|p)-P(c|not p); |trained - theory| <= {fmt(deviation)} where "
+        "on the optimum"
     )
     detail = "Against the prediction: " + "; ".join(named) + "." if named else ""
     if len(wrong_theory):
@@ -466,6 +469,8 @@ def judge_width1_optimum(runs: RunsByKind) -> Assessment:
 def judge_hedging_mse_driven(runs: RunsByKind) -> Assessment:
     data = _child_components(runs)
     correlated = data[data.correlation != 0]
+    if correlated.empty:
+        return Assessment(Verdict.NOT_RUN, "no correlated scenario in both the theory and toy runs")
     smallest = correlated.l1.min()
     largest = correlated.l1.max()
     rows, problems, doubtful = [], [], []
@@ -488,8 +493,6 @@ def judge_hedging_mse_driven(runs: RunsByKind) -> Assessment:
             note = f"trained {_config_name(name, smallest)} has {fmt(low.trained)}"
             (problems if low.on_optimum else doubtful).append(note)
     table = pd.DataFrame(rows)
-    if table.empty:
-        return Assessment(Verdict.NOT_RUN, "no correlated scenario in the runs")
     verdict = Verdict.FAILED if problems else Verdict.INCONCLUSIVE if doubtful else Verdict.HELD
     moves = ", ".join(
         f"{r.scenario} {fmt(r.theory_smallest_l1)} -> {fmt(r.theory_largest_l1)}"

@@ -233,3 +233,13 @@ def test_combine():
     assert combine([held, unsure]) is unsure
     assert combine([held, failed, unsure]) is failed
     assert combine([absent, absent]) is absent and combine([]) is absent
+
+
+def test_only_configurations_in_both_runs_are_compared(tmp_path):
+    theory, fits = write_theory(tmp_path / "theory"), write_toy_scenarios(tmp_path / "fits")
+    path = fits / "tables" / "components.csv"
+    components = pd.read_csv(path)
+    components[components.scenario == "correlated"].to_csv(path, index=False)
+    assessment = _verdict("hedging_sign", theory, fits)
+    assert assessment.verdict is Verdict.HELD
+    assert assessment.numbers.startswith("theory: 2/2 optima, trained: 2/2 fits")
