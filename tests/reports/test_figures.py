@@ -112,3 +112,20 @@ def test_a_scenario_has_one_colour_in_every_figure_and_legends_sit_off_the_data(
 def test_svg_output_is_reproducible(runs):
     first = figure_svg(_figure(runs, "toy_width"))
     assert first == figure_svg(_figure(runs, "toy_width")) and first.startswith(b"<?xml")
+
+
+def test_mse_figure_draws_the_magnitudes_and_width2_figure_the_theory_vectors(runs):
+    components = _table(runs, "toy-scenarios", "components")
+    trained = components[
+        (components.width == 1)
+        & (components.quantity == "decoder_child")
+        & (components.scenario != "independent")
+    ]
+    expected = pd.DataFrame({"x": trained.l1, "y": trained.measured.abs()})
+    _same_points(figure_points(_figure(runs, "hedging_mse_driven")), expected)
+    optima = _table(runs, "theory", "theory_optima")
+    width2 = optima[optima.width == 2].set_index("latent")
+    lines = _figure(runs, "width2_absorbs").axes[0].get_lines()
+    tips = {tuple(np.round(line.get_xydata()[-1], 9)) for line in lines}
+    assert tuple(width2.loc[0, ["encoder_parent", "encoder_child"]]) in tips  # parent encoder
+    assert tuple(width2.loc[1, ["decoder_parent", "decoder_child"]]) in tips  # child decoder
