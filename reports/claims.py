@@ -120,15 +120,11 @@ def load_run_record(folder: str | Path) -> RunRecord:
         if isinstance(err, ValueError) and str(folder) in str(err):
             raise ValueError(" ".join(str(err).split())) from err
         raise ValueError(f"cannot read run folder {folder}: {' '.join(str(err).split())}") from err
-    parts = {name: record[name] for name in ("config", "metrics", "manifest")}
-    for name, value in parts.items():
-        if value is not None and not isinstance(value, dict):
-            raise ValueError(f"{folder}/{name}.json must hold a JSON object")
     return RunRecord(
         folder=folder,
-        config=dict(parts["config"] or {}),
-        metrics=dict(parts["metrics"] or {}),
-        manifest=dict(parts["manifest"]),
+        config=dict(record["config"] or {}),
+        metrics=dict(record["metrics"] or {}),
+        manifest=dict(record["manifest"]),
         tables=record["tables"],
     )
 
