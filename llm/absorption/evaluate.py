@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from llm.absorption.causal import AnswerIds, causal_absorption
 from llm.absorption.hook_setup import HookSetup
 from llm.absorption.main_latents import (
     encoder_cosine_latents,
@@ -22,9 +23,29 @@ from llm.absorption.main_latents import (
     main_latents,
     sparse_codes,
 )
-from llm.absorption.scores import Aggregate, aggregate, decoder_cosines, token_absorption
+from llm.absorption.prompts import PromptGroup
+from llm.absorption.scores import (
+    MAIN_OFF,
+    Aggregate,
+    aggregate,
+    decoder_cosines,
+    token_absorption,
+)
 from llm.absorption.vocabulary import LETTERS
+from llm.models import LoadedModel
 from toymodels.sae import SAE
+
+
+class CausalSettings(NamedTuple):
+    """What the causal (integrated-gradients) metric needs besides the setup: the model, the
+    absorption prompts of the test words (query q = test word q) and the answer tokens."""
+
+    model: LoadedModel
+    groups: list[PromptGroup]
+    layer: int
+    hook: str
+    answers: AnswerIds
+    max_per_letter: int = 200
 
 
 class SAEAbsorption(NamedTuple):
@@ -54,8 +75,10 @@ def evaluate_sae(
     seed: int = 0,
     l1_epochs: int = 50,
     batch_size: int = 1024,
+    causal: CausalSettings | None = None,
 ) -> SAEAbsorption:
-    """Absorption of `sae` on the setup's test split (module docstring)."""
+    """Absorption of `sae` on the setup's test split (module docstring); with `causal`, also
+    the paper's integrated-gradients rate (causal.py) per letter."""
     if sae.d_in != setup.train_acts_ND.shape[1]:
         raise ValueError(
             f"SAE d_in {sae.d_in} does not match the activations' d_model "
@@ -88,7 +111,7 @@ def evaluate_sae(
             predicted_NL[:, letter] & (letters_test_N == letter)
         ).flatten()
         cosines_F = decoder_cosines(sae.W_dec[0], directions_LD[letter])
-        fractions, fulls = [], []
+        fractions, fulls, candidates = [], [], []
         for start in range(0, len(true_positive_T), batch_size):
             acts_TD = setup.absorption_acts_ND[true_positive_T[start : start + batch_size]]
             codes_TF = sae.encode(acts_TD)[0]
@@ -97,10 +120,36 @@ def evaluate_sae(
             )
             fractions.append(scored.fraction_T)
             fulls.append(scored.full_T)
+            main_off_T = (codes_TF[:, list(mains[letter].latents)] < MAIN_OFF).all(-1)
+            missed_T = main_off_T & ~mains[letter].predicts(codes_TF)
+            candidates += true_positive_T[start : start + batch_size][missed_T].tolist()
         fraction_T = torch.cat(fractions) if fractions else torch.empty(0)
         full_T = torch.cat(fulls) if fulls else torch.empty(0, dtype=torch.bool)
         n_tp = len(true_positive_T)
         main = mains[letter]
+        causal_columns = {}
+        if causal is not None:
+            with torch.enable_grad():
+                measured = causal_absorption(
+                    causal.model,
+                    sae,
+                    causal.groups,
+                    candidates,
+                    n_tp,
+                    causal.layer,
+                    causal.hook,
+                    letter,
+                    cosines_F,
+                    causal.answers,
+                    max_per_letter=causal.max_per_letter,
+                    seed=seed,
+                )
+            causal_columns = {
+                "causal_candidates": measured.n_candidates,
+                "causal_sampled": measured.n_sampled,
+                "causal_absorbed": measured.n_absorbed,
+                "causal_absorption_rate": measured.rate,
+            }
         rows.append(
             {
                 "letter": LETTERS[letter],
@@ -117,6 +166,7 @@ def evaluate_sae(
                 "num_full_absorption": int(full_T.sum()),
                 "encoder_cosine_latent": int(encoder_latent_L[letter]),
                 "encoder_cosine": float(encoder_cosine_L[letter]),
+                **causal_columns,
             }
         )
     table = pd.DataFrame(rows)

@@ -183,6 +183,14 @@ def prepare_setup(model: LoadedModel, config: SetupConfig, folder: str | Path) -
     )
 
 
+def absorption_prompts(model: LoadedModel, config: SetupConfig, words: list[str]) -> list:
+    """The absorption prompts of `words` (test words), exactly as the setup extracted them: the
+    same pool (whole vocabulary) and seed, so the same examples, for any chunking."""
+    pool = list(alphabetic_vocabulary(model.tokenizer).words)
+    seed = config.seed + _PROMPTS + PARTS.index("absorption")
+    return build_prompts(model.tokenizer, words, pool, config.n_icl_examples, seed)
+
+
 def _icl_accuracy(model: LoadedModel, config: SetupConfig, test_words: list[str]) -> float | None:
     """Fraction of the first n_icl_check test prompts the model completes with " " + the
     uppercase first letter (greedy, full vocabulary)."""

@@ -20,8 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm.absorption.evaluate import SAEAbsorption, evaluate_sae
-from llm.absorption.hook_setup import SetupConfig, default_folder, prepare_setup
+from llm.absorption.causal import ANSWER_STYLES, answer_ids
+from llm.absorption.evaluate import CausalSettings, SAEAbsorption, evaluate_sae
+from llm.absorption.hook_setup import (
+    SetupConfig,
+    absorption_prompts,
+    default_folder,
+    prepare_setup,
+)
 from llm.absorption.vocabulary import LETTERS
 from llm.models import DTYPES, HOOKS, cache_root, load_model
 from llm.saefiles import SAEFile, load_sae, saelens_hook_name
@@ -68,6 +74,14 @@ class AbsorptionConfig:
     """Torch device of the model: auto, cpu, cuda, ..."""
     dtype: str = "float32"
     """Model dtype: float32, bfloat16 or float16."""
+    causal_metric: bool = False
+    """Also compute the paper's integrated-gradients absorption rate (a full forward and backward
+    per candidate token; slow on a CPU)."""
+    causal_answers: str = "consistent"
+    """Answer tokens of the causal metric: consistent (" A".." Z" for all) or paper (sae-spelling:
+    lowercase letter as the correct answer)."""
+    causal_max_per_letter: int = 200
+    """Most candidate tokens per letter scored by the causal metric (sampled, seeded)."""
     setup_dir: str | None = None
     """Folder of the per-hook setup; None: under the user cache, keyed by model, layer, hook and
     a hash of the setup settings."""
@@ -86,6 +100,7 @@ class AbsorptionConfig:
             ("min_letters", 0),
             ("n_icl_check", 0),
             ("batch_size", 1),
+            ("causal_max_per_letter", 1),
         ):
             integer(name, low)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -94,6 +109,11 @@ class AbsorptionConfig:
             integer("n_words", 2)
         if self.hook not in HOOKS:
             raise ValueError(f"hook {self.hook!r} is not supported; allowed: {', '.join(HOOKS)}")
+        if self.causal_answers not in ANSWER_STYLES:
+            raise ValueError(
+                f"causal_answers {self.causal_answers!r} is not supported; "
+                f"allowed: {', '.join(ANSWER_STYLES)}"
+            )
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
         if not 0 < self.test_fraction < 1:
@@ -188,8 +208,24 @@ def saebench_result(
         "eval_result_unstructured": {
             "letters_scored": list(summary.letters_scored),
             "letters_excluded": list(summary.letters_excluded),
+            **_causal_summary(result, summary.letters_scored, config.causal_answers),
         },
         "sae_cfg_dict": sae_cfg,
+    }
+
+
+def _causal_summary(result: SAEAbsorption, letters: tuple[str, ...], answers: str) -> dict:
+    """Mean causal (integrated-gradients) rate over the scored letters, when it was computed."""
+    table = result.per_letter
+    if "causal_absorption_rate" not in table:
+        return {}
+    rates = table.set_index("letter").loc[list(letters), "causal_absorption_rate"]
+    return {
+        "mean_causal_absorption_rate": float(rates.mean()) if len(rates) else None,
+        "causal_answers": answers,
+        "causal_absorption_rate_by_letter": dict(
+            zip(table["letter"].str.lower(), table["causal_absorption_rate"], strict=True)
+        ),
     }
 
 
@@ -236,6 +272,17 @@ def run_absorption(config: AbsorptionConfig, out: str | Path) -> Run:
         }
     )
     run.write_table("probe", probe_table)
+    causal = None
+    if config.causal_metric:
+        test_words = [setup.words[i] for i in setup.test_index]
+        causal = CausalSettings(
+            model=model,
+            groups=absorption_prompts(model, setup_config, test_words),
+            layer=config.layer,
+            hook=config.hook,
+            answers=answer_ids(model.tokenizer, config.causal_answers),
+            max_per_letter=config.causal_max_per_letter,
+        )
     per_letter, aggregates, failures, seconds = [], [], {}, {}
     for name, (path, loaded) in saes.items():
         started = time.perf_counter()
@@ -249,6 +296,7 @@ def run_absorption(config: AbsorptionConfig, out: str | Path) -> Run:
                 min_letters=config.min_letters,
                 seed=config.seed,
                 l1_epochs=config.probe_epochs,
+                causal=causal,
             )
         except Exception as error:  # one SAE's failure must not stop the others
             failures[name] = {

@@ -51,10 +51,20 @@ def dense_columns(codes_NF: scipy.sparse.csr_matrix, latents: list[int]) -> np.n
 
 
 class LetterMainLatents(NamedTuple):
-    """Main latents of one letter, the F1 of each k tried (k = 1, 2, ...) and the candidates."""
+    """Main latents of one letter, the F1 of each k tried (k = 1, 2, ...), and the accepted
+    k-sparse probe (weights on the main latents' codes, intercept; decision > 0 is positive)."""
 
     latents: tuple[int, ...]
     f1_by_k: tuple[float, ...]
+    coef: tuple[float, ...] = ()
+    intercept: float = 0.0
+
+    def predicts(self, codes_TF: Tensor) -> Tensor:
+        """The k-sparse probe's verdict (T,) on dense codes; False without main latents."""
+        if not self.latents:
+            return torch.zeros(len(codes_TF), dtype=torch.bool)
+        chosen_TK = codes_TF[:, list(self.latents)].double()
+        return chosen_TK @ torch.tensor(self.coef, dtype=torch.float64) + self.intercept > 0
 
 
 def l1_probe_weights(
@@ -83,22 +93,24 @@ def _f1(predicted: np.ndarray, truth: np.ndarray) -> float:
     return 2 * tp / denominator if denominator > 0 else 0.0
 
 
-def k_sparse_f1(
+def k_sparse_fit(
     codes_train_NF: scipy.sparse.csr_matrix,
     truth_train_N: np.ndarray,
     codes_test_NF: scipy.sparse.csr_matrix,
     truth_test_N: np.ndarray,
     latents: list[int],
-) -> float:
-    """Test F1 of a class-balanced logistic regression on the given latents' codes."""
+) -> tuple[float, tuple[float, ...], float]:
+    """(test F1, coefficients, intercept) of a class-balanced logistic regression on the given
+    latents' codes; a train split with one class only gives F1 0 and a never-positive probe."""
     if truth_train_N.all() or not truth_train_N.any():
-        return 0.0
+        return 0.0, tuple(0.0 for _ in latents), -1.0
     regression = LogisticRegression(class_weight="balanced", C=1.0, max_iter=500)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         regression.fit(dense_columns(codes_train_NF, latents), truth_train_N)
     decision = regression.decision_function(dense_columns(codes_test_NF, latents))
-    return _f1(decision > 0, truth_test_N)
+    coef = tuple(float(c) for c in regression.coef_[0])
+    return _f1(decision > 0, truth_test_N), coef, float(regression.intercept_[0])
 
 
 def main_latents(
@@ -121,10 +133,10 @@ def main_latents(
         order = torch.argsort(weights_F, descending=True, stable=True)[: min(k_max, n_positive)]
         candidates = order.tolist()
         f1_by_k: list[float] = []
-        accepted: list[int] = []
+        accepted = LetterMainLatents((), ())
         best = -np.inf
         for k in range(1, len(candidates) + 1):
-            f1 = k_sparse_f1(
+            f1, coef, intercept = k_sparse_fit(
                 codes_train_NF,
                 letters_train == letter,
                 codes_test_NF,
@@ -134,8 +146,8 @@ def main_latents(
             f1_by_k.append(f1)
             if k > 1 and f1 <= best + tau:
                 break
-            accepted, best = candidates[:k], f1
-        results.append(LetterMainLatents(tuple(accepted), tuple(f1_by_k)))
+            accepted, best = LetterMainLatents(tuple(candidates[:k]), (), coef, intercept), f1
+        results.append(accepted._replace(f1_by_k=tuple(f1_by_k)))
     return results
 
 
