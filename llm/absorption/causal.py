@@ -97,12 +97,13 @@ def attribute(
     """Integrated-gradients scores of one prompt (module docstring). `ids` continue `cache`
     (None: they are the whole prompt); `position` indexes the word's last token in `ids`."""
     site, read_input = hook_site(model.layers[layer], hook)
-    scales_S = 1 - torch.arange(n_steps, dtype=torch.float32) / n_steps
     W_dec_FD, b_dec_D = sae.W_dec[0].detach(), sae.b_dec[0].detach()
+    scales_S = 1 - torch.arange(n_steps, dtype=torch.float32, device=W_dec_FD.device) / n_steps
     state: dict[str, Tensor] = {}
 
     def splice(h_STD: Tensor) -> Tensor:
-        x_D = h_STD[0, position].detach().float()
+        # The SAE may live on another device than the model (evaluate keeps it on the CPU).
+        x_D = h_STD[0, position].detach().float().to(W_dec_FD.device)
         codes_F = sae.encode(x_D[None])[0, 0].detach()
         error_D = x_D - (codes_F @ W_dec_FD + b_dec_D)
         latents_SF = (scales_S[:, None] * codes_F).requires_grad_()
@@ -110,7 +111,7 @@ def attribute(
         state.update(codes_F=codes_F, error_D=error_D, latents_SF=latents_SF, error_SD=error_SD)
         spliced_SD = latents_SF @ W_dec_FD + b_dec_D + error_SD
         h_STD = h_STD.clone()
-        h_STD[:, position] = spliced_SD.to(h_STD.dtype)
+        h_STD[:, position] = spliced_SD.to(h_STD.device, h_STD.dtype)
         return h_STD
 
     def on_output(module: nn.Module, args: tuple, output: object) -> object:
@@ -138,9 +139,13 @@ def attribute(
             logits_SV = model.model(input_ids=ids_ST, logits_to_keep=1, **kwargs).logits[:, -1]
             others = [j for j in range(len(LETTERS)) if j != letter]
             metric_S = (
-                logits_SV[:, answers.correct_L[letter]]
-                - logits_SV[:, answers.other_L[others]].mean(-1)
-            ).float()
+                (
+                    logits_SV[:, int(answers.correct_L[letter])]
+                    - logits_SV[:, answers.other_L[others].to(logits_SV.device)].mean(-1)
+                )
+                .float()
+                .to(W_dec_FD.device)
+            )
             grad_SF, grad_SD = torch.autograd.grad(
                 metric_S.sum(), [state["latents_SF"], state["error_SD"]]
             )

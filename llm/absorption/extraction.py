@@ -83,8 +83,10 @@ def query_activations(
                 acts_BTD = activations(
                     model, ids_BT, mask_BT, layer, hook, past_key_values=batch_cache
                 )
-                positions = torch.tensor([group.word_positions[i] for i in rows])
-                picked = acts_BTD[torch.arange(len(rows)), positions.to(acts_BTD.device)]
+                positions = torch.tensor(
+                    [group.word_positions[i] for i in rows], device=acts_BTD.device
+                )
+                picked = acts_BTD[torch.arange(len(rows), device=acts_BTD.device), positions]
                 acts_ND[[group.queries[i] for i in rows]] = picked.float().cpu()
         unshared = [
             (q, ids, p)
@@ -129,9 +131,8 @@ def _run_whole(
         ids_BT, mask_BT = _padded([prompts[i][1] for i in rows], pad_id)
         acts_BTD = activations(model, ids_BT, mask_BT, layer, hook)
         positions = torch.tensor([prompts[i][2] for i in rows], device=acts_BTD.device)
-        acts_ND[[prompts[i][0] for i in rows]] = (
-            acts_BTD[torch.arange(len(rows)), positions].float().cpu()
-        )
+        rows_B = torch.arange(len(rows), device=acts_BTD.device)
+        acts_ND[[prompts[i][0] for i in rows]] = acts_BTD[rows_B, positions].float().cpu()
 
 
 @torch.no_grad()
@@ -176,7 +177,10 @@ def icl_answers(
                     use_cache=batch_cache is not None,
                     **{keyword: batch_cache},
                 ).last_hidden_state
-                last = torch.tensor([len(prompts[i][1]) - skip - 1 for i in chosen])
-                logits_BV = model.model.lm_head(hidden_BTD[torch.arange(len(chosen)), last])
+                last = torch.tensor(
+                    [len(prompts[i][1]) - skip - 1 for i in chosen], device=model.device
+                )
+                rows_B = torch.arange(len(chosen), device=model.device)
+                logits_BV = model.model.lm_head(hidden_BTD[rows_B, last])
                 answers_N[[prompts[i][0] for i in chosen]] = logits_BV.argmax(-1).cpu()
     return answers_N
