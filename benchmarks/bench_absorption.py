@@ -4,7 +4,10 @@
     in the same run, on the same test words (and the largest difference between the two);
 (b) run_absorption from scratch: per-hook setup (vocabulary sample, split, activations, probe,
     ICL check) plus one randomly initialised TopK SAE of the given width;
-(c) each further SAE at the same hook, reusing the stored setup.
+(c) each further SAE at the same hook, reusing the stored setup;
+(d) optional (--trained-tokens N): a TopK SAE trained on N tokens of the embedded corpus at the
+    same hook (extraction, training, then scoring on the stored setup), so the scores mean
+    something.
 
     .venv/bin/python benchmarks/bench_absorption.py [--layer 3] [--n-words 16384] [--threads 1]
 
@@ -72,6 +75,38 @@ def random_topk_sae(folder: Path, d_model: int, width: int, k: int, layer: int, 
     return str(save_sae(sae, folder, metadata=metadata))
 
 
+def trained_topk_sae(model, folder: Path, layer: int, args) -> tuple[str, dict]:
+    """Extract args.trained_tokens activations, train a TopK SAE on them, save it."""
+    from llm.cache import extract
+    from llm.corpus import load_corpus
+    from llm.evaluate import reconstruction_metrics
+    from llm.saefiles import load_sae
+    from llm.training import held_out_activations, split_cache, train_on_cache
+
+    started = time.perf_counter()
+    extract(model, load_corpus(), layer, n_tokens=args.trained_tokens, out_dir=folder / "acts")
+    extracted = time.perf_counter()
+    split = split_cache(folder / "acts", held_out_tokens=8192)
+    sae = make_sae("topk", d_in=model.d_model, n_latents=args.trained_width, k=args.k)
+    trained = train_on_cache(
+        sae,
+        split,
+        split.n_rows(split.train_shards),
+        batch_size=args.trained_batch,
+        lr=args.trained_lr,
+        device="cpu",
+    )
+    metadata = {"hook_name": saelens_hook_name(layer, "resid_post"), "model_name": args.model}
+    path = save_sae(trained.sae, folder / "sae", input_scale=trained.input_scale, metadata=metadata)
+    held_out = reconstruction_metrics(load_sae(path).sae, held_out_activations(split))[0]
+    return str(path), {
+        "extract_s": extracted - started,
+        "train_s": time.perf_counter() - extracted,
+        "train_tokens": split.n_rows(split.train_shards),
+        "held_out": held_out,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma3-270m")
@@ -84,6 +119,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip", default="", help="comma list of parts to skip: a,b,c")
+    parser.add_argument("--trained-tokens", type=int, default=0, help="(d): 0 skips it")
+    parser.add_argument("--trained-width", type=int, default=4096)
+    parser.add_argument("--trained-batch", type=int, default=1024)
+    parser.add_argument("--trained-lr", type=float, default=1e-3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     skip = set(filter(None, args.skip.split(",")))
@@ -150,6 +189,31 @@ def main() -> None:
                 "failures": metrics["failures"],
             }
             print(json.dumps(report["c_further_saes"]), flush=True)
+        if args.trained_tokens:
+            path, training = trained_topk_sae(model, work / "trained", args.layer, args)
+            started = time.perf_counter()
+            run = run_absorption(
+                AbsorptionConfig(**{**config.__dict__, "sae_paths": (path,)}), work / "run_d"
+            )
+            metrics = json.loads((run.folder / "metrics.json").read_text())
+            per_letter = pd.read_csv(run.folder / "tables" / "per_letter.csv")
+            columns = [
+                "letter",
+                "num_split_features",
+                "k_sparse_f1",
+                "mean_absorption_fraction",
+                "full_absorption_rate",
+            ]
+            report["d_trained_sae"] = {
+                **training,
+                "width": args.trained_width,
+                "k": args.k,
+                "score_s": time.perf_counter() - started,
+                "aggregate": metrics["aggregate"],
+                "failures": metrics["failures"],
+                "per_letter": per_letter[columns].round(3).to_dict(orient="list"),
+            }
+            print(json.dumps(report["d_trained_sae"]), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["load_average_end"] = os.getloadavg()
