@@ -29,7 +29,7 @@ from llm.absorption.hook_setup import (
     prepare_setup,
 )
 from llm.absorption.vocabulary import LETTERS
-from llm.models import DTYPES, HOOKS, cache_root, load_model
+from llm.models import DTYPES, HOOKS, LoadedModel, cache_root, load_model
 from llm.saefiles import SAEFile, load_sae, saelens_hook_name
 from toymodels.runs import Run
 
@@ -233,9 +233,19 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def run_absorption(config: AbsorptionConfig, out: str | Path) -> Run:
-    """Evaluate every SAE of `config` and write the run folder `out` (module docstring)."""
-    model = load_model(config.model, device=config.device, dtype=config.dtype)
+def run_absorption(
+    config: AbsorptionConfig, out: str | Path, model: LoadedModel | None = None
+) -> Run:
+    """Evaluate every SAE of `config` and write the run folder `out` (module docstring).
+
+    model: config.model already loaded (with config.dtype), to save loading it again."""
+    if model is None:
+        model = load_model(config.model, device=config.device, dtype=config.dtype)
+    elif model.name != config.model or model.dtype != DTYPES[config.dtype]:
+        raise ValueError(
+            f"the loaded model is {model.name!r} in {model.dtype}; the config asks for "
+            f"{config.model!r} in {config.dtype}"
+        )
     if config.layer >= model.n_layers:
         raise ValueError(f"layer {config.layer} is out of range; allowed: 0..{model.n_layers - 1}")
     saes = {}
