@@ -194,3 +194,21 @@ def test_config_documents_every_field():
             docstring = body[i + 1]
             assert isinstance(docstring, ast.Expr) and isinstance(docstring.value.value, str)
     assert "model" in fields and "sae_paths" in fields
+
+
+def test_default_setup_folder_is_keyed_by_hook_and_settings(tmp_path):
+    from llm.absorption.hook_setup import default_folder
+
+    config = AbsorptionConfig(model="org/model", layer=4).setup_config()
+    folder = default_folder(tmp_path, config)
+    assert folder.parent == tmp_path / "org--model"
+    assert folder.name.startswith("L4-resid_post-")
+    assert default_folder(tmp_path, config) == folder
+    other = AbsorptionConfig(model="org/model", layer=4, n_words=100).setup_config()
+    assert default_folder(tmp_path, other) != folder
+
+
+def test_a_preloaded_model_must_match_the_config(model_dir, tmp_path):
+    model = load_model(str(model_dir), device="cpu")
+    with pytest.raises(ValueError, match="the config asks for 'gemma3-270m'"):
+        run_absorption(AbsorptionConfig(setup_dir=str(tmp_path)), tmp_path / "run", model=model)
