@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -353,6 +354,13 @@ def _first_child(block: nn.Module, names: tuple[str, ...]) -> nn.Module:
     raise ValueError(f"{type(block).__name__} has none of the submodules {names}")
 
 
+def cache_keyword(base_model: nn.Module) -> str:
+    """The forward argument that takes a key/value cache: "cache" in newer transformers,
+    "past_key_values" before."""
+    parameters = inspect.signature(base_model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 class _StopForward(Exception):
     """Raised by the capturing hook to end the forward pass at the hook point."""
 
@@ -371,6 +379,7 @@ def activations(
     attention_mask_BT: torch.Tensor | None,
     layer: int,
     hook: str = "resid_post",
+    past_key_values: object | None = None,
 ) -> torch.Tensor:
     """Activations (B, T, d_model) at `hook` of decoder layer `layer` (0-based).
 
@@ -378,6 +387,9 @@ def activations(
     exception carrying its value, so neither the layers above nor the unembedding run.
     resid_post of layer L equals the full model's hidden_states[L + 1] (for the last layer before
     the final norm), resid_pre equals hidden_states[L].
+    past_key_values: a transformers Cache; the inputs then continue the sequence it holds
+    (attention_mask covers cached and new positions), and the layers that run append their keys
+    and values to it, so a shared prompt prefix runs once and its cache serves every query.
     """
     if not 0 <= layer < model.n_layers:
         raise ValueError(f"layer {layer} is out of range; allowed: 0..{model.n_layers - 1}")
@@ -400,7 +412,8 @@ def activations(
             model.model.base_model(
                 input_ids=input_ids_BT.to(model.device),
                 attention_mask=attention_mask_BT,
-                use_cache=False,
+                use_cache=past_key_values is not None,
+                **{cache_keyword(model.model.base_model): past_key_values},
             )
     except _StopForward as stop:
         return stop.captured
