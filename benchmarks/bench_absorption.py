@@ -147,7 +147,7 @@ def main() -> None:
         config = AbsorptionConfig(
             model=args.model,
             layer=args.layer,
-            n_words=args.n_words or None,
+            n_words=args.n_words,  # 0: the whole vocabulary
             batch_size=args.batch_size,
             device="cpu",
             setup_dir=str(work / "setup"),

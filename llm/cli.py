@@ -11,6 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
+from llm.absorption.job import AbsorptionConfig
 from llm.cache import ExtractConfig
 from llm.hedging import LLMHedgingConfig
 from llm.jobs import EvalConfig, SAETrainConfig
@@ -32,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
          eval_command),
         ("hedging", LLMHedgingConfig, "hedging degree vs width (BatchTopK, L1) and vs "
          "matryoshka mu", hedging_command),
+        ("absorption", AbsorptionConfig, "first-letter absorption of SAEs at one hook point",
+         absorption_command),
     ):  # fmt: skip
         parser = commands.add_parser(name, help=help_, description=config_class.__doc__)
         add_config_arguments(parser, config_class)
@@ -92,4 +95,15 @@ def hedging_command(args: argparse.Namespace) -> int:
 
     run = run_llm_hedging(args.config, args.out)
     print(f"hedging tables in {run.folder / 'tables'}; metrics in {run.folder / 'metrics.json'}")
+    return 0
+
+
+def absorption_command(args: argparse.Namespace) -> int:
+    from llm.absorption.job import run_absorption
+
+    run = run_absorption(args.config, args.out)
+    metrics = _metrics(run)
+    print(f"absorption tables in {run.folder / 'tables'}; metrics in {run.folder / 'metrics.json'}")
+    for name, failure in (metrics.get("failures") or {}).items():
+        print(f"  {name} failed: {failure['error']}")
     return 0

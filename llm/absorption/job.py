@@ -29,9 +29,9 @@ from llm.absorption.hook_setup import (
     prepare_setup,
 )
 from llm.absorption.vocabulary import LETTERS
-from llm.models import DTYPES, HOOKS, LoadedModel, cache_root, load_model
+from llm.models import DTYPES, HOOKS, LoadedModel, cache_root, load_model, model_provenance
 from llm.saefiles import SAEFile, load_sae, saelens_hook_name
-from toymodels.runs import Run
+from toymodels.runs import Run, check_run_folder
 
 EVAL_TYPE_ID = "absorption_first_letter"
 
@@ -48,8 +48,8 @@ class AbsorptionConfig:
     """Hook point: resid_pre, attn_out, mlp_out or resid_post."""
     sae_paths: tuple[str, ...] = ()
     """SAE folders (ours or SAELens layout) or Gemma Scope params.npz files; empty: probe only."""
-    n_words: int | None = 16384
-    """Words sampled (seeded) from the alphabetic vocabulary; None: the whole vocabulary."""
+    n_words: int = 16384
+    """Words sampled (seeded) from the alphabetic vocabulary; 0: the whole vocabulary."""
     test_fraction: float = 0.2
     """Share of each letter's words in the test split."""
     n_icl_examples: int = 10
@@ -105,7 +105,7 @@ class AbsorptionConfig:
             integer(name, low)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if self.n_words is not None:
+        if self.n_words != 0:
             integer("n_words", 2)
         if self.hook not in HOOKS:
             raise ValueError(f"hook {self.hook!r} is not supported; allowed: {', '.join(HOOKS)}")
@@ -133,7 +133,7 @@ class AbsorptionConfig:
             model=self.model,
             layer=self.layer,
             hook=self.hook,
-            n_words=self.n_words,
+            n_words=self.n_words or None,  # 0: the whole vocabulary
             test_fraction=self.test_fraction,
             n_icl_examples=self.n_icl_examples,
             seed=self.seed,
@@ -239,6 +239,7 @@ def run_absorption(
     """Evaluate every SAE of `config` and write the run folder `out` (module docstring).
 
     model: config.model already loaded (with config.dtype), to save loading it again."""
+    check_run_folder(out, config)
     if model is None:
         model = load_model(config.model, device=config.device, dtype=config.dtype)
     elif model.name != config.model or model.dtype != DTYPES[config.dtype]:
@@ -261,12 +262,8 @@ def run_absorption(
         if config.setup_dir
         else default_folder(cache_root() / "absorption", setup_config)
     )
-    run = Run(
-        out,
-        {**asdict(config), "sae_paths": list(config.sae_paths)},
-        seeds={"seed": config.seed},
-        kind="absorption",
-    )
+    run = Run(out, config, seeds={"seed": config.seed}, kind="absorption")
+    run.record_provenance(**model_provenance(config.model))
     started = time.perf_counter()
     setup = prepare_setup(model, setup_config, folder)
     setup_seconds = time.perf_counter() - started

@@ -11,6 +11,7 @@ import typing
 import pytest
 from simple_parsing.docstring import get_attribute_docstring
 
+from llm.absorption.job import AbsorptionConfig
 from llm.cache import ExtractConfig
 from llm.hedging import LLMHedgingConfig
 from llm.jobs import EvalConfig, SAETrainConfig
@@ -128,6 +129,18 @@ COMMANDS = [
             mus=(),
             seeds=2,
             train=SMALL,
+        ),
+    ),
+    (
+        ["llm", "absorption"],
+        AbsorptionConfig(
+            model="smollm2-135m",
+            layer=2,
+            sae_paths=("runs/t", "gs/params.npz"),
+            n_words=0,
+            tau=0.05,
+            causal_metric=True,
+            setup_dir="setups/x",
         ),
     ),
     (["report"], ReportConfig(runs=("runs/a", "runs/b"), title="A title")),

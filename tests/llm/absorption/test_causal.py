@@ -91,7 +91,7 @@ def test_job_reports_the_causal_rate(tiny, tmp_path):
         model=str(folder),
         layer=1,
         sae_paths=(path,),
-        n_words=None,
+        n_words=0,
         probe_epochs=5,
         min_letters=1,
         min_probe_f1=0.0,

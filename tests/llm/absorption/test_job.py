@@ -34,7 +34,7 @@ def _config(model_dir, tmp_path, saes, **changes):
         model=str(model_dir),
         layer=1,
         sae_paths=tuple(saes),
-        n_words=None,
+        n_words=0,
         probe_epochs=5,
         min_letters=1,
         min_probe_f1=0.0,
