@@ -42,14 +42,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import scipy.linalg
 import scipy.optimize
 
 from theory.closed_forms import Width1Terms, width1_region_terms
 from theory.features import FeatureModel, NumericFeatureModel
 from theory.sae import SAEParams, SAESpec, codes, expected_loss
 
-MAX_STARTS_PER_REGION = 3
+STARTS_PER_REGION = 2  # local searches per region, from the best starts by their loss
+MAX_REGIONS = 200_000  # activation regions one exact optimum may screen
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
 RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
 FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
@@ -162,20 +162,35 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
     (Lawson and Hanson, Solving Least Squares Problems, ch. 23)."""
     m = len(G)
     G = G + RIDGE * max(np.trace(G) / m, 1e-300) * np.eye(m)
-    L = np.linalg.cholesky(G)
-    psi0 = scipy.linalg.cho_solve((L, True), rhs)
+    psi0 = np.linalg.solve(G, rhs)
     slack = C @ psi0
     if slack.min() >= 0:
         return psi0, np.zeros(len(C))
-    H = scipy.linalg.solve_triangular(L, C.T, lower=True).T  # C L^-T
+    L = np.linalg.cholesky(G)
+    H = np.linalg.solve(L, C.T).T  # C L^-T
     E = np.vstack([H.T, -slack[None, :]])
     f = np.zeros(m + 1)
     f[-1] = 1.0
     v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
     r = E @ v - f
-    u = -r[:-1] / r[-1]
-    psi = psi0 + scipy.linalg.solve_triangular(L.T, u, lower=False)
-    return psi, 2.0 * v / -r[-1]
+    if -r[-1] > 1e-12:
+        psi = psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1])
+        return psi, 2.0 * v / -r[-1]
+    # the feasible set has no interior (e.g. a code forced to vanish) and the reduction loses
+    # it to rounding: solve the programme directly from psi = 0, which is always feasible
+    result = scipy.optimize.minimize(
+        lambda x: (x @ G @ x - 2 * rhs @ x, 2 * (G @ x - rhs)),
+        np.zeros(m),
+        jac=True,
+        method="SLSQP",
+        constraints=[{"type": "ineq", "fun": lambda x: C @ x, "jac": lambda x: C}],
+        options={"ftol": 1e-15, "maxiter": 500},
+    )
+    tight = C @ result.x < 1e-9
+    lam = np.zeros(len(C))
+    if tight.any():
+        lam[tight] = scipy.optimize.nnls(C[tight].T, 2 * (G @ result.x - rhs))[0]
+    return result.x, lam
 
 
 @dataclass(frozen=True)
@@ -331,7 +346,7 @@ def _reduced(
 def _minimise(fun, start: np.ndarray) -> np.ndarray:  # noqa: ANN001
     k, n = start.shape
     res = scipy.optimize.minimize(
-        fun, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-8, "maxiter": 200}
+        fun, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-7, "maxiter": 200}
     )
     return _unit_rows(res.x, k, n)
 
@@ -341,23 +356,20 @@ def _search_region(
     spec: SAESpec,
     active: np.ndarray,
     l1: float,
-    rng: np.random.Generator,
+    starts: list[np.ndarray],
     to_beat: float,
 ) -> list[tuple[np.ndarray, _Inner]]:
-    """Local optima over unit decoder directions of a region's closure.
-
-    Each start is first minimised without the region's constraints (a lower bound on what the
-    region can reach from there: once it fails to beat `to_beat`, the region is abandoned);
-    where that minimiser breaks a constraint, the constrained loss is minimised from it."""
-    free = _reduced(world, spec, active, l1, constrained=False)
+    """Local optima over unit decoder directions of a region's closure, from the best
+    STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
+    `to_beat` ends the region's search."""
     closed = _reduced(world, spec, active, l1, constrained=True)
-    starts = sorted(_direction_starts(world, active, rng), key=lambda e: free(e.ravel())[0])
+    values = [closed(start.ravel())[0] for start in starts]
     found = []
-    for start in starts[:MAX_STARTS_PER_REGION]:
-        directions = _minimise(free, start)
-        if free(directions.ravel())[0] > to_beat - 1e-12:
+    for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
+        directions = _minimise(closed, starts[j])
+        found.append((directions, _inner_solve(world, spec, directions, active, l1)))
+        if found[-1][1].loss > to_beat - 1e-12:
             break
-        found.append(_closed_candidate(world, spec, active, l1, directions, closed))
     return found
 
 
@@ -445,9 +457,11 @@ def global_optimum(
 ) -> Optimum:
     """The global optimum of `spec` on `model` by branch and bound over activation regions.
 
-    Width 1 untied uses the closed form per region; other variants search decoder directions per
-    region with every other parameter solved exactly on the region's closure. Untied parameters
-    come back folded (unit decoder rows), tied ones tied; latents that never fire have zero
+    Regions are listed with their subspace-fit bound below the all-dead SAE's loss and
+    searched in order of that bound, each skipped once its bound cannot beat the best so far.
+    Width 1 untied uses the closed form per region; other variants search decoder directions
+    with every other parameter solved exactly on the region's closure. Untied parameters come
+    back folded (unit decoder rows), tied ones tied; latents that never fire have zero
     parameters.
     """
     world = model.numeric() if isinstance(model, FeatureModel) else model
@@ -455,41 +469,66 @@ def global_optimum(
     S, n = world.states.shape
     k = spec.width
     residual_MD = _fit_residuals(world, spec.decoder_bias)
-    full = 2**S - 1
     sets = [0] + [sum(1 << s for s, on in enumerate(mask) if on) for mask in separable_sets(world)]
     masks = np.array(sets, dtype=np.int64)
     rng = np.random.default_rng(seed)
+    nobody = np.eye(n)[:1].repeat(k, 0)
+    silent = _inner_solve(world, spec, nobody, np.zeros((k, S)), l1)
+    best = _candidate(world, spec, nobody, silent, None)
+    full = 2**S - 1
+    regions = _regions(residual_MD, masks, k, full, best.loss)
+    bounds = [float(_region_bound(residual_MD, list(masks[list(r)]), 0, full)) for r in regions]
+    regions = [regions[i] for i in np.argsort(bounds, kind="stable")]
 
-    dead = _inner_solve(world, spec, np.eye(n)[:1].repeat(k, 0), np.zeros((k, S)), l1)
-    best = _candidate(world, spec, np.eye(n)[:1].repeat(k, 0), dead, None)
-    tried = 0
+    def as_active(region: tuple[int, ...]) -> np.ndarray:
+        return ((masks[list(region)][:, None] >> np.arange(S)) & 1).astype(float)
 
-    def search(chosen: list[int]) -> None:
-        nonlocal best, tried
-        if len(chosen) == k:
-            active = ((masks[chosen][:, None] >> np.arange(S)) & 1).astype(float)
-            if not active.any():
-                return
-            tried += 1
-            if k == 1 and not spec.tied:
-                found = _width1_search(world, spec, active, l1, best.loss)
-            else:
-                found = _search_region(world, spec, active, l1, rng, best.loss)
-            for directions, inner in found:
+    if k == 1 and not spec.tied:
+        for region in regions:
+            active = as_active(region)
+            for directions, inner in _width1_search(world, spec, active, l1, best.loss):
                 best = _candidate(world, spec, directions, inner, best)
+        return Optimum(best.params, best.loss, best.active, len(regions))
+    tried = 0
+    for region in regions:
+        active = as_active(region)
+        if _region_bound(residual_MD, list(masks[list(region)]), 0, full) > best.loss - 1e-12:
+            continue  # the best has improved since the region was listed
+        tried += 1
+        starts = _direction_starts(world, active, rng)
+        for directions, inner in _search_region(world, spec, active, l1, starts, best.loss):
+            best = _candidate(world, spec, directions, inner, best)
+    return Optimum(best.params, best.loss, best.active, tried)
+
+
+def _regions(
+    residual_MD: np.ndarray, masks: np.ndarray, k: int, full: int, to_beat: float
+) -> list[tuple[int, ...]]:
+    """Every tuple of k separable sets (indices into `masks`, never increasing: latents are
+    interchangeable, and dead latents come last) whose subspace-fit bound is below `to_beat`,
+    except the all-dead one."""
+    found = []
+
+    def grow(chosen: list[int]) -> None:
+        if len(chosen) == k:
+            if any(chosen):
+                found.append(tuple(chosen))
             return
-        # latents are interchangeable: set indices never increase (dead latents last)
+        if len(found) > MAX_REGIONS:
+            raise ValueError(
+                f"more than {MAX_REGIONS} activation regions survive the lower bound; this "
+                "model and width are too large for the exact optimum (theory.numeric."
+                "numeric_optimum searches it without a guarantee)"
+            )
         options = np.arange((chosen[-1] if chosen else len(masks) - 1) + 1)
         bounds = _region_bound(
             residual_MD, [masks[c] for c in chosen] + [masks[options]], k - len(chosen) - 1, full
         )
-        for j in np.argsort(bounds, kind="stable"):
-            if bounds[j] > best.loss - 1e-12:
-                break
-            search([*chosen, int(options[j])])
+        for j in np.nonzero(bounds < to_beat - 1e-12)[0]:
+            grow([*chosen, int(options[j])])
 
-    search([])
-    return Optimum(best.params, best.loss, best.active, tried)
+    grow([])
+    return found
 
 
 def _candidate(

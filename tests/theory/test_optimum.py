@@ -9,7 +9,7 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.theory.strategies import feature_models
+from tests.theory.strategies import feature_models, sae_specs
 from theory import closed_forms
 from theory.features import SCENARIOS, from_table, independent, scenario
 from theory.numeric import numeric_optimum
@@ -225,3 +225,21 @@ def test_tied_optimum_on_a_region_boundary():
     model = from_table("00:0.675,10:0.2,01:0.075,11:0.05")
     ours, _ = _assert_exact_guarantee(model, SAESpec(2, 0.02, tied=True))
     assert ours.loss == pytest.approx(0.0074519, abs=1e-7)
+
+
+@given(model=feature_models(2), spec=sae_specs(widths=(1, 2)))
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_exact_guarantee_two_features_widths_1_and_2(model, spec):
+    _assert_exact_guarantee(model, spec)
+
+
+@given(model=feature_models(3, with_magnitudes=False), spec=sae_specs(widths=(1,)))
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_exact_guarantee_three_features_width_1(model, spec):
+    _assert_exact_guarantee(model, spec)
+
+
+@given(model=feature_models(2), spec=sae_specs(widths=(3,)))
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_exact_guarantee_two_features_width_3(model, spec):
+    _assert_exact_guarantee(model, spec)
