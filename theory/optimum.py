@@ -23,8 +23,11 @@ remains is a search over unit directions:
   a secular polynomial otherwise. Its minimum is an exact lower bound on the region; when the
   minimiser satisfies the constraints it is the region's optimum, otherwise the constrained
   search below starts from the stationary points.
-* otherwise: a low-dimensional smooth search over directions (a few starts) per region, first
-  without the constraints (cheap, and a lower bound on the region), then with them from there.
+* otherwise: a low-dimensional smooth search (BFGS) over the directions of the constrained
+  loss from the two best of a few data-driven starts per region; its gradient comes from the
+  envelope theorem with the programme's multipliers. (Without the constraints the L1 term is
+  unbounded below when two latents on one region point in opposite directions, so the
+  constrained loss is searched from the start.)
 
 Regions are tuples of separable state sets, one per latent, searched by branch and bound: a
 partial tuple is abandoned when a lower bound on every completion cannot beat the best loss so
@@ -32,7 +35,9 @@ far. The bound ignores the L1 term and relaxes the shared decoder bias and direc
 that the same set L of latents fire on (with m latents still unassigned) are reconstructed in
 an affine subspace of dimension |L| + m, so they cost at least the residual of the best such
 subspace (the trailing eigenvalues of their weighted covariance; without a decoder bias,
-linear subspaces and the uncentred second moment).
+linear subspaces and the uncentred second moment). Where more than MAX_REGIONS regions survive
+it (the hedging paper's 12-state multi-latent toy at width 3: about 25 million) the model is
+refused with a ValueError rather than searched for hours.
 """
 
 from __future__ import annotations
@@ -161,36 +166,24 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
     u = H^T v / (1 - h.v) for v the non-negative least-squares solution of [H^T; h^T] v = e_last
     (Lawson and Hanson, Solving Least Squares Problems, ch. 23)."""
     m = len(G)
-    G = G + RIDGE * max(np.trace(G) / m, 1e-300) * np.eye(m)
+    G = G + RIDGE * (np.trace(G) / m + 1e-6) * np.eye(m)
     psi0 = np.linalg.solve(G, rhs)
     slack = C @ psi0
     if slack.min() >= 0:
         return psi0, np.zeros(len(C))
     L = np.linalg.cholesky(G)
     H = np.linalg.solve(L, C.T).T  # C L^-T
-    E = np.vstack([H.T, -slack[None, :]])
     f = np.zeros(m + 1)
     f[-1] = 1.0
-    v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
-    r = E @ v - f
-    if -r[-1] > 1e-12:
-        psi = psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1])
-        return psi, 2.0 * v / -r[-1]
-    # the feasible set has no interior (e.g. a code forced to vanish) and the reduction loses
-    # it to rounding: solve the programme directly from psi = 0, which is always feasible
-    result = scipy.optimize.minimize(
-        lambda x: (x @ G @ x - 2 * rhs @ x, 2 * (G @ x - rhs)),
-        np.zeros(m),
-        jac=True,
-        method="SLSQP",
-        constraints=[{"type": "ineq", "fun": lambda x: C @ x, "jac": lambda x: C}],
-        options={"ftol": 1e-15, "maxiter": 500},
-    )
-    tight = C @ result.x < 1e-9
-    lam = np.zeros(len(C))
-    if tight.any():
-        lam[tight] = scipy.optimize.nnls(C[tight].T, 2 * (G @ result.x - rhs))[0]
-    return result.x, lam
+    # when the feasible set has no interior (a code forced to vanish) rounding can make the
+    # reduction report infeasibility: loosen the constraints by a rounding-sized margin
+    for margin in (0.0, 1e-12, 1e-9):
+        E = np.vstack([H.T, (-slack - margin)[None, :]])
+        v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
+        r = E @ v - f
+        if -r[-1] > 1e-12:
+            return psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1]), 2.0 * v / -r[-1]
+    return np.zeros(m), np.zeros(len(C))  # psi = 0 is always feasible
 
 
 @dataclass(frozen=True)
@@ -295,6 +288,7 @@ def _realise(
 # --- direction search ---------------------------------------------------------------------------
 def _unit_rows(y: np.ndarray, k: int, n: int) -> np.ndarray:
     rows = y.reshape(k, n)
+    rows = rows / np.maximum(np.abs(rows).max(axis=1, keepdims=True), 1e-300)  # no overflow
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
 
 
@@ -308,9 +302,12 @@ def _direction_starts(
 ) -> list[np.ndarray]:
     """Starting decoder directions for a region, one row per latent: the top uncentred
     principal direction of the states only that latent fires on, of all its states, their
-    mean, the nearest feature directions to those, and one random draw."""
+    mean, the normal of a separating threshold for its states (a tied latent's encoder must
+    separate them, so its direction cannot be just any of the others), halfway between that
+    normal and the principal direction, the first tilted by 1e-4 toward the normal, the nearest
+    feature directions to the first three, and one random draw."""
     X, p = world.states, world.probabilities
-    k, (_S, n) = len(active), X.shape
+    k, n = len(active), X.shape[1]
     fallback = np.ones(n) / np.sqrt(n)
     on = active.astype(bool)
     only = on & (on.sum(0) == 1)
@@ -323,16 +320,48 @@ def _direction_starts(
     families.append(_unit_rows(means + 1e-12 * fallback, k, n))
     for rows in list(families):
         families.append(np.eye(n)[np.abs(rows).argmax(1)])
+    states = np.ascontiguousarray(X, dtype=float)
+    normals = np.stack(
+        [_separator(states.tobytes(), *states.shape, tuple(a)) if a.any() else fallback for a in on]
+    )
+    families.append(normals)
+    families.append(_unit_rows(normals + families[1], k, n))
+    # a tied latent's best direction can be the limit of ones that barely separate its states
+    # (the loss falls toward a direction where a state it must leave out ties with one it
+    # fires on): start a hair's breadth on the separating side of the principal direction
+    families.append(_unit_rows(families[0] + 1e-4 * normals, k, n))
     families.append(_unit_rows(rng.normal(size=(k, n)), k, n))
     return families
+
+
+@lru_cache(maxsize=4096)
+def _separator(
+    states_key: bytes, n_states: int, n_features: int, on: tuple[bool, ...]
+) -> np.ndarray:
+    """Unit normal w of a maximum-margin affine threshold selecting the `on` states:
+    w.x + c >= m on them, <= -m off them, |w_j| <= 1, m as large as possible."""
+    states = np.frombuffer(states_key).reshape(n_states, n_features)
+    Z = _affine_design(states)
+    mask = np.array(on)
+    sign = np.where(mask, -1.0, 1.0)[:, None]
+    A_ub = np.hstack([sign * Z, np.ones((n_states, 1))])
+    c = np.zeros(n_features + 2)
+    c[-1] = -1.0
+    bounds = [(-1.0, 1.0)] * n_features + [(None, None), (None, None)]
+    res = scipy.optimize.linprog(c, A_ub=A_ub, b_ub=np.zeros(n_states), bounds=bounds)
+    w = res.x[:n_features] if res.status == 0 else np.ones(n_features)
+    return w / max(np.linalg.norm(w), 1e-300)
 
 
 def _reduced(
     world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float, constrained: bool
 ):  # noqa: ANN202 (a closure for scipy)
+    """The region's loss as a function of the decoder rows (k * n flat) and its gradient."""
     k, n = len(active), world.states.shape[1]
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
+        if not np.isfinite(y).all():  # a runaway line-search step: reject it
+            return np.inf, np.zeros_like(y)
         rows = y.reshape(k, n)
         norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         e = rows / norms
@@ -345,9 +374,10 @@ def _reduced(
 
 def _minimise(fun, start: np.ndarray) -> np.ndarray:  # noqa: ANN001
     k, n = start.shape
-    res = scipy.optimize.minimize(
-        fun, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-7, "maxiter": 200}
-    )
+    with np.errstate(over="ignore", invalid="ignore"):  # trial steps far out are rejected
+        res = scipy.optimize.minimize(
+            fun, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-7, "maxiter": 200}
+        )
     return _unit_rows(res.x, k, n)
 
 
