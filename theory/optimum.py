@@ -204,10 +204,9 @@ def _inner_solve(
     directions: np.ndarray,
     active: np.ndarray,
     l1: float,
-    constrained: bool = True,
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
-    the closure of the region (`constrained`) or without its constraints (a lower bound).
+    the closure of the region.
 
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
@@ -230,17 +229,14 @@ def _inner_solve(
     G = np.einsum("s,sai,saj->ij", p, J, J)
     rhs = np.einsum("s,sai,sa->i", p, J, X) - 0.5 * l1 * linear
     side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
-    if constrained:
-        rows = []
-        for i, basis in enumerate(bases):
-            block = np.zeros((S, n_psi))
-            block[:, q[i] : q[i + 1]] = side[i][:, None] * basis
-            rows.append(block)
-            if spec.tied:  # kappa >= 0
-                rows.append(np.eye(n_psi)[q[i]][None])
-        psi, lam = _least_distance(G, rhs, np.vstack(rows))
-    else:
-        psi, lam = np.linalg.lstsq(G, rhs, rcond=None)[0], None
+    rows = []
+    for i, basis in enumerate(bases):
+        block = np.zeros((S, n_psi))
+        block[:, q[i] : q[i + 1]] = side[i][:, None] * basis
+        rows.append(block)
+        if spec.tied:  # kappa >= 0
+            rows.append(np.eye(n_psi)[q[i]][None])
+    psi, lam = _least_distance(G, rhs, np.vstack(rows))
     residual = X - np.einsum("sai,i->sa", J, psi)
     loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
     code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
@@ -252,8 +248,7 @@ def _inner_solve(
         for i in range(k):
             kappa = psi[q[i]]
             weight = p * active[i] * (l1 - 2.0 * residual @ directions[i])
-            if lam is not None:  # ... and so do the region's constraints
-                weight = weight - lam[i * stride : i * stride + S] * side[i]
+            weight = weight - lam[i * stride : i * stride + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X
     return _Inner(loss, codes_SK, bias, grad, code_params)
 
@@ -353,9 +348,7 @@ def _separator(
     return w / max(np.linalg.norm(w), 1e-300)
 
 
-def _reduced(
-    world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float, constrained: bool
-):  # noqa: ANN202 (a closure for scipy)
+def _reduced(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float):  # noqa: ANN202 (a closure for scipy)
     """The region's loss as a function of the decoder rows (k * n flat) and its gradient."""
     k, n = len(active), world.states.shape[1]
 
@@ -365,7 +358,7 @@ def _reduced(
         rows = y.reshape(k, n)
         norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         e = rows / norms
-        inner = _inner_solve(world, spec, e, active, l1, constrained)
+        inner = _inner_solve(world, spec, e, active, l1)
         g = inner.grad
         return inner.loss, ((g - (g * e).sum(1, keepdims=True) * e) / norms).ravel()
 
@@ -392,7 +385,7 @@ def _search_region(
     """Local optima over unit decoder directions of a region's closure, from the best
     STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
     `to_beat` ends the region's search."""
-    closed = _reduced(world, spec, active, l1, constrained=True)
+    closed = _reduced(world, spec, active, l1)
     values = [closed(start.ravel())[0] for start in starts]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
@@ -403,52 +396,61 @@ def _search_region(
     return found
 
 
-def _closed_candidate(
-    world: NumericFeatureModel,
-    spec: SAESpec,
-    active: np.ndarray,
-    l1: float,
-    directions: np.ndarray,
-    closed,  # noqa: ANN001
-) -> tuple[np.ndarray, _Inner]:
-    """The constrained optimum reached from `directions`: they themselves when the region's
-    constraints cost nothing there (the unconstrained optimum is feasible)."""
-    inner = _inner_solve(world, spec, directions, active, l1)
-    unconstrained = _inner_solve(world, spec, directions, active, l1, constrained=False).loss
-    if inner.loss > unconstrained + 1e-12:
-        better = _minimise(closed, directions)
-        candidate = _inner_solve(world, spec, better, active, l1)
-        if candidate.loss < inner.loss:
-            return better, candidate
-    return directions, inner
-
-
-def _width1_search(
-    world: NumericFeatureModel,
-    spec: SAESpec,
-    active: np.ndarray,
-    l1: float,
-    to_beat: float,
-) -> list[tuple[np.ndarray, _Inner]]:
-    """Width 1, untied: the closed form gives every stationary point of the unconstrained
-    region, hence its exact minimum; the constrained search starts from those below `to_beat`."""
+def _width1_points(
+    world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float
+) -> list[tuple[float, np.ndarray]]:
+    """Width 1, untied: every stationary point of the unconstrained region (closed form) with
+    its loss, best first; the first is the region's exact unconstrained minimum."""
     terms = width1_region_terms(world, active[0].astype(bool), l1, spec.decoder_bias)
     if terms is None:
         return []
-    points = sorted(
-        sphere_stationary_points(terms, l1),
-        key=lambda e: terms.constant - e @ terms.H @ e + l1 * terms.w @ e,
-    )
-    values = [terms.constant - e @ terms.H @ e + l1 * terms.w @ e for e in points]
-    closed = _reduced(world, spec, active, l1, constrained=True)
-    found = []
-    for e, value in zip(points, values, strict=True):
-        if value > to_beat - 1e-12:
+    points = [
+        (float(terms.constant - e @ terms.H @ e + l1 * terms.w @ e), e[None, :])
+        for e in sphere_stationary_points(terms, l1)
+    ]
+    return sorted(points, key=lambda point: point[0])
+
+
+def _width1_optimum(
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    actives: list[np.ndarray],
+    l1: float,
+    best: Optimum,
+) -> Optimum:
+    """Regions in order of their exact unconstrained minimum, until it cannot beat or tie the
+    best (ties go to the sparser solution, see `_better`).
+    First pass: each stationary point with the region's constraints imposed at its direction
+    (where the unconstrained minimiser is feasible, that is the region's optimum). Second pass:
+    the constrained search over directions from the best STARTS_PER_REGION stationary points of
+    regions that can still beat the best."""
+    points = [_width1_points(world, spec, active, l1) for active in actives]
+    order = [r for r in np.argsort([p[0][0] if p else np.inf for p in points]) if points[r]]
+    settled = set()
+    for r in order:
+        if points[r][0][0] > best.loss + TIE_TOL:
             break
-        found.append(_closed_candidate(world, spec, active, l1, e[None, :], closed))
-        if found[-1][1].loss <= values[0] + 1e-12:
-            break  # the region's unconstrained minimum is feasible: nothing can beat it here
-    return found
+        for value, e in points[r]:
+            if value > best.loss + TIE_TOL:
+                break
+            inner = _inner_solve(world, spec, e, actives[r], l1)
+            best = _candidate(world, spec, e, inner, best)
+            if inner.loss <= points[r][0][0] + 1e-12:
+                settled.add(r)  # the region's unconstrained minimum is feasible: its optimum
+                break
+    for r in order:
+        if points[r][0][0] > best.loss + TIE_TOL:
+            break
+        if r in settled:
+            continue
+        closed = _reduced(world, spec, actives[r], l1)
+        for value, e in points[r][:STARTS_PER_REGION]:
+            if value > best.loss + TIE_TOL:
+                break
+            directions = _minimise(closed, e)
+            inner = _inner_solve(world, spec, directions, actives[r], l1)
+            best = _candidate(world, spec, directions, inner, best)
+    return best
 
 
 def sphere_stationary_points(terms: Width1Terms, l1: float) -> list[np.ndarray]:
@@ -514,10 +516,7 @@ def global_optimum(
         return ((masks[list(region)][:, None] >> np.arange(S)) & 1).astype(float)
 
     if k == 1 and not spec.tied:
-        for region in regions:
-            active = as_active(region)
-            for directions, inner in _width1_search(world, spec, active, l1, best.loss):
-                best = _candidate(world, spec, directions, inner, best)
+        best = _width1_optimum(world, spec, [as_active(r) for r in regions], l1, best)
         return Optimum(best.params, best.loss, best.active, len(regions))
     tried = 0
     for region in regions:
