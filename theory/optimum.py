@@ -54,7 +54,7 @@ from theory.features import FeatureModel, NumericFeatureModel
 from theory.sae import SAEParams, SAESpec, codes, expected_loss
 
 STARTS_PER_REGION = 2  # local searches per region, from the best starts by their loss
-MAX_REGIONS = 200_000  # activation regions one exact optimum may screen
+MAX_REGIONS = 200_000  # activation regions one exact optimum may list
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
 RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
 FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
