@@ -1,7 +1,8 @@
-"""Theory speed and agreement: exact optima vs the independent numeric minimiser, symbolic cold
-start, vectorised predictions. Prints one JSON object.
+"""Theory speed and agreement: exact optima vs the independent numeric minimiser (random width-1
+models and the three larger cases of issue 12), symbolic cold start, vectorised predictions.
+Prints one JSON object.
 
-    .venv/bin/python benchmarks/bench_theory.py [--models 100]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py [--models 100]
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from theory.features import from_table  # noqa: E402
+from theory.features import from_table, hierarchical, independent, product, scenario  # noqa: E402
 from theory.numeric import numeric_optimum  # noqa: E402
 from theory.optimum import global_optimum  # noqa: E402
 from theory.sae import SAESpec  # noqa: E402
@@ -57,6 +58,43 @@ def exact_vs_numeric(n_models: int, n_features: int, seed: int = 0) -> dict:
         "numeric_seconds_per_model_median": float(np.median(t_numeric)),
         "speedup_exact_over_numeric": float(t_numeric.sum() / t_exact.sum()),
     }
+
+
+def larger_cases() -> dict:
+    """Issue 12's speed cases, exact optimum vs the numeric minimiser (32 starts) in the same run:
+    width 2 on an 8-state 3-feature model (independent, P = 0.3, 0.2, 0.15), width 3 on the
+    correlated 2-feature scenario, and the hedging paper's multi-latent toy (features 1-3
+    independent at 0.25, feature 4 a child of feature 3 with P(4 | 3) = 0.2: 12 states), width 3.
+    All untied with a decoder bias. An exact optimum that refuses the model records its error."""
+    cases = {
+        "width2_three_features_8_states": (independent([0.3, 0.2, 0.15]), SAESpec(2, 2e-2)),
+        "width3_two_features": (scenario("correlated"), SAESpec(3, 2e-2)),
+        "width3_multi_latent_toy_12_states": (
+            product(independent([0.25, 0.25]), hierarchical(0.25, [0.2])),
+            SAESpec(3, 1e-2),
+        ),
+    }
+    rows = {}
+    for name, (model, spec) in cases.items():
+        t0 = time.perf_counter()
+        try:
+            exact_loss, error = global_optimum(model, spec).loss, None
+        except ValueError as err:
+            exact_loss, error = None, str(err)
+        t1 = time.perf_counter()
+        numeric = numeric_optimum(model, spec, n_starts=32)
+        t2 = time.perf_counter()
+        rows[name] = {
+            "states": model.n_states,
+            "exact_seconds": t1 - t0,
+            "numeric_seconds": t2 - t1,
+            "exact_over_numeric_time": (t1 - t0) / (t2 - t1),
+            "exact_loss": exact_loss,
+            "numeric_loss": numeric.loss,
+            "exact_minus_numeric_loss": None if exact_loss is None else exact_loss - numeric.loss,
+            "exact_error": error,
+        }
+    return rows
 
 
 def _cold(code: str) -> dict:
@@ -109,6 +147,7 @@ def main() -> None:
     result = {
         "two_feature_width1": exact_vs_numeric(args.models, 2),
         "three_feature_width1": exact_vs_numeric(args.models, 3, seed=1),
+        "larger_cases": larger_cases(),
         **symbolic_cold_start(),
         **vectorised_predictions(),
     }

@@ -8,10 +8,12 @@ theory.predictions names the quantities people ask about.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
+import numpy as np
 import sympy as sp
 
-from theory.features import FeatureModel, Scalar, _sym
+from theory.features import FeatureModel, NumericFeatureModel, Scalar, _sym
 
 
 def _active_rows(model: FeatureModel, active: Sequence[bool]) -> tuple[sp.Matrix, sp.Matrix]:
@@ -64,43 +66,79 @@ def soft_threshold_code(x: sp.Matrix, direction: sp.Matrix, bias: sp.Matrix, l1:
     return sp.Max(0, (direction.T * (x - bias))[0] - _sym(l1, "l1") / 2)
 
 
-def width1_region_terms(
-    model: FeatureModel, active: Sequence[bool], l1: Scalar = 0, decoder_bias: bool = True
-) -> dict[str, sp.Expr | sp.Matrix]:
-    """Symbolic reduction of a width-1 untied SAE whose latent fires on `active` states.
+class Width1Terms(NamedTuple):
+    """loss(e) = constant - e^T H e + l1 w.e over unit decoder directions e in one region, and
+    P_active, the probability of the region's states. Entries are sympy (from a FeatureModel) or
+    numpy (from a NumericFeatureModel; w is then a flat vector)."""
 
-    The loss over unit decoder directions e is constant - e^T H e + l1 w.e (derivation in
-    theory.optimum). M, the part of the active states' second moment that an affine code can
-    reproduce, is the uncentred second moment of the active states when they are affinely
-    independent."""
-    Xa, pa = _active_rows(model, active)
-    l1 = _sym(l1, "l1")
-    Za = Xa.row_join(sp.ones(Xa.rows, 1))
-    Pa = sp.diag(*pa)
-    if Za.rank() == Za.rows:  # affinely independent active states: codes are free per state
-        M = Xa.T * Pa * Xa
+    H: sp.Matrix | np.ndarray
+    w: sp.Matrix | np.ndarray
+    constant: sp.Expr | float
+    P_active: sp.Expr | float
+
+
+def width1_region_terms(
+    model: FeatureModel | NumericFeatureModel,
+    active: Sequence[bool],
+    l1: Scalar = 0,
+    decoder_bias: bool = True,
+) -> Width1Terms | None:
+    """Reduction of a width-1 untied SAE whose latent fires on `active` states to a quadratic
+    form on the unit sphere of decoder directions (derivation in theory.optimum).
+
+    With z = (x, 1), C = sum_A p z x^T, Z = sum_A p z z^T, M = C^T Z^+ C (the part of the active
+    states' second moment that an affine code can reproduce; the uncentred second moment
+    sum_A p x x^T when the active states are affinely independent), mu = E[x],
+    mu_A = sum_A p x, mu_off = mu - mu_A and P = P(A):
+      decoder bias:    H = M - mu mu^T + mu_off mu_off^T / (1 - P),  w = mu_A - P mu_off / (1 - P),
+                       constant = E||x||^2 - ||mu||^2 - l1^2 P / (4 (1 - P));
+      no decoder bias: H = M, w = mu_A, constant = E||x||^2 - l1^2 P / 4.
+    When every state is active (P = 1) with a decoder bias the latent duplicates the bias:
+    H = M - mu mu^T, w = 0 at l1 = 0, and None (no stationary point) for l1 > 0.
+
+    A FeatureModel gives exact sympy expressions (symbols allowed), a NumericFeatureModel the
+    same quantities as floats, fast enough to run on every region of a search."""
+    symbolic = isinstance(model, FeatureModel)
+    if symbolic:
+        Xa, pa = _active_rows(model, active)
+        X, p = model.state_matrix(), sp.Matrix(model.probabilities)
+        l1 = _sym(l1, "l1")
+        Za = Xa.row_join(sp.ones(Xa.rows, 1))
+        Pa = sp.diag(*pa)
+        if Za.rank() == Za.rows:  # affinely independent active states: codes free per state
+            M = Xa.T * Pa * Xa
+        else:
+            M = (Za.T * Pa * Xa).T * (Za.T * Pa * Za).pinv() * (Za.T * Pa * Xa)
+        P = sum(pa, sp.Integer(0))
+        second = sum((p[s] * (X[s, :] * X[s, :].T)[0] for s in range(X.rows)), sp.Integer(0))
+        everything = sp.simplify(P - 1) == 0
     else:
-        M = (Za.T * Pa * Xa).T * (Za.T * Pa * Za).pinv() * (Za.T * Pa * Xa)
-    X = model.state_matrix()
-    second = sum(
-        (p * (X[s, :] * X[s, :].T)[0] for s, p in enumerate(model.probabilities)), sp.Integer(0)
-    )
-    mu = model.mean()
-    mu_a = Xa.T * pa
-    P = sum(pa, sp.Integer(0))
+        X, p = model.states, model.probabilities[:, None]
+        on = np.asarray(active, dtype=bool)
+        if on.shape != p.shape[:1]:
+            raise ValueError(f"active has {on.size} entries; the model has {len(p)} states")
+        Xa, pa = X[on], p[on]
+        Za = np.hstack([Xa, np.ones((len(Xa), 1))])
+        C = Za.T @ (pa * Xa)
+        M = C.T @ np.linalg.pinv(Za.T @ (pa * Za)) @ C
+        P = float(pa.sum())
+        second = float(p[:, 0] @ (X**2).sum(1))
+        everything = P > 1 - 1e-12
+    mu, mu_A = X.T @ p, Xa.T @ pa  # columns (n x 1)
     if not decoder_bias:
-        H, w, constant = M, mu_a, second - l1**2 * P / 4
+        H, w, constant = M, mu_A, second - l1**2 * P / 4
+    elif everything:
+        if l1:
+            return None
+        H, w, constant = M - mu @ mu.T, 0 * mu, second - (mu.T @ mu)[0, 0]
     else:
-        mu_off = mu - mu_a
-        H = M - mu * mu.T + mu_off * mu_off.T / (1 - P)
-        w = mu_a - P * mu_off / (1 - P)
-        constant = second - (mu.T * mu)[0] - l1**2 * P / (4 * (1 - P))
-    return {
-        "H": sp.simplify(H),
-        "w": sp.simplify(w),
-        "constant": sp.simplify(constant),
-        "P_active": sp.simplify(P),
-    }
+        mu_off = mu - mu_A
+        H = M - mu @ mu.T + mu_off @ mu_off.T / (1 - P)
+        w = mu_A - P * mu_off / (1 - P)
+        constant = second - (mu.T @ mu)[0, 0] - l1**2 * P / (4 * (1 - P))
+    if symbolic:
+        return Width1Terms(sp.simplify(H), sp.simplify(w), sp.simplify(constant), sp.simplify(P))
+    return Width1Terms(H, w.ravel(), float(np.squeeze(constant)), P)
 
 
 def top_eigen_angle(H: sp.Matrix) -> sp.Expr:

@@ -10,7 +10,7 @@ import sympy as sp
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
 from theory.features import FeatureModel, WorldConfig
 from theory.optimum import Optimum, global_optimum
-from theory.sae import SAESpec
+from theory.sae import SAESpec, codes
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,9 @@ def run_derive(config: DeriveConfig) -> dict:
 
 
 def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:
-    """Optimum parameters in the feature basis (decoder rows unit norm), its exact expected loss,
-    the states each latent fires on and, with `symbolic`, the closed forms of its region."""
+    """Optimum parameters in the feature basis (untied: decoder rows unit norm; tied: encoder =
+    decoder), its exact expected loss, the states each latent fires on (strictly positive code)
+    and, with `symbolic`, the closed forms of its region."""
     start = time.perf_counter()
     record = optimum_record(model, spec, global_optimum(model, spec, seed=seed), symbolic)
     record["seconds"] = time.perf_counter() - start
@@ -52,11 +53,12 @@ def optimum_record(
 ) -> dict:
     """The JSON record of an optimum already found (keys as `derive`'s, without timing)."""
     patterns = ["".join(map(str, pat)) for pat in model.patterns]
+    firing_SK = codes(model.numeric(), optimum.params) > 0
     record = {
         **optimum.params.to_json(),
         "expected_loss": optimum.loss,
         "fires_on": [
-            [pat for pat, on in zip(patterns, row, strict=True) if on] for row in optimum.active
+            [pat for pat, on in zip(patterns, row, strict=True) if on] for row in firing_SK.T
         ],
         "spec": {
             "width": spec.width,
@@ -94,13 +96,13 @@ def closed_forms_latex(
     terms = width1_region_terms(symbolic_model, active[0], l1, spec.decoder_bias)
     forms = {
         "loss_on_unit_sphere": r"L(e) = c - e^\top H e + \lambda\, w^\top e",
-        "H": sp.latex(terms["H"]),
-        "w": sp.latex(terms["w"]),
-        "c": sp.latex(terms["constant"]),
+        "H": sp.latex(terms.H),
+        "w": sp.latex(terms.w),
+        "c": sp.latex(terms.constant),
         "stationarity": r"(\nu I - H)\, e = -\tfrac{\lambda}{2} w,\ \|e\| = 1",
     }
     if model.n_features == 2 and not l1:
-        H = sp.Matrix(terms["H"])
+        H = sp.Matrix(terms.H)
         forms["decoder_angle"] = sp.latex(top_eigen_angle(H))
         forms["hedging_ratio"] = sp.latex(sp.simplify(top_eigen_ratio(H)))
     return forms

@@ -2,18 +2,42 @@
 
 On a feature model an SAE latent is active on some set A of states. Inside one such region the
 ReLU is the identity on A and zero elsewhere, so the loss is smooth. Writing each latent's
-decoder as a unit direction e times its norm, and its norm-scaled code g_s = ||d|| h_s (an affine
-function of x_s on A), reconstruction and the decoder-norm-weighted L1 term depend on (e, g)
-only. For fixed directions E every other parameter (codes, biases) enters a convex quadratic,
-solved exactly by one linear solve. What remains is a search over unit directions:
+decoder as a unit direction e times its norm, and its norm-scaled code g_s = ||d|| h_s, the
+reconstruction b + sum_i e_i g_si and the decoder-norm-weighted L1 term l1 sum_i g_si depend on
+(e, g, b) only. The codes are linear in a few parameters psi_i per latent:
 
-* width 1, untied: closed form. Eliminating codes and biases leaves
-  loss(e) = const - e^T H e + l1 w.e on the unit sphere: eigenvectors of H at l1 = 0, the
-  roots of a secular polynomial otherwise (see `width1_region_terms`).
-* otherwise: a low-dimensional smooth search over directions (multi-start) per region.
+* untied: g_s = z_s . theta with z_s = (x_s, 1), any affine function of x;
+* tied (encoder = decoder = sqrt(kappa) e): g_s = kappa e.x_s + t with kappa = ||d||^2 >= 0.
 
-Each region's stationary point is kept only if it is consistent (codes >= 0 on A and the affine
-pre-activation <= 0 off A); the best consistent region is the global optimum.
+For fixed directions E the loss is therefore a convex quadratic in psi = (psi_1..psi_k, b), and
+the region's closure is a set of homogeneous linear constraints on psi: codes >= 0 on A,
+pre-activation <= 0 off A (and kappa >= 0). On the closure the smooth loss equals the true loss
+(a pre-activation of exactly 0 gives a zero code either way), so optima on a region boundary are
+ordinary constrained optima: `_least_distance` solves that quadratic programme exactly (Lawson
+and Hanson's reduction of a least-distance programme to non-negative least squares). What
+remains is a search over unit directions:
+
+* width 1, untied: closed form. Without the constraints, eliminating codes and biases leaves
+  loss(e) = const - e^T H e + l1 w.e on the unit sphere (theory.closed_forms.
+  width1_region_terms), whose stationary points are eigenvectors of H at l1 = 0 and roots of
+  a secular polynomial otherwise. Its minimum is an exact lower bound on the region; when the
+  minimiser satisfies the constraints it is the region's optimum, otherwise the constrained
+  search below starts from the stationary points.
+* otherwise: a low-dimensional smooth search (BFGS) over the directions of the constrained
+  loss from the two best of a few data-driven starts per region; its gradient comes from the
+  envelope theorem with the programme's multipliers. (Without the constraints the L1 term is
+  unbounded below when two latents on one region point in opposite directions, so the
+  constrained loss is searched from the start.)
+
+Regions are tuples of separable state sets, one per latent, searched by branch and bound: a
+partial tuple is abandoned when a lower bound on every completion cannot beat the best loss so
+far. The bound ignores the L1 term and relaxes the shared decoder bias and directions: states
+that the same set L of latents fire on (with m latents still unassigned) are reconstructed in
+an affine subspace of dimension |L| + m, so they cost at least the residual of the best such
+subspace (the trailing eigenvalues of their weighted covariance; without a decoder bias,
+linear subspaces and the uncentred second moment). Where more than MAX_REGIONS regions survive
+it (the hedging paper's 12-state multi-latent toy at width 3: about 25 million) the model is
+refused with a ValueError rather than searched for hours.
 """
 
 from __future__ import annotations
@@ -25,18 +49,24 @@ from functools import lru_cache
 import numpy as np
 import scipy.optimize
 
+from theory.closed_forms import Width1Terms, width1_region_terms
 from theory.features import FeatureModel, NumericFeatureModel
-from theory.sae import SAEParams, SAESpec, expected_loss
+from theory.sae import SAEParams, SAESpec, codes, expected_loss
 
-CONSISTENCY_TOL = 1e-9
-MAX_STARTS_PER_REGION = 6
+STARTS_PER_REGION = 2  # local searches per region, from the best starts by their loss
+MAX_REGIONS = 200_000  # activation regions one exact optimum may list
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
+RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
+FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
+MAX_BOUND_STATES = 16  # the subspace-fit bound tabulates every subset of states
 
 
 @dataclass(frozen=True)
 class Optimum:
-    """Best SAE found by region enumeration: folded parameters (unit decoder rows), its exact
-    loss, and which states each latent fires on (one boolean per state, model state order)."""
+    """Best SAE found by region enumeration and its exact loss. Untied parameters come back
+    folded (unit decoder rows); tied ones stay tied (encoder = decoder, whose norm is then the
+    encoder's gain). `active[i][s]` says whether latent i's code on state s is strictly positive;
+    `regions_tried` counts the activation regions whose directions were searched."""
 
     params: SAEParams
     loss: float
@@ -85,150 +115,342 @@ def separable_sets(world: NumericFeatureModel) -> tuple[tuple[bool, ...], ...]:
     return _separable_sets(states.tobytes(), *states.shape)
 
 
-def _consistent_encoder(
-    Z: np.ndarray, on: np.ndarray, theta: np.ndarray, codes: np.ndarray
-) -> np.ndarray | None:
-    """An affine encoder equal to `codes` on the active states and <= 0 elsewhere, or None.
+# --- lower bounds: subspace fits of the states each set of latents fires on ----------------------
+def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> np.ndarray:
+    """(2^S, n + 1): entry [mask, d] is the least weighted squared distance of the states in
+    `mask` (bit s = state s) to a d-dimensional affine subspace (linear without a decoder bias)."""
+    X, p = world.states, world.probabilities
+    S, n = X.shape
+    if S > MAX_BOUND_STATES:
+        raise ValueError(
+            f"exact optima enumerate subsets of states; {S} states is more than the "
+            f"{MAX_BOUND_STATES} allowed"
+        )
+    member_MS = (np.arange(2**S)[:, None] >> np.arange(S)) & 1
+    weight_MS = member_MS * p
+    second_MNN = np.einsum("ms,si,sj->mij", weight_MS, X, X)
+    if decoder_bias:
+        mass_M = weight_MS.sum(1)
+        first_MN = weight_MS @ X
+        safe = np.where(mass_M > 0, mass_M, 1.0)
+        second_MNN -= np.einsum("mi,mj->mij", first_MN, first_MN) / safe[:, None, None]
+    eig_MN = np.clip(np.linalg.eigvalsh(second_MNN), 0.0, None)  # ascending
+    # keeping the top d eigen-directions leaves the n - d smallest eigenvalues
+    kept = np.concatenate([np.zeros((2**S, 1)), np.cumsum(eig_MN[:, ::-1], axis=1)], axis=1)
+    return eig_MN.sum(1)[:, None] - kept
 
-    The least-squares theta is tried first; when the active states do not pin theta down, the
-    free directions are used (LP) to push the inactive states below zero."""
-    if np.any(codes[on] < -CONSISTENCY_TOL):
-        return None
-    if np.all(Z[~on] @ theta <= CONSISTENCY_TOL):
-        return theta
-    k = Z.shape[1]
-    res = scipy.optimize.linprog(
-        np.zeros(k),
-        A_eq=Z[on] if on.any() else None,
-        b_eq=codes[on] if on.any() else None,
-        A_ub=Z[~on],
-        b_ub=np.full((~on).sum(), -1e-12),
-        bounds=[(None, None)] * k,
-    )
-    return res.x if res.status == 0 else None
+
+def _region_bound(
+    residual_MD: np.ndarray, masks: list[np.ndarray | int], unassigned: int, full: int
+) -> np.ndarray:
+    """Lower bound on the loss of every region that starts with latents firing on `masks`
+    (arrays broadcast) and has `unassigned` more latents."""
+    n = residual_MD.shape[1] - 1
+    total = 0.0
+    for L in itertools.product((False, True), repeat=len(masks)):
+        group = full
+        for inside, mask in zip(L, masks, strict=True):
+            group = group & (mask if inside else ~mask)
+        total = total + residual_MD[group, min(sum(L) + unassigned, n)]
+    return total
 
 
 # --- the convex inner problem: codes and biases for fixed decoder directions ---------------------
+def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """argmin psi^T G psi - 2 rhs.psi subject to C psi >= 0, and multipliers lam >= 0 with
+    2 (G psi - rhs) = C^T lam.
+
+    With G = L L^T (plus a tiny ridge: G is only semi-definite when codes have directions the
+    loss does not see) and u = L^T (psi - psi0), psi0 the unconstrained minimiser, this is the
+    least-distance programme min ||u|| s.t. C L^-T u >= -C psi0, whose solution is
+    u = H^T v / (1 - h.v) for v the non-negative least-squares solution of [H^T; h^T] v = e_last
+    (Lawson and Hanson, Solving Least Squares Problems, ch. 23)."""
+    m = len(G)
+    G = G + RIDGE * (np.trace(G) / m + 1e-6) * np.eye(m)
+    psi0 = np.linalg.solve(G, rhs)
+    slack = C @ psi0
+    if slack.min() >= 0:
+        return psi0, np.zeros(len(C))
+    L = np.linalg.cholesky(G)
+    H = np.linalg.solve(L, C.T).T  # C L^-T
+    f = np.zeros(m + 1)
+    f[-1] = 1.0
+    # when the feasible set has no interior (a code forced to vanish) rounding can make the
+    # reduction report infeasibility: loosen the constraints by a rounding-sized margin
+    for margin in (0.0, 1e-12, 1e-9):
+        E = np.vstack([H.T, (-slack - margin)[None, :]])
+        v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
+        r = E @ v - f
+        if -r[-1] > 1e-12:
+            return psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1]), 2.0 * v / -r[-1]
+    return np.zeros(m), np.zeros(len(C))  # psi = 0 is always feasible
+
+
+@dataclass(frozen=True)
+class _Inner:
+    """The inner problem's solution for fixed directions: loss, codes (S, k), decoder bias (n),
+    the loss's gradient with respect to the directions (k, n) and the code parameters psi_i."""
+
+    loss: float
+    codes: np.ndarray
+    bias: np.ndarray
+    grad: np.ndarray
+    code_params: list[np.ndarray]
+
+
 def _inner_solve(
     world: NumericFeatureModel,
     spec: SAESpec,
     directions: np.ndarray,
     active: np.ndarray,
     l1: float,
-) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n).
+) -> _Inner:
+    """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
+    the closure of the region.
 
-    Returns (loss, codes (S, k), decoder bias (n,), gradient of the loss with respect to the
-    directions (k, n)). Untied codes are free affine functions of x on each latent's active
-    states; tied codes are kappa * e.x + t (encoder parallel to the decoder). The gradient uses
-    the envelope theorem: at the inner optimum only the explicit dependence on E counts.
-    """
+    The gradient comes from the envelope theorem: at the inner optimum only the explicit
+    dependence on E counts, including that of the tied constraints kappa e.x_s + t through
+    their multipliers."""
     X, p = world.states, world.probabilities
     S, n = X.shape
     k = len(directions)
     Z = _affine_design(X)
-    bases = []  # code_si = basis_i[s] . theta_i, zero off the active states
-    for i in range(k):
-        basis = Z if not spec.tied else np.stack([X @ directions[i], np.ones(S)], axis=1)
-        bases.append(basis * active[i][:, None])
-    q = np.cumsum([0] + [b.shape[1] for b in bases])
+    bases = [Z if not spec.tied else np.stack([X @ e, np.ones(S)], axis=1) for e in directions]
+    masked = [basis * active[i][:, None] for i, basis in enumerate(bases)]
+    q = np.cumsum([0] + [basis.shape[1] for basis in bases])
     n_psi = q[-1] + (n if spec.decoder_bias else 0)
-    J = np.zeros((S, n, n_psi))  # x_hat_s = J_s psi, psi = (theta_1..theta_k, b)
-    for i, basis in enumerate(bases):
+    J = np.zeros((S, n, n_psi))  # x_hat_s = J_s psi, psi = (psi_1..psi_k, b)
+    for i, basis in enumerate(masked):
         J[:, :, q[i] : q[i + 1]] = directions[i][None, :, None] * basis[:, None, :]
     if spec.decoder_bias:
         J[:, :, q[-1] :] = np.eye(n)[None]
     linear = np.zeros(n_psi)  # d(sum_s p_s sum_i g_si) / d psi
-    linear[: q[-1]] = np.concatenate(bases, axis=1).T @ p
+    linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p
     G = np.einsum("s,sai,saj->ij", p, J, J)
     rhs = np.einsum("s,sai,sa->i", p, J, X) - 0.5 * l1 * linear
-    psi = np.linalg.lstsq(G, rhs, rcond=None)[0]
+    side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
+    rows = []
+    for i, basis in enumerate(bases):
+        block = np.zeros((S, n_psi))
+        block[:, q[i] : q[i + 1]] = side[i][:, None] * basis
+        rows.append(block)
+        if spec.tied:  # kappa >= 0
+            rows.append(np.eye(n_psi)[q[i]][None])
+    psi, lam = _least_distance(G, rhs, np.vstack(rows))
     residual = X - np.einsum("sai,i->sa", J, psi)
     loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
-    codes = np.stack([bases[i] @ psi[q[i] : q[i + 1]] for i in range(k)], axis=1)
+    code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
+    codes_SK = np.stack([masked[i] @ code_params[i] for i in range(k)], axis=1)
     bias = psi[q[-1] :] if spec.decoder_bias else np.zeros(n)
-    grad = -2.0 * codes.T @ (p[:, None] * residual)
-    if spec.tied:  # the code itself depends on e through kappa * e.x
+    grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
+    if spec.tied:  # the code itself depends on e through kappa * e.x ...
+        stride = S + 1
         for i in range(k):
             kappa = psi[q[i]]
             weight = p * active[i] * (l1 - 2.0 * residual @ directions[i])
+            weight = weight - lam[i * stride : i * stride + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X
-    return loss, codes, bias, grad
+    return _Inner(loss, codes_SK, bias, grad, code_params)
 
 
-def _params_from_codes(
+def _realise(
+    world: NumericFeatureModel, spec: SAESpec, directions: np.ndarray, inner: _Inner
+) -> SAEParams:
+    """SAE parameters of an inner solution: folded when untied, tied when tied. Latents whose
+    codes vanish everywhere get zero parameters; pre-activations left a rounding error above 0
+    off the firing states are pushed back to 0 (the encoder bias moves by that error)."""
+    k, n = directions.shape
+    b = inner.bias
+    encoder, encoder_bias, decoder = np.zeros((k, n)), np.full(k, -1.0), np.zeros((k, n))
+    scale = max(1.0, float(np.abs(world.states).max()))
+    for i, psi in enumerate(inner.code_params):
+        if not (inner.codes[:, i] > FIRING_TOL * scale).any():
+            continue  # dead: zero encoder and decoder, negative bias
+        if spec.tied:
+            kappa, t = max(float(psi[0]), 1e-24), float(psi[1])
+            gain = np.sqrt(kappa)
+            encoder[i] = decoder[i] = gain * directions[i]
+            encoder_bias[i] = (t + kappa * directions[i] @ b) / gain
+        else:
+            encoder[i], decoder[i] = psi[:n], directions[i]
+            encoder_bias[i] = psi[n] + psi[:n] @ b  # the pre-activation uses x - b_dec
+    pre = (world.states - b) @ encoder.T + encoder_bias
+    stray = np.where(pre <= FIRING_TOL * scale, pre, -np.inf).max(0)
+    encoder_bias -= np.clip(stray, 0.0, None)
+    return SAEParams(encoder, encoder_bias, decoder, b.copy())
+
+
+# --- direction search ---------------------------------------------------------------------------
+def _unit_rows(y: np.ndarray, k: int, n: int) -> np.ndarray:
+    rows = y.reshape(k, n)
+    rows = rows / np.maximum(np.abs(rows).max(axis=1, keepdims=True), 1e-300)  # no overflow
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
+
+
+def _top_direction(second: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    vals, vecs = np.linalg.eigh(second)
+    return vecs[:, -1] * np.sign(vecs[:, -1].sum() or 1.0) if vals[-1] > 1e-15 else fallback
+
+
+def _direction_starts(
+    world: NumericFeatureModel, active: np.ndarray, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Starting decoder directions for a region, one row per latent: the top uncentred
+    principal direction of the states only that latent fires on, of all its states, their
+    mean, the normal of a separating threshold for its states (a tied latent's encoder must
+    separate them, so its direction cannot be just any of the others), halfway between that
+    normal and the principal direction, the first tilted by 1e-4 toward the normal, the nearest
+    feature directions to the first three, and one random draw."""
+    X, p = world.states, world.probabilities
+    k, n = len(active), X.shape[1]
+    fallback = np.ones(n) / np.sqrt(n)
+    on = active.astype(bool)
+    only = on & (on.sum(0) == 1)
+    families = []
+    for sets in (only, on):
+        families.append(
+            np.stack([_top_direction((X * (p * a)[:, None]).T @ X, fallback) for a in sets])
+        )
+    means = np.stack([(p * a) @ X for a in active])
+    families.append(_unit_rows(means + 1e-12 * fallback, k, n))
+    for rows in list(families):
+        families.append(np.eye(n)[np.abs(rows).argmax(1)])
+    states = np.ascontiguousarray(X, dtype=float)
+    normals = np.stack(
+        [_separator(states.tobytes(), *states.shape, tuple(a)) if a.any() else fallback for a in on]
+    )
+    families.append(normals)
+    families.append(_unit_rows(normals + families[1], k, n))
+    # a tied latent's best direction can be the limit of ones that barely separate its states
+    # (the loss falls toward a direction where a state it must leave out ties with one it
+    # fires on): start a hair's breadth on the separating side of the principal direction
+    families.append(_unit_rows(families[0] + 1e-4 * normals, k, n))
+    families.append(_unit_rows(rng.normal(size=(k, n)), k, n))
+    return families
+
+
+@lru_cache(maxsize=4096)
+def _separator(
+    states_key: bytes, n_states: int, n_features: int, on: tuple[bool, ...]
+) -> np.ndarray:
+    """Unit normal w of a maximum-margin affine threshold selecting the `on` states:
+    w.x + c >= m on them, <= -m off them, |w_j| <= 1, m as large as possible."""
+    states = np.frombuffer(states_key).reshape(n_states, n_features)
+    Z = _affine_design(states)
+    mask = np.array(on)
+    sign = np.where(mask, -1.0, 1.0)[:, None]
+    A_ub = np.hstack([sign * Z, np.ones((n_states, 1))])
+    c = np.zeros(n_features + 2)
+    c[-1] = -1.0
+    bounds = [(-1.0, 1.0)] * n_features + [(None, None), (None, None)]
+    res = scipy.optimize.linprog(c, A_ub=A_ub, b_ub=np.zeros(n_states), bounds=bounds)
+    w = res.x[:n_features] if res.status == 0 else np.ones(n_features)
+    return w / max(np.linalg.norm(w), 1e-300)
+
+
+def _reduced(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float):  # noqa: ANN202 (a closure for scipy)
+    """The region's loss as a function of the decoder rows (k * n flat) and its gradient."""
+    k, n = len(active), world.states.shape[1]
+
+    def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
+        if not np.isfinite(y).all():  # a runaway line-search step: reject it
+            return np.inf, np.zeros_like(y)
+        rows = y.reshape(k, n)
+        norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
+        e = rows / norms
+        inner = _inner_solve(world, spec, e, active, l1)
+        g = inner.grad
+        return inner.loss, ((g - (g * e).sum(1, keepdims=True) * e) / norms).ravel()
+
+    return fun
+
+
+def _minimise(fun, start: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    k, n = start.shape
+    with np.errstate(over="ignore", invalid="ignore"):  # trial steps far out are rejected
+        res = scipy.optimize.minimize(
+            fun, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-7, "maxiter": 200}
+        )
+    return _unit_rows(res.x, k, n)
+
+
+def _search_region(
     world: NumericFeatureModel,
     spec: SAESpec,
-    directions: np.ndarray,
     active: np.ndarray,
-    codes: np.ndarray,
-    bias: np.ndarray,
-) -> SAEParams | None:
-    """Folded SAE parameters realising `codes` (S, k), or None if some latent is inconsistent."""
-    Z = _affine_design(world.states)
-    k, n = directions.shape
-    encoder, encoder_bias = np.zeros((k, n)), np.zeros(k)
-    for i in range(k):
-        on = active[i].astype(bool)
-        theta = np.linalg.lstsq(Z[on], codes[on, i], rcond=None)[0]
-        if spec.tied:
-            # tied codes are kappa * e.x + t with kappa > 0 (the encoder is the decoder row)
-            proj = world.states @ directions[i]
-            basis = np.stack([proj, np.ones(len(proj))], axis=1)
-            kappa, t = np.linalg.lstsq(basis[on], codes[on, i], rcond=None)[0]
-            if kappa <= 0 and on.sum() > 1 and np.ptp(proj[on]) > 1e-12:
-                return None
-            kappa = max(kappa, 0.0)
-            theta = np.append(kappa * directions[i], t)
-        theta = _consistent_encoder(Z, on, theta, codes[:, i])
-        if theta is None:
-            return None
-        encoder[i] = theta[:n]
-        encoder_bias[i] = theta[n] + theta[:n] @ bias  # pre-activation uses x - b_dec
-    return SAEParams(encoder, encoder_bias, directions.copy(), bias)
+    l1: float,
+    starts: list[np.ndarray],
+    to_beat: float,
+) -> list[tuple[np.ndarray, _Inner]]:
+    """Local optima over unit decoder directions of a region's closure, from the best
+    STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
+    `to_beat` ends the region's search."""
+    closed = _reduced(world, spec, active, l1)
+    values = [closed(start.ravel())[0] for start in starts]
+    found = []
+    for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
+        directions = _minimise(closed, starts[j])
+        found.append((directions, _inner_solve(world, spec, directions, active, l1)))
+        if found[-1][1].loss > to_beat - 1e-12:
+            break
+    return found
 
 
-# --- width 1, untied: the closed form -----------------------------------------------------------
-@dataclass(frozen=True)
-class Width1Terms:
-    """loss(e) = constant - e^T H e + l1 * w.e over unit decoder directions e in one region."""
+def _width1_points(
+    world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float
+) -> list[tuple[float, np.ndarray]]:
+    """Width 1, untied: every stationary point of the unconstrained region (closed form) with
+    its loss, best first; the first is the region's exact unconstrained minimum."""
+    terms = width1_region_terms(world, active[0].astype(bool), l1, spec.decoder_bias)
+    if terms is None:
+        return []
+    points = [
+        (float(terms.constant - e @ terms.H @ e + l1 * terms.w @ e), e[None, :])
+        for e in sphere_stationary_points(terms, l1)
+    ]
+    return sorted(points, key=lambda point: point[0])
 
-    H: np.ndarray
-    w: np.ndarray
-    constant: float
 
-
-def width1_region_terms(
-    world: NumericFeatureModel, on: np.ndarray, l1: float, decoder_bias: bool
-) -> Width1Terms | None:
-    """Reduce a width-1 untied region to its quadratic form on the sphere.
-
-    With M = C^T Z^+ C (C = sum_A p z x^T, Z = sum_A p z z^T, z = (x, 1)), mu = E[x],
-    mu_A = sum_A p x, mu_off = mu - mu_A and P = P(A):
-      decoder bias:    H = M - mu mu^T + mu_off mu_off^T / (1 - P),  w = mu_A - P mu_off / (1 - P),
-                       constant = E||x||^2 - ||mu||^2 - l1^2 P / (4 (1 - P));
-      no decoder bias: H = M, w = mu_A, constant = E||x||^2 - l1^2 P / 4.
-    Returns None for a region with no stationary point (P = 1 with a decoder bias and l1 > 0).
-    """
-    X, p = world.states, world.probabilities
-    Z = _affine_design(X)
-    pa = p * on
-    C = Z.T @ (pa[:, None] * X)
-    Zm = Z.T @ (pa[:, None] * Z)
-    M = C.T @ np.linalg.pinv(Zm) @ C
-    second = float(p @ (X**2).sum(1))
-    mu, mu_A = X.T @ p, X.T @ pa
-    P = float(pa.sum())
-    if not decoder_bias:
-        return Width1Terms(M, mu_A, second - l1**2 * P / 4)
-    mu_off = mu - mu_A
-    if P > 1 - 1e-12:
-        if l1 > 0:
-            return None
-        return Width1Terms(M - np.outer(mu, mu), np.zeros_like(mu), second - mu @ mu)
-    H = M - np.outer(mu, mu) + np.outer(mu_off, mu_off) / (1 - P)
-    w = mu_A - P * mu_off / (1 - P)
-    return Width1Terms(H, w, second - mu @ mu - l1**2 * P / (4 * (1 - P)))
+def _width1_optimum(
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    actives: list[np.ndarray],
+    l1: float,
+    best: Optimum,
+) -> Optimum:
+    """Regions in order of their exact unconstrained minimum, until it cannot beat or tie the
+    best (ties go to the sparser solution, see `_better`).
+    First pass: each stationary point with the region's constraints imposed at its direction
+    (where the unconstrained minimiser is feasible, that is the region's optimum). Second pass:
+    the constrained search over directions from the best STARTS_PER_REGION stationary points of
+    regions that can still beat the best."""
+    points = [_width1_points(world, spec, active, l1) for active in actives]
+    order = [r for r in np.argsort([p[0][0] if p else np.inf for p in points]) if points[r]]
+    settled = set()
+    for r in order:
+        if points[r][0][0] > best.loss + TIE_TOL:
+            break
+        for value, e in points[r]:
+            if value > best.loss + TIE_TOL:
+                break
+            inner = _inner_solve(world, spec, e, actives[r], l1)
+            best = _candidate(world, spec, e, inner, best)
+            if inner.loss <= points[r][0][0] + 1e-12:
+                settled.add(r)  # the region's unconstrained minimum is feasible: its optimum
+                break
+    for r in order:
+        if points[r][0][0] > best.loss + TIE_TOL:
+            break
+        if r in settled:
+            continue
+        closed = _reduced(world, spec, actives[r], l1)
+        for value, e in points[r][:STARTS_PER_REGION]:
+            if value > best.loss + TIE_TOL:
+                break
+            directions = _minimise(closed, e)
+            inner = _inner_solve(world, spec, directions, actives[r], l1)
+            best = _candidate(world, spec, directions, inner, best)
+    return best
 
 
 def sphere_stationary_points(terms: Width1Terms, l1: float) -> list[np.ndarray]:
@@ -239,8 +461,8 @@ def sphere_stationary_points(terms: Width1Terms, l1: float) -> list[np.ndarray]:
     prod_j (nu - h_j)^2 - sum_i (l1 c_i / 2)^2 prod_{j != i} (nu - h_j)^2 = 0, a polynomial of
     degree 2n whose real roots give the candidates. The global minimiser on the sphere usually
     has codes of the wrong sign (the L1 term rewards negative codes), which is why every
-    stationary point is returned and the region's consistency check chooses. Eigenvectors of H
-    (both signs) cover l1 = 0 and the hard case where w misses an eigenvector.
+    stationary point is returned and the region's constraints choose. Eigenvectors of H (both
+    signs) cover l1 = 0 and the hard case where w misses an eigenvector.
     """
     vals, vecs = np.linalg.eigh(terms.H)
     points = [s * vecs[:, j] for j in range(len(vals)) for s in (1.0, -1.0)]
@@ -261,149 +483,96 @@ def sphere_stationary_points(terms: Width1Terms, l1: float) -> list[np.ndarray]:
     return points
 
 
-# --- direction search for the other variants ------------------------------------------------------
-def _unit_rows(y: np.ndarray, k: int, n: int) -> np.ndarray:
-    rows = y.reshape(k, n)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
-
-
-def _direction_starts(n: int, k: int, rng: np.random.Generator, n_random: int) -> list[np.ndarray]:
-    """Starting decoder directions: features, pairs of features, and random draws."""
-    singles = [np.eye(n)[i] for i in range(n)]
-    pairs = [
-        (np.eye(n)[i] + np.eye(n)[j]) / np.sqrt(2) for i, j in itertools.combinations(range(n), 2)
-    ]
-    candidates = singles + pairs
-    starts = (
-        [np.stack(c) for c in itertools.permutations(candidates, k)] if k <= len(candidates) else []
-    )
-    starts += [rng.normal(size=(k, n)) for _ in range(n_random)]
-    return [_unit_rows(s.ravel(), k, n) for s in starts]
-
-
-def _search_region(
-    world: NumericFeatureModel,
-    spec: SAESpec,
-    active: np.ndarray,
-    l1: float,
-    starts: list[np.ndarray],
-    to_beat: float,
-) -> list[np.ndarray]:
-    """Local minima over unit decoder directions of the region's reduced loss.
-
-    Starts are tried best first; once a local minimum fails to beat `to_beat` (the best
-    consistent loss so far; the region's unconstrained loss bounds its consistent loss from
-    below) the region is abandoned."""
-    k, n = spec.width, world.states.shape[1]
-
-    def reduced(y: np.ndarray) -> tuple[float, np.ndarray]:
-        rows = y.reshape(k, n)
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        e = rows / norms
-        loss, _, _, grad_e = _inner_solve(world, spec, e, active, l1)
-        grad_y = (grad_e - (grad_e * e).sum(1, keepdims=True) * e) / norms  # through e = y/||y||
-        return loss, grad_y.ravel()
-
-    starts = sorted(starts, key=lambda e: reduced(e.ravel())[0])[:MAX_STARTS_PER_REGION]
-    found = []
-    for start in starts:
-        res = scipy.optimize.minimize(
-            reduced, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-9}
-        )
-        if res.fun > to_beat - 1e-12:
-            break
-        found.append(_unit_rows(res.x, k, n))
-    return found
-
-
 # --- the public entry point ---------------------------------------------------------------------
 def global_optimum(
     model: FeatureModel | NumericFeatureModel, spec: SAESpec, seed: int = 0
 ) -> Optimum:
-    """The global optimum of `spec` on `model` by enumerating activation regions.
+    """The global optimum of `spec` on `model` by branch and bound over activation regions.
 
-    Width 1 untied uses the closed form per region; other variants search decoder directions per
-    region with every other parameter solved exactly. Parameters come back folded (unit decoder
-    rows); latents that never fire have zero parameters.
+    Regions are listed with their subspace-fit bound below the all-dead SAE's loss and
+    searched in order of that bound, each skipped once its bound cannot beat the best so far.
+    Width 1 untied uses the closed form per region; other variants search decoder directions
+    with every other parameter solved exactly on the region's closure. Untied parameters come
+    back folded (unit decoder rows), tied ones tied; latents that never fire have zero
+    parameters.
     """
     world = model.numeric() if isinstance(model, FeatureModel) else model
     l1 = float(spec.l1)
-    n, k = world.states.shape[1], spec.width
-    singles = [np.array(a, dtype=float) for a in separable_sets(world)]
-    dead = np.zeros(len(world.probabilities))
-    region_choices = [dead, *singles]
+    S, n = world.states.shape
+    k = spec.width
+    residual_MD = _fit_residuals(world, spec.decoder_bias)
+    sets = [0] + [sum(1 << s for s, on in enumerate(mask) if on) for mask in separable_sets(world)]
+    masks = np.array(sets, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    # latents are interchangeable: enumerate unordered regions (dead latents last)
-    regions = [
-        np.stack([region_choices[i] for i in sorted(combo, reverse=True)])
-        for combo in itertools.combinations_with_replacement(range(len(region_choices)), k)
-    ]
+    nobody = np.eye(n)[:1].repeat(k, 0)
+    silent = _inner_solve(world, spec, nobody, np.zeros((k, S)), l1)
+    best = _candidate(world, spec, nobody, silent, None)
+    full = 2**S - 1
+    regions = _regions(residual_MD, masks, k, full, best.loss)
+    bounds = [float(_region_bound(residual_MD, list(masks[list(r)]), 0, full)) for r in regions]
+    regions = [regions[i] for i in np.argsort(bounds, kind="stable")]
+
+    def as_active(region: tuple[int, ...]) -> np.ndarray:
+        return ((masks[list(region)][:, None] >> np.arange(S)) & 1).astype(float)
+
     if k == 1 and not spec.tied:
-        return _width1_optimum(world, spec, regions, l1)
-    starts = _direction_starts(n, k, rng, n_random=2)
-    # promising regions first, so the pruning bound tightens early
-    regions.sort(key=lambda a: min(_inner_solve(world, spec, e, a, l1)[0] for e in starts))
-    best: Optimum | None = None
-    for active in regions:
-        if best is not None and _silent_states_bound(world, spec, active) > best.loss - 1e-12:
-            continue
-        if not active.any():
-            candidates = [np.eye(n)[:1].repeat(k, 0)]
-        else:
-            to_beat = np.inf if best is None else best.loss
-            candidates = _search_region(world, spec, active, l1, starts, to_beat)
-        for directions in candidates:
-            best = _consider(best, world, spec, directions, active, l1, len(regions))
-    assert best is not None  # the all-dead SAE is always consistent
-    return best
+        best = _width1_optimum(world, spec, [as_active(r) for r in regions], l1, best)
+        return Optimum(best.params, best.loss, best.active, len(regions))
+    tried = 0
+    for region in regions:
+        active = as_active(region)
+        if _region_bound(residual_MD, list(masks[list(region)]), 0, full) > best.loss - 1e-12:
+            continue  # the best has improved since the region was listed
+        tried += 1
+        starts = _direction_starts(world, active, rng)
+        for directions, inner in _search_region(world, spec, active, l1, starts, best.loss):
+            best = _candidate(world, spec, directions, inner, best)
+    return Optimum(best.params, best.loss, best.active, tried)
 
 
-def _width1_optimum(
-    world: NumericFeatureModel, spec: SAESpec, regions: list[np.ndarray], l1: float
-) -> Optimum:
-    """Width 1, untied: every region's stationary points have closed-form losses, so sort them
-    all and take the first one that is consistent; no other point needs checking."""
-    n = world.states.shape[1]
-    candidates = []  # (closed-form loss, active, directions)
-    for active in regions:
-        if not active.any():
-            dead = np.eye(n)[:1]
-            candidates.append((_inner_solve(world, spec, dead, active, l1)[0], active, dead))
-            continue
-        terms = width1_region_terms(world, active[0].astype(bool), l1, spec.decoder_bias)
-        if terms is None:
-            continue
-        for e in sphere_stationary_points(terms, l1):
-            value = terms.constant - e @ terms.H @ e + l1 * terms.w @ e
-            candidates.append((value, active, e[None, :]))
-    candidates.sort(key=lambda c: c[0])
-    best: Optimum | None = None
-    for value, active, directions in candidates:
-        if best is not None and value > best.loss + TIE_TOL:
-            break
-        best = _consider(best, world, spec, directions, active, l1, len(regions))
-    assert best is not None  # the all-dead SAE is always consistent
-    return best
+def _regions(
+    residual_MD: np.ndarray, masks: np.ndarray, k: int, full: int, to_beat: float
+) -> list[tuple[int, ...]]:
+    """Every tuple of k separable sets (indices into `masks`, never increasing: latents are
+    interchangeable, and dead latents come last) whose subspace-fit bound is below `to_beat`,
+    except the all-dead one."""
+    found = []
+
+    def grow(chosen: list[int]) -> None:
+        if len(chosen) == k:
+            if any(chosen):
+                found.append(tuple(chosen))
+            return
+        if len(found) > MAX_REGIONS:
+            raise ValueError(
+                f"more than {MAX_REGIONS} activation regions survive the lower bound; this "
+                "model and width are too large for the exact optimum (theory.numeric."
+                "numeric_optimum searches it without a guarantee)"
+            )
+        options = np.arange((chosen[-1] if chosen else len(masks) - 1) + 1)
+        bounds = _region_bound(
+            residual_MD, [masks[c] for c in chosen] + [masks[options]], k - len(chosen) - 1, full
+        )
+        for j in np.nonzero(bounds < to_beat - 1e-12)[0]:
+            grow([*chosen, int(options[j])])
+
+    grow([])
+    return found
 
 
-def _consider(
-    best: Optimum | None,
+def _candidate(
     world: NumericFeatureModel,
     spec: SAESpec,
     directions: np.ndarray,
-    active: np.ndarray,
-    l1: float,
-    n_regions: int,
-) -> Optimum | None:
-    """`best`, or this region's stationary point if it is consistent and better."""
-    params = _realise(world, spec, directions, active, l1)
-    if params is None:
-        return best
-    loss = float(expected_loss(world, params, l1))
+    inner: _Inner,
+    best: Optimum | None,
+) -> Optimum:
+    """`best`, or the SAE realising this inner solution if it is better."""
+    params = _realise(world, spec, directions, inner)
+    loss = float(expected_loss(world, params, float(spec.l1)))
+    fired = codes(world, params) > 0
     return (
-        Optimum(params, loss, _fired(active), n_regions)
-        if _better(loss, active, best, world)
-        else best
+        Optimum(params, loss, _fired(fired.T), 0) if _better(loss, fired.T, best, world) else best
     )
 
 
@@ -420,37 +589,5 @@ def _better(
     return loss <= best.loss + TIE_TOL and firing < best_firing - 1e-12
 
 
-def _realise(
-    world: NumericFeatureModel, spec: SAESpec, directions: np.ndarray, active: np.ndarray, l1: float
-) -> SAEParams | None:
-    """Folded parameters of a region's stationary point, or None if it is inconsistent."""
-    _, codes, bias, _ = _inner_solve(world, spec, directions, active, l1)
-    params = _params_from_codes(world, spec, directions, active, codes, bias)
-    return None if params is None else _zero_dead(params, active)
-
-
 def _fired(active: np.ndarray) -> tuple[tuple[bool, ...], ...]:
     return tuple(tuple(bool(b) for b in row) for row in active)
-
-
-def _silent_states_bound(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray) -> float:
-    """A lower bound on a region's loss: states where no latent fires are reconstructed by the
-    decoder bias alone, so they cost at least their weighted spread around it."""
-    silent = ~active.any(axis=0)
-    p, X = world.probabilities[silent], world.states[silent]
-    if not silent.any():
-        return 0.0
-    if not spec.decoder_bias:
-        return float(p @ (X**2).sum(1))
-    centre = p @ X / p.sum() if p.sum() > 0 else 0.0
-    return float(p @ ((X - centre) ** 2).sum(1))
-
-
-def _zero_dead(params: SAEParams, active: np.ndarray) -> SAEParams:
-    """Latents that never fire get zero encoder and decoder (and a negative bias to stay off)."""
-    dead = ~active.any(axis=1)
-    if not dead.any():
-        return params
-    enc, b_enc, dec = params.encoder.copy(), params.encoder_bias.copy(), params.decoder.copy()
-    enc[dead], dec[dead], b_enc[dead] = 0.0, 0.0, -1.0
-    return SAEParams(enc, b_enc, dec, params.decoder_bias)

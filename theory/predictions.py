@@ -88,7 +88,7 @@ def width1_decoder_ratio(
     terms = width1_region_terms(_two_feature_model(), _region(active), 0, decoder_bias)
     # tan of the top eigenvector's angle: unlike (lambda_max - H00) / H01 it stays defined
     # when H01 = 0 (independent features: ratio 0)
-    ratio = sp.tan(top_eigen_angle(sp.Matrix(terms["H"])))
+    ratio = sp.tan(top_eigen_angle(sp.Matrix(terms.H)))
     return Prediction(
         f"width1_decoder_ratio[{','.join(active)}]{'' if decoder_bias else '_no_bias'}",
         ratio,
@@ -105,7 +105,7 @@ def width1_hedging_component(
     terms = width1_region_terms(_two_feature_model(), _region(active), 0, decoder_bias)
     return Prediction(
         ratio.name.replace("ratio", "hedging_component"),
-        sp.sin(top_eigen_angle(sp.Matrix(terms["H"]))),
+        sp.sin(top_eigen_angle(sp.Matrix(terms.H))),
         TWO_FEATURE_SYMBOLS,
         "child component of the unit decoder of the optimal width-1 SAE (l1 = 0) in one region",
     )
@@ -117,11 +117,11 @@ def width1_expected_loss(
     """Exact expected loss of the optimal width-1 SAE (l1 = 0) in one region:
     constant - lambda_max(H)."""
     terms = width1_region_terms(_two_feature_model(), _region(active), 0, decoder_bias)
-    H = sp.Matrix(terms["H"])
+    H = sp.Matrix(terms.H)
     top = (H[0, 0] + H[1, 1]) / 2 + sp.sqrt(((H[0, 0] - H[1, 1]) / 2) ** 2 + H[0, 1] ** 2)
     return Prediction(
         f"width1_expected_loss[{','.join(active)}]",
-        sp.simplify(terms["constant"] - top),
+        sp.simplify(terms.constant - top),
         TWO_FEATURE_SYMBOLS,
         "expected loss of the optimal width-1 SAE (l1 = 0) in one region",
     )

@@ -19,6 +19,8 @@ import sympy as sp
 
 from theory.features import FeatureModel, NumericFeatureModel, _sym
 
+MAX_L1 = 1e100  # far beyond any useful value (every latent is dead); l1^2 must stay finite
+
 
 @dataclass(frozen=True)
 class SAESpec:
@@ -39,6 +41,11 @@ class SAESpec:
         l1 = _sym(self.l1, "l1")
         if l1.is_number and l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {self.l1}")
+        if l1.is_number and l1 > MAX_L1:
+            raise ValueError(
+                f"l1 = {self.l1} is too large: allowed values are 0 <= l1 <= {MAX_L1:g} (far "
+                "above any useful value every latent is dead, and the loss would overflow)"
+            )
 
 
 @dataclass(frozen=True)

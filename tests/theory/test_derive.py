@@ -10,7 +10,7 @@ import pytest
 from reports.cli import main
 from theory.features import from_table
 from theory.optimum import global_optimum
-from theory.sae import SAESpec
+from theory.sae import SAEParams, SAESpec, codes
 
 
 def _derive(capsys, *args):
@@ -56,6 +56,23 @@ def test_variants_select_the_sae(capsys):
     assert np.allclose(record["encoder"], np.abs(record["encoder"]))
 
 
+def test_fires_on_lists_exactly_the_states_with_a_positive_code(capsys):
+    """The tied width-2 optimum of issue 12 has a pre-activation exactly 0 on a state: that
+    state is not one the latent fires on."""
+    table = "00:0.675,10:0.2,01:0.075,11:0.05"
+    _, out, _ = _derive(
+        capsys, "--joint", table, "--width", "2", "--tied", "--l1", "0.02", "--json"
+    )
+    record = json.loads(out)
+    params = SAEParams(*(np.array(record[key]) for key in SAEParams.__dataclass_fields__))
+    h = codes(from_table(table).numeric(), params)
+    patterns = list(record["model"]["states"])
+    for i, fires in enumerate(record["fires_on"]):
+        assert fires == [pat for s, pat in enumerate(patterns) if h[s, i] > 0]
+    assert record["expected_loss"] == pytest.approx(0.0074519, abs=1e-7)
+    assert np.allclose(record["encoder"], record["decoder"], rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
@@ -66,6 +83,8 @@ def test_variants_select_the_sae(capsys):
         (["--scenario", "correlated", "--p-parent", "1.5"], "p_parent = 3/2"),
         (["--scenario", "correlated", "--width", "0"], "width must be a positive integer"),
         (["--scenario", "correlated", "--l1", "-1"], "l1 must be >= 0"),
+        (["--scenario", "correlated", "--l1", "1e300"], "l1 = 1e+300 is too large: allowed"),
+        (["--scenario", "correlated", "--width", "2", "--l1", "1e300"], "<= 1e+100"),
         (["--scenario", "correlated", "--width", "two"], "invalid int value: 'two'"),
         ([], "give a state table (joint) or a scenario"),
         (["--joint", "00:1", "--scenario", "correlated"], "not both"),

@@ -9,12 +9,12 @@ import sympy as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.theory.strategies import feature_models
+from tests.theory.strategies import feature_models, sae_specs
 from theory import closed_forms
-from theory.features import SCENARIOS, independent, scenario
+from theory.features import SCENARIOS, from_table, independent, scenario
 from theory.numeric import numeric_optimum
 from theory.optimum import global_optimum, separable_sets
-from theory.sae import SAEParams, SAESpec, expected_loss
+from theory.sae import SAEParams, SAESpec, codes, expected_loss
 
 SLOW = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -114,16 +114,18 @@ def test_separable_sets_of_the_square():
 @given(model=feature_models(2), bias=st.booleans(), mask=st.integers(1, 15))
 @settings(max_examples=30, deadline=None)
 def test_symbolic_region_terms_equal_numeric(model, bias, mask):
-    from theory.optimum import width1_region_terms
-
+    """One function serves both: exact sympy terms for a FeatureModel, floats for its numeric
+    view, and they agree."""
     active = tuple(bool(mask >> s & 1) for s in range(model.n_states))
-    numeric = width1_region_terms(model.numeric(), np.array(active), 0.05, bias)
+    numeric = closed_forms.width1_region_terms(model.numeric(), active, 0.05, bias)
     if numeric is None:
+        assert bias and all(active)  # only the latent that duplicates the bias has no terms
         return
     symbolic = closed_forms.width1_region_terms(model, active, 0.05, bias)
-    assert np.allclose(np.array(symbolic["H"], dtype=float), numeric.H, atol=1e-10)
-    assert np.allclose(np.array(symbolic["w"], dtype=float).ravel(), numeric.w, atol=1e-10)
-    assert float(symbolic["constant"]) == pytest.approx(numeric.constant, abs=1e-10)
+    assert np.allclose(np.array(symbolic.H, dtype=float), numeric.H, atol=1e-10)
+    assert np.allclose(np.array(symbolic.w, dtype=float).ravel(), numeric.w, atol=1e-10)
+    assert float(symbolic.constant) == pytest.approx(numeric.constant, abs=1e-10)
+    assert float(symbolic.P_active) == pytest.approx(numeric.P_active, abs=1e-12)
 
 
 @given(model=feature_models(3), bias=st.booleans())
@@ -196,3 +198,73 @@ def test_params_are_folded():
     norms = np.linalg.norm(ours.params.decoder, axis=1)
     assert np.allclose(norms[norms > 0], 1.0)
     assert isinstance(ours.params, SAEParams)
+
+
+# --- the guarantee: never worse than the numeric minimiser, honest losses, tied stays tied -------
+def _assert_exact_guarantee(model, spec, n_starts=16):
+    """The exact optimum is at least as good as the independent numeric minimiser, its
+    parameters have the loss it claims, tied outputs are tied, no decoder bias means zero bias,
+    and `active` lists exactly the states with a strictly positive code."""
+    ours = global_optimum(model, spec)
+    numeric = numeric_optimum(model, spec, n_starts=n_starts)
+    world, l1 = model.numeric(), float(spec.l1)
+    assert ours.loss <= numeric.loss + 1e-6
+    assert float(expected_loss(world, ours.params, l1)) == pytest.approx(ours.loss, abs=1e-12)
+    if spec.tied:
+        np.testing.assert_allclose(ours.params.encoder, ours.params.decoder, rtol=0, atol=1e-9)
+    if not spec.decoder_bias:
+        assert not ours.params.decoder_bias.any()
+    np.testing.assert_array_equal(np.array(ours.active).T, codes(world, ours.params) > 0)
+    return ours, numeric
+
+
+def test_tied_optimum_on_a_region_boundary():
+    """Issue 12: on this world the best tied width-2 SAE has a latent whose pre-activation is
+    exactly 0 on a state (a region boundary); the region search used to discard it and claim
+    0.0221167 with an untied encoder. The tied optimum's loss is 0.0074519."""
+    model = from_table("00:0.675,10:0.2,01:0.075,11:0.05")
+    ours, _ = _assert_exact_guarantee(model, SAESpec(2, 0.02, tied=True))
+    assert ours.loss == pytest.approx(0.0074519, abs=1e-7)
+
+
+# Derandomized: the same examples every run. Random draws can meet the known gap below (a tied
+# optimum that exists only as a limit of unbounded encoder gain); the gap is reported there.
+GUARANTEE = {"deadline": None, "derandomize": True, "suppress_health_check": [HealthCheck.too_slow]}
+
+
+@given(model=feature_models(2), spec=sae_specs(widths=(1, 2)))
+@settings(max_examples=16, **GUARANTEE)
+def test_exact_guarantee_two_features_widths_1_and_2(model, spec):
+    _assert_exact_guarantee(model, spec)
+
+
+@given(model=feature_models(3, with_magnitudes=False), spec=sae_specs(widths=(1,)))
+@settings(max_examples=6, **GUARANTEE)
+def test_exact_guarantee_three_features_width_1(model, spec):
+    _assert_exact_guarantee(model, spec)
+
+
+@given(model=feature_models(2), spec=sae_specs(widths=(3,)))
+@settings(max_examples=3, **GUARANTEE)
+def test_exact_guarantee_two_features_width_3(model, spec):
+    _assert_exact_guarantee(model, spec)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: tied optima reached only as a limit")
+def test_tied_optimum_reached_only_as_a_limit_of_unbounded_gain():
+    """Known gap (found by the hypothesis test above). A tied latent can fire on the states with
+    x_0 = 0.8 and still give them codes that fall with x_1: a direction tilted by delta -> 0
+    away from feature 0 with encoder gain kappa ~ 1/delta makes the code a step in x_0 times an
+    affine function of x_1. The loss falls all the way to that limit, which no finite tied SAE
+    attains, and the region search over directions stops short of it (0.0219415 vs the numeric
+    minimiser's 0.0219326 with kappa ~ 9e3)."""
+    model = from_table(
+        {
+            "00": sp.Rational(8, 23),
+            "01": sp.Rational(13, 69),
+            "10": sp.Rational(16, 69),
+            "11": sp.Rational(16, 69),
+        },
+        [sp.Rational(4, 5), sp.Rational(87, 50)],
+    )
+    _assert_exact_guarantee(model, SAESpec(2, 0.02, tied=True, decoder_bias=False))
