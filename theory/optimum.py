@@ -51,7 +51,7 @@ import scipy.optimize
 
 from theory.closed_forms import Width1Terms, width1_region_terms
 from theory.features import FeatureModel, NumericFeatureModel
-from theory.sae import SAEParams, SAESpec, codes, expected_loss
+from theory.sae import SAEParams, SAESpec, codes, expected_loss, unit_rows
 
 STARTS_PER_REGION = 2  # local searches per region, from the best starts by their loss
 MAX_REGIONS = 200_000  # activation regions one exact optimum may list
@@ -284,7 +284,7 @@ def _realise(
 def _unit_rows(y: np.ndarray, k: int, n: int) -> np.ndarray:
     rows = y.reshape(k, n)
     rows = rows / np.maximum(np.abs(rows).max(axis=1, keepdims=True), 1e-300)  # no overflow
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
+    return unit_rows(rows)
 
 
 def _top_direction(second: np.ndarray, fallback: np.ndarray) -> np.ndarray:

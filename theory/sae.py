@@ -79,6 +79,12 @@ class SAEParams:
         }
 
 
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm along the last axis; all-zero rows stay zero."""
+    norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return rows / np.where(norms > 0, norms, 1.0)
+
+
 def codes(world: NumericFeatureModel, params: SAEParams) -> np.ndarray:
     """Latent activations on every state: (..., S, k)."""
     centred = world.states - params.decoder_bias[..., None, :]

@@ -15,6 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from theory.config import require_positive_int
+from toymodels.sae.base import rows_of_norm
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -24,12 +25,6 @@ def _tensor(value: ArrayLike, name: str, ndim: int | None = None) -> torch.Tenso
     if ndim is not None and t.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {tuple(t.shape)}")
     return t
-
-
-def _unit_rows(rows_FD: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to norm 1; all-zero rows (dead latents) stay zero."""
-    norms_F1 = rows_FD.norm(dim=1, keepdim=True)
-    return rows_FD / torch.where(norms_F1 > 0, norms_F1, torch.ones_like(norms_F1))
 
 
 # --- hedging degree ------------------------------------------------------------------------------
@@ -83,7 +78,7 @@ def hedging_degree(
             "n_new < d_in"
         )
     require_positive_int("n_random", n_random)
-    ctrl_FD, ext_GD = _unit_rows(ctrl_FD), _unit_rows(ext_GD)
+    ctrl_FD, ext_GD = rows_of_norm(ctrl_FD), rows_of_norm(ext_GD)
     delta_FD = ext_GD[:n_orig] - ctrl_FD
     scale = ctrl_FD.norm(dim=1).mean()
     if scale == 0:
@@ -129,7 +124,7 @@ def _components(rows_FD: torch.Tensor, directions_ND: torch.Tensor) -> Component
     directions_ND = directions_ND.to(torch.float64)
     return Components(
         raw_FN=rows_FD @ directions_ND.T,
-        cosine_FN=_unit_rows(rows_FD) @ _unit_rows(directions_ND).T,
+        cosine_FN=rows_of_norm(rows_FD) @ rows_of_norm(directions_ND).T,
     )
 
 

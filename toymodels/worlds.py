@@ -54,6 +54,7 @@ import numpy as np
 import torch
 from scipy.special import ndtri
 
+from theory.sae import unit_rows
 from toymodels.sampling import orthonormal_directions
 
 FIRING_SHAPES = ("zipf", "linear")
@@ -342,7 +343,7 @@ class LargeWorld:
         lo, hi = self.correlation_strength
         if self.correlation == "low_rank":
             units_RK = rng.standard_normal((self.n_roots, self.correlation_rank))
-            units_RK /= np.linalg.norm(units_RK, axis=1, keepdims=True)
+            units_RK = unit_rows(units_RK)
             strengths_R = rng.uniform(lo, hi, self.n_roots)
             factor_RK = units_RK * np.sqrt(strengths_R)[:, None]
             idiosyncratic_R = np.sqrt(1 - strengths_R)
@@ -585,7 +586,7 @@ def _random_correlation_factor(
     target[rows, cols] = target[cols, rows] = strength * sign * mask
     eigenvalues, eigenvectors = np.linalg.eigh(target)
     factor = eigenvectors * np.sqrt(np.clip(eigenvalues, 1e-6, None))
-    return factor / np.linalg.norm(factor, axis=1, keepdims=True)
+    return unit_rows(factor)
 
 
 class _IndependentFiring:

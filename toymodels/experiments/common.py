@@ -15,6 +15,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from theory.features import FeatureModel, NumericFeatureModel
+from theory.sae import unit_rows
 from toymodels.sae import SAE
 from toymodels.sampling import orthonormal_directions, sample_activations
 
@@ -78,12 +79,7 @@ class EmbeddedWorlds:
 def match_latents(trained_KN: np.ndarray, reference_KN: np.ndarray) -> np.ndarray:
     """Permutation `order` with trained_KN[order[i]] the latent matching reference latent i
     (decoder rows in the feature basis; maximal summed cosine, one to one)."""
-
-    def unit(rows: np.ndarray) -> np.ndarray:
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        return rows / np.where(norms > 0, norms, 1.0)
-
-    cosine = unit(reference_KN) @ unit(trained_KN).T
+    cosine = unit_rows(reference_KN) @ unit_rows(trained_KN).T
     rows, cols = linear_sum_assignment(cosine, maximize=True)
     return cols[np.argsort(rows)]
 
