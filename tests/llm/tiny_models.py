@@ -35,24 +35,32 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def tiny_model(architecture: str, n_layers: int = 3, seed: int = 0) -> torch.nn.Module:
-    """A random `architecture` ("gemma3" or "llama") causal LM with d_model 32."""
+def tiny_model(
+    architecture: str,
+    n_layers: int = 3,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+    sliding_window: int = 4,
+) -> torch.nn.Module:
+    """A random `architecture` ("gemma3" or "llama") causal LM with d_model 32, sized to
+    `tokenizer` (default: the word tokenizer)."""
     torch.manual_seed(seed)
+    tokenizer = tokenizer or word_tokenizer()
     shared = dict(
-        vocab_size=len(SPECIALS) + len(WORDS),
+        vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=n_layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         head_dim=16,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
     if architecture == "gemma3":
         # A sliding window shorter than the test contexts, so both attention kinds matter.
-        config = Gemma3TextConfig(**shared, sliding_window=4, sliding_window_pattern=2)
+        config = Gemma3TextConfig(**shared, sliding_window=sliding_window, sliding_window_pattern=2)
         model = Gemma3ForCausalLM(config)
     elif architecture == "llama":
         model = LlamaForCausalLM(LlamaConfig(**shared))

@@ -7,17 +7,10 @@ import string
 from pathlib import Path
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerFast,
-)
+from transformers import PreTrainedTokenizerFast
 
-SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+from tests.llm.tiny_models import SPECIALS, tiny_model
 
 
 def training_words(n_words: int = 400, seed: int = 0) -> list[str]:
@@ -59,31 +52,10 @@ def letter_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
 
 
 def save_letter_model(folder: Path, architecture: str = "gemma3", n_layers: int = 3) -> Path:
-    """A random model folder (d_model 32) with the letter tokenizer, for llm.models.load_model."""
+    """A random model folder (d_model 32) with the letter tokenizer, for llm.models.load_model.
+    Its sliding window is shorter than the prompts, so the cache's sliding layers matter."""
     tokenizer = letter_tokenizer()
-    torch.manual_seed(0)
-    shared = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=n_layers,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    if architecture == "gemma3":
-        # A sliding window shorter than the prompts, so the cache's sliding layers matter.
-        config = Gemma3TextConfig(**shared, sliding_window=8, sliding_window_pattern=2)
-        model = Gemma3ForCausalLM(config)
-    else:
-        model = LlamaForCausalLM(LlamaConfig(**shared))
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.uniform_(-0.5, 0.5)
-    model.eval().save_pretrained(folder)
+    model = tiny_model(architecture, n_layers, tokenizer=tokenizer, sliding_window=8)
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
