@@ -74,14 +74,19 @@ class StageSettings:
     """How one protocol trains one architecture's stack: resolved from LLMHedgingConfig."""
 
     protocol: str
+    """toolkit or paper."""
     initial: TrainConfig
     """The initial stage's trainer."""
     stages: TrainConfig
     """The control and extended stages' trainer (seed + 1 applied by _protocol)."""
     sae_options: dict
+    """SAE config fields: sparsity (k or l1), ranking, aux-k coefficient, dead window."""
     normalize: bool
+    """Train on activations scaled to mean norm sqrt(d_model)."""
     b_dec_init: str
+    """How b_dec starts (train_on_cache's b_dec_init)."""
     stage_options: dict
+    """hedging_protocol's fold_initial and reset_dead_counters."""
 
 
 def _settings(

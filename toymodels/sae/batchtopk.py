@@ -5,7 +5,8 @@ Training keeps, per member, the k*B largest contributions h_i ||W_dec[i]|| over 
 smallest kept contribution t is tracked; in eval mode a latent fires when its contribution exceeds
 t, i.e. when pre_i > t / ||W_dec[i]|| (inference_threshold), which makes the SAE a per-sample
 function. With rank_by = "activation" (the hedging paper's) both the ranking and t are in units of
-the raw activation h_i, and a latent fires at inference when pre_i > t.
+the raw activation h_i, and a latent fires at inference when pre_i > t; folding decoder norms then
+changes which latents fire (as in the paper's code, whose files keep t after folding).
 """
 
 from __future__ import annotations
