@@ -155,7 +155,8 @@ def train(
         "decay_fraction": config.decay_fraction,
         "seed": seed,
         "sae": sae.full_config(),
-        **{key: getattr(config, key) for key in RUN_DEFAULTS},
+        "adam_betas": config.adam_betas,
+        "l1_warmup_steps": config.l1_warmup_steps,
     }
     sae.to(device).train()
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
@@ -240,7 +241,9 @@ def _resume(
     log: TrainLog,
 ) -> tuple[int, Tensor | None]:
     state = _load_checkpoint(path)
-    saved = {**RUN_DEFAULTS, **state["run"]}  # checkpoints written before these options existed
+    # A checkpoint written before an option existed was trained with its default.
+    saved = _with_defaults(state["run"], run, TrainConfig)
+    saved["sae"] = _with_defaults(saved["sae"], run["sae"], type(sae.config))
     if saved != run:
         changed = sorted(k for k in run if saved.get(k) != run[k])
         raise ValueError(
@@ -259,7 +262,18 @@ def _resume(
     return state["step"], state["sums"]
 
 
-RUN_DEFAULTS = {"adam_betas": (0.9, 0.999), "l1_warmup_steps": 0}
+def _with_defaults(saved: dict, current: dict, config_class: type) -> dict:
+    """saved, plus the keys of current it lacks that are fields of config_class with a default,
+    at that default."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(config_class)
+        if f.default is not dataclasses.MISSING
+    }
+    added = {key: defaults[key] for key in current.keys() - saved.keys() if key in defaults}
+    return {**added, **saved}
+
+
 CHECKPOINT_KEYS = ("run", "step", "sums", "sae", "optimizer", "torch_rng", "log")
 
 

@@ -206,3 +206,28 @@ def test_matryoshka_level_sparsity_weighs_each_level_by_beta():
     per_latent = torch.tensor([1 + mu, 1, 1, 1]) * sae.decoder_norms()[0]
     expected = 0.1 * (codes[0] * per_latent).sum(-1).mean()
     assert torch.allclose(sae.loss(x)["sparsity"][0], expected)
+
+
+def test_a_checkpoint_from_before_the_new_options_still_resumes(tmp_path):
+    sae = make_sae("batchtopk", d_in=6, n_latents=3, k=1)
+    config = TINY.replace(samples=4 * 32, batch_size=32, checkpoint_every=2)
+    path = tmp_path / "train.pt"
+    train(sae, lambda b: torch.randn(b, 6).relu(), config.replace(samples=2 * 32), path)
+    state = torch.load(path, weights_only=False)
+    for key in ("adam_betas", "l1_warmup_steps"):  # as a checkpoint written before they existed
+        del state["run"][key]
+    state["run"]["sae"].pop("rank_by")
+    # (samples differ: the old run was shorter, so this is refused for that reason only)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"differs in \['n_samples'\]"):
+        train(sae, lambda b: torch.randn(b, 6).relu(), config, path)
+    state["run"]["n_samples"] = config.samples
+    torch.save(state, path)
+    train(sae, lambda b: torch.randn(b, 6).relu(), config, path)
+    with pytest.raises(ValueError, match=r"differs in \['sae'\]"):
+        train(
+            make_sae("batchtopk", d_in=6, n_latents=3, k=1, rank_by="activation"),
+            lambda b: torch.randn(b, 6).relu(),
+            config,
+            path,
+        )
