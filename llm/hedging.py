@@ -196,7 +196,7 @@ class LLMHedgingConfig:
     seeds: int = 1
     """Independent initialisations of every width."""
     normalize: bool = True
-    """Train on activations scaled to mean norm sqrt(d_model)."""
+    """Train on activations scaled to mean norm sqrt(d_model) (toolkit protocol; paper: raw)."""
     held_out_tokens: int = 16_384
     """Rows kept out of training, for the control SAEs' quality."""
     protocol: str = "toolkit"
