@@ -50,6 +50,12 @@ class TrainLog:
         return out
 
 
+def sparsity_factor(step: int, warmup_steps: int) -> float:
+    """step / warmup_steps during the warm-up, then 1 (SAELens's L1 schedule: the first step
+    trains without sparsity)."""
+    return min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
+
+
 def learning_rate_factor(
     step: int, n_steps: int, warmup_steps: int, decay_fraction: float
 ) -> float:
@@ -76,6 +82,11 @@ class TrainConfig:
     """Steps of linear learning-rate warm-up."""
     decay_fraction: float = 0.2
     """Final fraction of the steps over which the learning rate decays linearly to 0."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's (beta1, beta2); the hedging paper's SAELens runs use (0, 0.999)."""
+    l1_warmup_steps: int = 0
+    """Steps over which the sparsity coefficient rises linearly from 0 (SAELens's
+    l1_warm_up_steps); 0: full from the first step."""
     seed: int = 0
     """Seeds the global torch RNG (data sources that draw from it become reproducible)."""
     device: str = "auto"
@@ -97,6 +108,14 @@ class TrainConfig:
         require_number("lr", self.lr, 0, open_low=True)
         require_nonnegative_int("warmup_steps", self.warmup_steps)
         require_number("decay_fraction", self.decay_fraction, 0, 1)
+        if isinstance(self.adam_betas, str) or len(self.adam_betas) != 2:
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        for beta in self.adam_betas:
+            require_number("each of adam_betas", beta, 0, 1)
+            if beta == 1:
+                raise ValueError(f"adam_betas must be in [0, 1), got {self.adam_betas!r}")
+        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
+        require_nonnegative_int("l1_warmup_steps", self.l1_warmup_steps)
         resolve_device(self.device)  # a device this machine lacks is refused here
 
     @property
@@ -136,10 +155,12 @@ def train(
         "decay_fraction": config.decay_fraction,
         "seed": seed,
         "sae": sae.full_config(),
+        "adam_betas": config.adam_betas,
+        "l1_warmup_steps": config.l1_warmup_steps,
     }
     sae.to(device).train()
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
-    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=config.adam_betas, fused=True)
     log, step = TrainLog(), 0
     sums = None  # per-member loss sums since the last log, kept on the device (no syncs)
     path = Path(checkpoint_path) if checkpoint_path is not None else None
@@ -161,6 +182,8 @@ def train(
         factor = learning_rate_factor(step, n_steps, config.warmup_steps, config.decay_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr * factor
+        if config.l1_warmup_steps:
+            sae.sparsity_scale = sparsity_factor(step, config.l1_warmup_steps)
         losses = sae.loss(data(batch_size).to(device, dtype, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -180,6 +203,7 @@ def train(
             save()
         bar.update(1)
     bar.close()
+    sae.sparsity_scale = 1.0  # the trained SAE's loss is its full loss
     return log
 
 
@@ -217,8 +241,11 @@ def _resume(
     log: TrainLog,
 ) -> tuple[int, Tensor | None]:
     state = _load_checkpoint(path)
-    if state["run"] != run:
-        changed = sorted(k for k in run if state["run"].get(k) != run[k])
+    # A checkpoint written before an option existed was trained with its default.
+    saved = _with_defaults(state["run"], run, TrainConfig)
+    saved["sae"] = _with_defaults(saved["sae"], run["sae"], type(sae.config))
+    if saved != run:
+        changed = sorted(k for k in run if saved.get(k) != run[k])
         raise ValueError(
             f"checkpoint {path} belongs to a different run (differs in {changed}); "
             "delete it or use another checkpoint_path"
@@ -233,6 +260,18 @@ def _resume(
     for name, values in vars(state["log"]).items():
         getattr(log, name).extend(values)
     return state["step"], state["sums"]
+
+
+def _with_defaults(saved: dict, current: dict, config_class: type) -> dict:
+    """saved, plus the keys of current it lacks that are fields of config_class with a default,
+    at that default."""
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(config_class)
+        if f.default is not dataclasses.MISSING
+    }
+    added = {key: defaults[key] for key in current.keys() - saved.keys() if key in defaults}
+    return {**added, **saved}
 
 
 CHECKPOINT_KEYS = ("run", "step", "sums", "sae", "optimizer", "torch_rng", "log")

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from llm.saefiles import load_sae
+from llm.training import input_sample, normalisation_scale, split_cache
 from reports.cli import main
 from tests.llm.tiny_models import save_tiny_model, write_text_corpus
 
@@ -216,3 +217,27 @@ def test_bad_input_is_one_line_and_status_2(extracted, tmp_path, capsys, argv, m
     assert main(argv) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
+
+
+def test_hedging_runs_both_protocols_side_by_side(extracted, tmp_path):
+    _, _, _, out = extracted
+    argv = ["llm", "hedging", "--cache", str(out), "--widths", "8", "16", "--n-new", "4"]
+    argv += ["--samples", "640", "--batch-size", "64", "--k", "3", "--l1", "0.5", "--mus"]
+    argv += ["--held-out-tokens", "500", "--device", "cpu", "--protocol", "both"]
+    assert main([*argv, "--out", str(tmp_path / "both")]) == 0
+    table = pd.read_csv(tmp_path / "both" / "tables" / "hedging_vs_width.csv")
+    assert sorted(set(table.protocol)) == ["paper", "toolkit"] and len(table) == 8
+    # same cache, seeds and initialisation; only the protocol differs
+    by_protocol = pd.read_csv(tmp_path / "both" / "tables" / "hedging_by_protocol.csv")
+    assert len(by_protocol) == 8 and (by_protocol.seeds == 1).all()
+    metrics = _read(tmp_path / "both", "metrics.json")
+    assert "spearman_width_vs_hedging_batchtopk" in metrics
+    assert "spearman_width_vs_hedging_batchtopk_paper" in metrics
+    paper = metrics["paper_protocol"]
+    assert paper["batchtopk"]["rank_by"] == "activation"
+    assert paper["relu-l1"]["stage_lr"] == 7e-5 and paper["relu-l1"]["normalize"] is False
+    # no paper value for this model: the toolkit's 0.5 carried to raw units
+    split = split_cache(out, 500)
+    scale = normalisation_scale(input_sample(split, 16_384, 0))
+    assert paper["relu-l1"]["l1"] == pytest.approx(0.5 / scale)
+    assert _read(tmp_path / "both", "config.json")["protocol"] == "both"

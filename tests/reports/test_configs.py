@@ -30,7 +30,16 @@ from toymodels.sae import make_sae, sae_class
 from toymodels.train import TrainConfig
 from toymodels.worlds import LargeWorld
 
-SMALL = TrainConfig(samples=8192, batch_size=512, lr=0.003, seed=7, device="cpu", progress=False)
+SMALL = TrainConfig(
+    samples=8192,
+    batch_size=512,
+    lr=0.003,
+    seed=7,
+    device="cpu",
+    progress=False,
+    adam_betas=(0.5, 0.99),
+    l1_warmup_steps=3,
+)
 
 # (command words, a config that differs from the defaults wherever it can)
 COMMANDS = [
@@ -74,6 +83,7 @@ COMMANDS = [
                 correlation="clusters",
                 child_probability=(0.1, 0.3),
             ),
+            protocol="paper",
             train=SMALL,
         ),
     ),
@@ -83,7 +93,10 @@ COMMANDS = [
             l1_values=(0.05,), leaks=(0.0,), seeds=1, eval_samples=500, train=SMALL
         ),
     ),
-    (["toy", "matryoshka"], ToyMatryoshkaConfig(mu_values=(0.5,), seeds=1, l1=0.1, train=SMALL)),
+    (
+        ["toy", "matryoshka"],
+        ToyMatryoshkaConfig(mu_values=(0.5,), seeds=1, l1=0.1, protocol="paper", train=SMALL),
+    ),
     (
         ["llm", "extract"],
         ExtractConfig(
@@ -128,6 +141,7 @@ COMMANDS = [
             l1=1.0,
             mus=(),
             seeds=2,
+            protocol="both",
             train=SMALL,
         ),
     ),
@@ -149,13 +163,28 @@ COMMANDS = [
 SAE_CONFIGS = [
     *(
         (name, sae_class(name).config_class(d_in=5, n_latents=4, n_members=2, widths=(3, 4)))
-        for name in ("relu-l1", "topk", "batchtopk", "jumprelu")
+        for name in ("relu-l1", "jumprelu")
+    ),
+    *(
+        (
+            name,
+            sae_class(name).config_class(
+                d_in=5, n_latents=4, n_members=2, widths=(3, 4), rank_by="activation"
+            ),
+        )
+        for name in ("topk", "batchtopk")
     ),
     *(
         (
             "matryoshka",
             sae_class("matryoshka", inner).config_class(
-                d_in=5, n_latents=4, n_members=2, levels=(1, 4), mu=(0.0, 0.5), tied=True
+                d_in=5,
+                n_latents=4,
+                n_members=2,
+                levels=(1, 4),
+                mu=(0.0, 0.5),
+                tied=True,
+                level_sparsity=True,
             ),
         )
         for inner in ("relu-l1", "topk", "batchtopk", "jumprelu")

@@ -5,6 +5,12 @@ LargeWorld.paper_50 (50 correlated features in 100 dims, true L0 about 11); Batc
 k = round(true L0), widths 15..50 step 5, several seeds, all ONE stack (seed = an independent
 initialisation of every width). The hedging protocol (toymodels.hedging) adds N latents; the
 paper's claim is that narrower SAEs hedge more: a negative Spearman correlation of width and h.
+protocol = "paper" trains every stage as the paper's code does (toymodels.hedging's table: constant
+learning rate, Adam betas (0, 0.999), BatchTopK ranking raw activations, aux-k coefficient 1, dead
+after 1,000 steps with counters restarting each stage, the initial SAE folded before the stages).
+The 50-feature world is not in the paper's public code, so its size, learning rate and samples stay
+the toolkit's; with the default 146 steps per stage no latent reaches the paper's 1,000-step dead
+window, so new latents only grow through the main loss (raise train.samples to change that).
 """
 
 from __future__ import annotations
@@ -16,9 +22,15 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from theory.config import require_positive_int, require_positive_ints
+from theory.config import require_choice, require_positive_int, require_positive_ints
 from toymodels.experiments.common import one_torch_thread
-from toymodels.hedging import hedging_protocol
+from toymodels.hedging import (
+    PAPER_STAGE_OPTIONS,
+    PROTOCOLS,
+    hedging_protocol,
+    paper_sae_options,
+    paper_train,
+)
 from toymodels.runs import Run
 from toymodels.sae import make_sae
 from toymodels.train import TrainConfig, train
@@ -47,7 +59,10 @@ class HedgingWidthConfig:
     """The feature world (default: the paper's 50 correlated features in 100 dims)."""
     dead_after_samples: int = 10_000
     """New latents start far too small to win a BatchTopK slot and only come alive through the
-    aux-k loss on dead latents: this must be well below the samples per stage."""
+    aux-k loss on dead latents: this must be well below the samples per stage (toolkit protocol;
+    paper: 1,000 steps)."""
+    protocol: str = "toolkit"
+    """toolkit | paper: the hedging paper's trainer and stage settings (toymodels.hedging)."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             samples=150_000, batch_size=1024, lr=2e-3, device="cpu", progress=False
@@ -59,6 +74,7 @@ class HedgingWidthConfig:
         require_positive_ints("widths", self.widths)
         for name in ("seeds", "new_latents", "dead_after_samples"):
             require_positive_int(name, getattr(self, name))
+        require_choice("protocol", self.protocol, PROTOCOLS)
 
 
 @one_torch_thread
@@ -79,6 +95,8 @@ def run_hedging_width(config: HedgingWidthConfig, out: str | Path) -> Run:
         },
         kind="toy-hedging-width",
     )
+    paper = config.protocol == "paper"
+    stage = paper_train(config.train) if paper else config.train
     sae = make_sae(
         "batchtopk",
         d_in=world.d_in,
@@ -86,16 +104,25 @@ def run_hedging_width(config: HedgingWidthConfig, out: str | Path) -> Run:
         n_members=len(members),
         widths=[w for _, w in members],
         k=k,
-        dead_after_samples=config.dead_after_samples,
+        **(
+            paper_sae_options(stage.batch_size)
+            if paper
+            else {"dead_after_samples": config.dead_after_samples}
+        ),
         generator=torch.Generator().manual_seed(seed),
     )
 
     def data(batch: int) -> torch.Tensor:
         return world.sample_sparse(batch)[0]  # the firing pattern is not needed here
 
-    train(sae, data, config.train)
-    protocol = config.train.replace(seed=seed + 1)
-    rows, _, _ = hedging_protocol(sae, data, protocol, config.new_latents)
+    train(sae, data, stage)
+    rows, _, _ = hedging_protocol(
+        sae,
+        data,
+        stage.replace(seed=seed + 1),
+        config.new_latents,
+        **(PAPER_STAGE_OPTIONS if paper else {}),
+    )
     table = pd.DataFrame(
         [
             {

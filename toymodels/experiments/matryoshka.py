@@ -7,6 +7,14 @@ measured is the one with the largest decoder component on the parent). Too much
 inner weight (mu = 1) makes it hedge: POSITIVE decoder components on the read-out children;
 none (mu = 0) lets the outer level's sparsity absorb them: NEGATIVE encoder components. Every mu x
 seed is a member of ONE stack; the best mu has the cleanest parent latent.
+
+protocol = "paper" follows the paper's toy (toymodels.hedging's table): the L1 applies per level,
+weighted by beta (the inner latent pays lambda (1 + mu)); the SAE starts AT the true features
+(latent i's encoder column and decoder row = feature i for the parent and the three read-out
+children, no noise, b_dec 0); 24,414 steps of 128 samples (the paper's 100M "tokens" in steps of
+4096, each step drawing one context of 128) at a constant lr 3e-4 with Adam betas (0, 0.999).
+Starting at the features makes the seeds of one mu identical (they share the batches), as in the
+paper, which trains one SAE per figure.
 """
 
 from __future__ import annotations
@@ -17,10 +25,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from theory.config import require_number, require_numbers, require_positive_int
+from theory.config import require_choice, require_number, require_numbers, require_positive_int
 from theory.features import hierarchical
 from theory.predictions import tracking_hedging_coefficient
 from toymodels.experiments.common import EmbeddedWorlds, one_torch_thread
+from toymodels.hedging import PROTOCOLS, paper_train
 from toymodels.runs import Run
 from toymodels.sae import make_sae
 from toymodels.train import TrainConfig, train
@@ -28,6 +37,7 @@ from toymodels.train import TrainConfig, train
 MU_VALUES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 P_PARENT, P_READ_OUT, P_HIDDEN = 0.25, 0.15, 0.55
 READ_OUT = (1, 2, 3)  # feature indices of the read-out children; 4 is the hidden child
+PAPER_STEPS, PAPER_BATCH, PAPER_LR = 24_414, 128, 3e-4
 
 
 def matryoshka_world():  # noqa: ANN201 (FeatureModel)
@@ -46,6 +56,10 @@ class ToyMatryoshkaConfig:
     """L1 coefficient."""
     d_in: int = 50
     """Dimension the features are embedded in."""
+    protocol: str = "toolkit"
+    """toolkit | paper: the paper's toy (per-level L1, SAE started at the true features, 24,414
+    steps of 128 samples at lr 3e-4, constant, Adam betas (0, 0.999)); train's samples,
+    batch_size, lr and schedule are then the paper's."""
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(
             samples=400_000, batch_size=1024, lr=1e-2, device="cpu", progress=False
@@ -53,6 +67,7 @@ class ToyMatryoshkaConfig:
     )
 
     def __post_init__(self) -> None:
+        require_choice("protocol", self.protocol, PROTOCOLS)
         require_numbers("mu_values", self.mu_values, 0)
         require_number("l1", self.l1, 0)
         for name in ("seeds", "d_in"):
@@ -66,6 +81,7 @@ def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
     world = matryoshka_world()
     data = EmbeddedWorlds([world], [0] * len(members), config.d_in, seed)
     run = Run(out, config, seeds={"sae_init_and_data": seed}, kind="toy-matryoshka")
+    paper = config.protocol == "paper"
     sae = make_sae(
         "matryoshka",
         inner="relu-l1",
@@ -76,9 +92,18 @@ def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
         mu=[mu for _, mu in members],
         l1=config.l1,
         decoder_init_norm=1.0,
+        level_sparsity=paper,
         generator=torch.Generator().manual_seed(seed),
     )
-    train(sae, data, config.train)
+    stage = config.train
+    if paper:
+        with torch.no_grad():  # latent i = feature i: the parent, then the read-out children
+            sae.W_dec.copy_(data.directions_ND[: sae.n_latents].expand_as(sae.W_dec))
+            sae.W_enc.copy_(sae.W_dec.transpose(1, 2))
+        stage = paper_train(
+            stage.replace(samples=PAPER_STEPS * PAPER_BATCH, batch_size=PAPER_BATCH, lr=PAPER_LR)
+        )
+    train(sae, data, stage)
     sae.fold_decoder_norms()
     with torch.no_grad():
         decoder_MFN = sae.W_dec @ data.directions_ND.T

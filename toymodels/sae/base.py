@@ -170,6 +170,9 @@ class SAE(nn.Module):
             parametrize.register_parametrization(
                 self, "W_enc", _Transposed(self.W_dec), unsafe=True
             )
+        # Multiplies the sparsity loss; the trainer sets it each step during an L1 warm-up
+        # (TrainConfig.l1_warmup_steps) and back to 1 when training ends.
+        self.sparsity_scale = 1.0
         self._mask_changed()
         self.register_load_state_dict_post_hook(lambda module, _: module._mask_changed())
 
@@ -322,6 +325,8 @@ class SAE(nn.Module):
             sparsity = self.sparsity_loss(codes, pre)
         else:
             mse, sparsity, code_sums_MF = fused
+        if self.sparsity_scale != 1.0:
+            sparsity = sparsity * self.sparsity_scale
         if self.training:
             with torch.no_grad():
                 # codes are >= 0; a sum is 10x faster than any

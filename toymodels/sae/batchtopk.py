@@ -4,7 +4,10 @@ Training keeps, per member, the k*B largest contributions h_i ||W_dec[i]|| over 
 (so samples share a budget of k on average). Like SAELens, an exponential moving average of the
 smallest kept contribution t is tracked; in eval mode a latent fires when its contribution exceeds
 t, i.e. when pre_i > t / ||W_dec[i]|| (inference_threshold), which makes the SAE a per-sample
-function."""
+function. With rank_by = "activation" (the hedging paper's) both the ranking and t are in units of
+the raw activation h_i, and a latent fires at inference when pre_i > t; folding decoder norms then
+changes which latents fire (as in the paper's code, whose files keep t after folding).
+"""
 
 from __future__ import annotations
 
@@ -41,11 +44,15 @@ class BatchTopKSAE(TopKSAE):
 
     def __init__(self, config: BatchTopKConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(config, generator)
-        # The running threshold t on contributions h_i ||W_dec[i]||, one per member.
+        # The running threshold t on ranking scores (contributions h_i ||W_dec[i]||, or h_i with
+        # rank_by = "activation"), one per member.
         self.register_buffer("contribution_threshold", torch.zeros(config.n_members))
 
     def inference_threshold(self) -> Tensor:
-        return self.contribution_threshold[:, None] / self.decoder_norms()
+        weights_MF = self.ranking_weights()
+        if weights_MF is None:
+            return self.contribution_threshold[:, None].expand(-1, self.n_latents)
+        return self.contribution_threshold[:, None] / weights_MF
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
         M, B, F = pre_MBF.shape
@@ -63,7 +70,8 @@ class BatchTopKSAE(TopKSAE):
         return pre_MBF.relu() * keep
 
     def _rescale_contributions(self, factor: float) -> None:
-        self.contribution_threshold *= factor
+        if self.config.rank_by == "contribution":  # raw activations keep their scale
+            self.contribution_threshold *= factor
 
     def saelens_extras(self) -> SAELensExtras:
         # SAELens's JumpReLU fires on pre_i > t_i; our scalar t is kept exactly in our own key.

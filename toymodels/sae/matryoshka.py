@@ -5,6 +5,7 @@ Reconstruction = sum_j beta_j mean_batch ||x - x_hat_{<=m_j}||^2 with beta_j = m
 the plain SAE (0^0 = 1 keeps the outer level), mu = 1 the standard matryoshka; mu may differ per
 member, so a mu sweep is one stack. `detached` stops the gradient of inner-level latents in the
 reconstructions of outer levels, so each level's error trains only the latents it adds.
+`level_sparsity` weighs the sparsity per level too (the hedging paper's toy).
 The inner activation and sparsity come from any other architecture (relu-l1, topk, batchtopk,
 jumprelu); every level is trained: matryoshka SAEs take the generic loss path (no fused loss,
 no TopK sparse path, which would skip the level losses).
@@ -38,6 +39,10 @@ class MatryoshkaFields:
     """Balance: level j weighs mu^(n-j) (0 = plain SAE, 1 = standard matryoshka), per member."""
     detached: bool = False
     """Stop inner latents' gradients in outer levels' reconstructions."""
+    level_sparsity: bool = False
+    """Sparsity per level weighted like its reconstruction: level j's prefix pays beta_j times
+    the inner sparsity, so a latent in several levels pays the sum of their betas (the paper's
+    toy); false: the sparsity of the whole code once."""
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the inner architecture's checks
@@ -50,6 +55,7 @@ class MatryoshkaFields:
         self._set("levels", levels)
         self._set("mu", per_member(self.mu, self.n_members, "mu"))
         self._set("detached", bool(self.detached))
+        self._set("level_sparsity", bool(self.level_sparsity))
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,19 @@ class _Matryoshka(SAE):
             total = total + self.level_weights[:, j] * (x - x_hat).square().sum(-1).mean(-1)
             inner = block if inner is None else inner + block
             start = stop
+        return total
+
+    def sparsity_loss(self, codes_MBF: Tensor, pre_MBF: Tensor) -> Tensor:
+        if not self.config.level_sparsity:
+            return super().sparsity_loss(codes_MBF, pre_MBF)
+        latents_F = torch.arange(self.n_latents, device=codes_MBF.device)
+        total = 0.0
+        for j, stop in enumerate(self.config.levels):
+            outside_F = latents_F >= stop
+            level = super().sparsity_loss(
+                codes_MBF.masked_fill(outside_F, 0), pre_MBF.masked_fill(outside_F, float("-inf"))
+            )
+            total = total + self.level_weights[:, j] * level
         return total
 
     def _grown_config(self, n_new: int) -> dict[str, Any]:

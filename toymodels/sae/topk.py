@@ -1,7 +1,10 @@
 """TopK SAE: each sample keeps its k largest latents (k per member), aux-k loss for dead latents.
 
 Latents are ranked by their contribution h_i ||W_dec[i]|| (SAELens' rescale_acts_by_decoder_norm),
-which equals plain ranking for unit-norm decoders and makes folding decoder norms exact.
+which equals plain ranking for unit-norm decoders and makes folding decoder norms exact; with
+rank_by = "activation" by the raw activation h_i, as the hedging paper's BatchTopK SAEs do (there
+folding decoder norms changes which latents win, and a latent with a small decoder row needs a
+large code to be kept).
 
 Training on a shared batch takes a sparse path: the dense pre-activations are computed once
 without autograd, only to choose each sample's k latents; the chosen pre-activations are then
@@ -17,6 +20,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import Tensor
 
+from theory.config import require_choice
 from toymodels.sae.base import SAE, Capabilities, SAEConfig, SAELensExtras, integer_per_member
 
 
@@ -27,6 +31,9 @@ def keep_top(scores_MN: Tensor, counts_M: Tensor, max_count: int) -> Tensor:
     return torch.zeros_like(scores_MN).scatter(-1, index, rank_kept.to(scores_MN.dtype))
 
 
+RANK_BY = ("contribution", "activation")
+
+
 @dataclass(frozen=True)
 class TopKConfig(SAEConfig):
     """Each sample keeps its k largest latents."""
@@ -35,14 +42,19 @@ class TopKConfig(SAEConfig):
     """Latents kept per sample, one value or one per member (a narrower member keeps all)."""
     aux_coefficient: float = 1 / 32
     """Weight of the aux-k loss that revives dead latents (0: off)."""
+    rank_by: str = "contribution"
+    """What picks the kept latents: contribution (h_i ||W_dec[i]||) or activation (h_i, as the
+    hedging paper's BatchTopK)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._set("k", integer_per_member(self.k, self.n_members, "k"))
+        require_choice("rank_by", self.rank_by, RANK_BY)
 
 
 class TopKSAE(SAE):
-    """h = ReLU(pre) on each sample's top-k latents (by h_i ||W_dec[i]||), zero elsewhere."""
+    """h = ReLU(pre) on each sample's top-k latents (by h_i ||W_dec[i]|| or by h_i), zero
+    elsewhere."""
 
     architecture = "topk"
     config_class = TopKConfig
@@ -55,9 +67,18 @@ class TopKSAE(SAE):
         self.register_buffer("k", torch.tensor(config.k))
         self._k_max = max(config.k)  # a Python int: no device sync in the hot loop
 
+    def ranking_weights(self) -> Tensor | None:
+        """(M, F) factors turning pre-activations into ranking scores (decoder norms), or None
+        when latents are ranked by their raw activation. No gradient."""
+        if self.config.rank_by == "activation":
+            return None
+        return self.decoder_norms().detach()
+
     def scores(self, pre_MBF: Tensor) -> Tensor:
-        """Ranking scores: each latent's contribution h_i ||W_dec[i]||, no gradient."""
-        return pre_MBF.detach().relu() * self.decoder_norms().detach()[:, None]
+        """Ranking scores: each latent's contribution h_i ||W_dec[i]|| (or h_i), no gradient."""
+        weights_MF = self.ranking_weights()
+        codes_MBF = pre_MBF.detach().relu()
+        return codes_MBF if weights_MF is None else codes_MBF * weights_MF[:, None]
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
         M, B, F = pre_MBF.shape
@@ -77,7 +98,9 @@ class TopKSAE(SAE):
             pre_MBF = self.pre_activations(x)
             # Ranking pre * norm instead of relu(pre) * norm picks the same latents wherever a
             # code is non-zero, and saves one pass over (M, B, F).
-            top_MBK, index_MBK = (pre_MBF * self.decoder_norms()[:, None]).topk(self._k_max, dim=-1)
+            weights_MF = self.ranking_weights()
+            ranked_MBF = pre_MBF if weights_MF is None else pre_MBF * weights_MF[:, None]
+            top_MBK, index_MBK = ranked_MBF.topk(self._k_max, dim=-1)
             ranks_K = torch.arange(self._k_max, device=x.device)
             fires_MBK = (top_MBK > 0) & (ranks_K < self.k[:, None, None])
         codes_MBK = self._chosen_pre(x, pre_MBF, index_MBK).relu() * fires_MBK
