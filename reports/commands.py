@@ -50,9 +50,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    from reports.pipeline import run_pipeline
+    from reports.pipeline import plan_pipeline, run_pipeline
 
-    print(run_pipeline(args.config, args.out))
+    if not args.config.dry_run:
+        print(run_pipeline(args.config, args.out))
+        return 0
+    total = 0.0
+    for plan in plan_pipeline(args.config, args.out):
+        disk = "" if plan.disk_bytes is None else f", cache {plan.disk_bytes / 2**30:.2f} GiB"
+        time = (
+            "CPU time not measured"
+            if plan.cpu_seconds is None
+            else (f"~{plan.cpu_seconds / 60:.1f} min on this CPU")
+        )
+        total += plan.cpu_seconds or 0.0
+        print(f"{plan.name}: {plan.work}{disk}; {time}")
+    print(f"expected CPU time of the stages with a measured rate: ~{total / 60:.0f} min "
+          "(GPU rates: none measured yet)")  # fmt: skip
     return 0
 
 

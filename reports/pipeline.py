@@ -13,11 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-from theory.config import require_nonnegative_int, require_numbers, require_positive_int
+from theory.config import (
+    require_choice,
+    require_nonnegative_int,
+    require_numbers,
+    require_positive_int,
+)
 from theory.derive import derive
 from theory.features import PAPER_L1, SCENARIOS, scenario
 from theory.predictions import catalogue
@@ -44,6 +49,9 @@ class TheorySummaryConfig:
             raise ValueError(f"width2_l1 = {self.width2_l1} must be one of l1_values")
 
 
+SCALES = ("demo", "study", "paper")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """`run`: theory, toy experiments, activations of a language model, SAEs trained on them
@@ -59,10 +67,17 @@ class PipelineConfig:
     """Run the language-model stages (false: theory and toy models only)."""
     title: str = "Feature hedging and absorption: theory vs SAEs"
     """The report's title."""
+    scale: str = "demo"
+    """demo (minutes on a CPU: what `make demo` runs) | study (longer CPU runs: more restarts,
+    seeds and tokens) | paper (the hedging paper's settings: its models, widths, seeds and 250M
+    tokens per stage, for GPUs; model and layer are the paper's, tokens is ignored)."""
+    dry_run: bool = False
+    """Print every stage with its work, cache size and expected CPU time, and run nothing."""
 
     def __post_init__(self) -> None:
         require_nonnegative_int("layer", self.layer)
         require_positive_int("tokens", self.tokens)
+        require_choice("scale", self.scale, SCALES)
 
 
 @dataclass(frozen=True)
@@ -142,57 +157,158 @@ def run_theory_summary(config: TheorySummaryConfig, out: Path) -> Run:
 
 
 def demo_stages(config: PipelineConfig, out: Path) -> list[Stage]:
-    """The default job: theory, the four toy experiments and, with an LLM, extraction, one SAE
-    trained and evaluated, and the hedging protocol across widths on real activations.
-    Small batches give SAEs on a CPU-sized cache a few hundred steps."""
+    """The job's stages at config.scale: theory, the four toy experiments and, with an LLM,
+    extraction, one SAE trained and evaluated, and the hedging protocol across widths on real
+    activations (paper scale: the paper's extraction and one hedging run per width)."""
     from toymodels.experiments.absorption import ToyAbsorptionConfig, run_absorption
     from toymodels.experiments.hedging_width import HedgingWidthConfig, run_hedging_width
     from toymodels.experiments.matryoshka import ToyMatryoshkaConfig, run_matryoshka
     from toymodels.experiments.scenarios import FitConfig, ScenariosConfig, run_scenarios
+    from toymodels.train import TrainConfig
 
-    stages = [
-        Stage("theory", TheorySummaryConfig(), run_theory_summary),
-        Stage("toy-scenarios", ScenariosConfig(fit=FitConfig(restarts=8)), run_scenarios),
-        Stage("toy-hedging-width", HedgingWidthConfig(), run_hedging_width),
-        Stage("toy-absorption", ToyAbsorptionConfig(), run_absorption),
-        Stage("toy-matryoshka", ToyMatryoshkaConfig(), run_matryoshka),
-    ]
+    if config.scale == "demo":
+        toy = [
+            Stage("toy-scenarios", ScenariosConfig(fit=FitConfig(restarts=8)), run_scenarios),
+            Stage("toy-hedging-width", HedgingWidthConfig(), run_hedging_width),
+            Stage("toy-absorption", ToyAbsorptionConfig(), run_absorption),
+            Stage("toy-matryoshka", ToyMatryoshkaConfig(), run_matryoshka),
+        ]
+    else:  # study and paper: the library's 16 restarts, more seeds, stages long enough for the
+        # paper protocol's 1,000-step dead-latent window
+        protocol = "paper" if config.scale == "paper" else "toolkit"
+        long_stage = TrainConfig(
+            samples=2_000 * 1024, batch_size=1024, lr=2e-3, device="cpu", progress=False
+        )
+        toy = [
+            Stage("toy-scenarios", ScenariosConfig(), run_scenarios),
+            Stage(
+                "toy-hedging-width",
+                HedgingWidthConfig(seeds=4, protocol=protocol, train=long_stage),
+                run_hedging_width,
+            ),
+            Stage("toy-absorption", ToyAbsorptionConfig(seeds=4), run_absorption),
+            Stage(
+                "toy-matryoshka", ToyMatryoshkaConfig(seeds=4, protocol=protocol), run_matryoshka
+            ),
+        ]
+    stages = [Stage("theory", TheorySummaryConfig(), run_theory_summary), *toy]
     if not config.llm:
         return stages
+    return stages + _llm_stages(config, out)
+
+
+def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
     from llm.cache import ExtractConfig
     from llm.hedging import LLMHedgingConfig, run_llm_hedging
     from llm.jobs import EvalConfig, SAETrainConfig, run_eval, run_extract, run_train
     from toymodels.train import TrainConfig
 
     cache, trained = str(out / "llm-activations"), str(out / "llm-train")
+    if config.scale == "paper":
+        from llm.paper import PAPER_MODELS, paper_scale
 
-    def small_batches(samples: int) -> TrainConfig:
-        return TrainConfig(samples=samples, batch_size=512, checkpoint_every=200, progress=False)
+        model = config.model if config.model in PAPER_MODELS else next(iter(PAPER_MODELS))
+        sweep = paper_scale(model, cache)
+        return [Stage("llm-activations", sweep.extract, run_extract)] + [
+            Stage(f"llm-hedging-w{hedging.widths[0]}", hedging, run_llm_hedging)
+            for hedging in sweep.hedging
+        ]
+    study = config.scale == "study"
+    tokens = max(config.tokens, 400_000) if study else config.tokens
 
-    return stages + [
+    def batches(samples: int, batch_size: int = 512) -> TrainConfig:
+        return TrainConfig(
+            samples=samples, batch_size=batch_size, checkpoint_every=200, progress=False
+        )
+
+    return [
         Stage(
             "llm-activations",
-            ExtractConfig(model=config.model, layer=config.layer, tokens=config.tokens),
+            ExtractConfig(model=config.model, layer=config.layer, tokens=tokens),
             run_extract,
         ),
         Stage(
             "llm-train",
             SAETrainConfig(
-                cache=cache, architecture="topk", width=1024, k=32,
-                train=small_batches(2 * config.tokens),
+                cache=cache, architecture="topk", width=4096 if study else 1024, k=32,
+                train=batches(2 * tokens, 1024 if study else 512),
             ),
             run_train,
         ),
-        Stage("llm-eval", EvalConfig(sae=trained, cache=cache, batches=2), run_eval),
+        Stage("llm-eval", EvalConfig(sae=trained, cache=cache, batches=8 if study else 2),
+              run_eval),
         Stage(
             "llm-hedging",
             LLMHedgingConfig(
-                cache=cache, widths=(128, 256, 512), n_new=32,
-                train=small_batches(config.tokens // 2),
+                cache=cache, widths=(128, 256, 512, 1024) if study else (128, 256, 512),
+                n_new=32, seeds=3 if study else 1,
+                train=batches(tokens // 2, 1024 if study else 512),
             ),
             run_llm_hedging,
         ),
     ]  # fmt: skip
+
+
+# Rates measured on this project's 2-core CPU (benchmarks/RESULTS.md; the demo's own runs), used
+# to estimate a stage's CPU time in the dry run. Nothing is known for GPUs: none was lent yet.
+CPU_EXTRACT_TOKENS_PER_S = {"gemma3-270m": 1_284.0}  # fp32, layer 8, quiet machine
+# TopK, batch 512: the demo's llm-train (1024 latents, d_model 640); the cost scales with
+# latents x d_model
+CPU_SAE_LATENT_TOKENS_PER_S = 7.9e6
+RATE_D_MODEL = 640
+KNOWN_D_MODEL = {"gemma3-270m": 640, "smollm2-135m": 576, "google/gemma-2-2b": 2304,
+                 "meta-llama/Llama-3.2-1B": 2048}  # fmt: skip
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class StagePlan(NamedTuple):
+    """What one stage will do, for the dry run."""
+
+    name: str
+    work: str
+    disk_bytes: int | None
+    cpu_seconds: float | None
+
+
+def _sae_seconds(latent_tokens: float, d_model: int | None) -> float | None:
+    if d_model is None:
+        return None
+    return latent_tokens * d_model / RATE_D_MODEL / CPU_SAE_LATENT_TOKENS_PER_S
+
+
+def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
+    """Every stage with its work, the cache's size on disk and an expected CPU time where this
+    machine has measured the rate (None otherwise)."""
+    from llm.cache import ExtractConfig
+    from llm.hedging import LLMHedgingConfig
+    from llm.jobs import SAETrainConfig
+
+    plans, d_model = [], None  # the cache's d_model, once its extraction is planned
+    for stage in demo_stages(config, Path(out)):
+        job, disk, seconds = stage.config, None, None
+        if isinstance(job, ExtractConfig):
+            d_model = KNOWN_D_MODEL.get(job.model)
+            if d_model is not None:
+                disk = job.tokens * d_model * DTYPE_BYTES[job.dtype]
+            rate = CPU_EXTRACT_TOKENS_PER_S.get(job.model)
+            seconds = None if rate is None else job.tokens / rate
+            work = f"{job.tokens:,} tokens of {job.model} layer {job.layer}"
+        elif isinstance(job, SAETrainConfig):
+            seconds = _sae_seconds(job.train.samples * job.width, d_model)
+            work = f"{job.architecture} width {job.width} on {job.train.samples:,} tokens"
+        elif isinstance(job, LLMHedgingConfig):
+            n_stacks = len(job.architectures) + (1 if job.mus else 0)
+            members = job.seeds * len(job.widths)
+            per_stage = job.train.samples * members * max(job.widths)
+            seconds = _sae_seconds(3 * n_stacks * per_stage, d_model)
+            work = (
+                f"{n_stacks} stacks x {members} SAEs (widths {list(job.widths)}), "
+                f"3 stages of {job.train.samples:,} tokens"
+            )
+        else:
+            work = type(job).__name__
+        plans.append(StagePlan(stage.name, work, disk, seconds))
+    return plans
 
 
 def run_pipeline(config: PipelineConfig, out: str | Path) -> Path:
@@ -203,7 +319,7 @@ def run_pipeline(config: PipelineConfig, out: str | Path) -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is a file; the job needs a folder (choose another --out)")
     stages = demo_stages(config, out)
-    if config.llm:
+    if config.llm and config.scale != "paper":  # the paper's models and layers are fixed
         from llm.models import count_layers
 
         n_layers = count_layers(config.model)

@@ -158,7 +158,18 @@ COMMANDS = [
         ),
     ),
     (["report"], ReportConfig(runs=("runs/a", "runs/b"), title="A title")),
-    (["run"], PipelineConfig(model="smollm2-135m", layer=2, tokens=9000, llm=False, title="T")),
+    (
+        ["run"],
+        PipelineConfig(
+            model="smollm2-135m",
+            layer=2,
+            tokens=9000,
+            llm=False,
+            title="T",
+            scale="study",
+            dry_run=True,
+        ),
+    ),
 ]
 SAE_CONFIGS = [
     *(

@@ -12,6 +12,7 @@ from reports.pipeline import (
     Stage,
     TheorySummaryConfig,
     demo_stages,
+    plan_pipeline,
     run_stages,
     run_theory_summary,
 )
@@ -84,3 +85,30 @@ def test_the_theory_stage_writes_optima_and_predictions(tmp_path):
     assert child == pytest.approx(optima[optima.width == 1].decoder_child.iloc[0]) and child > 0.1
     with pytest.raises(ValueError, match="width2_l1"):
         TheorySummaryConfig(l1_values=(0.1,))
+
+
+@pytest.mark.parametrize("scale", ["demo", "study", "paper"])
+def test_every_scale_builds_its_stages_and_plans_them(tmp_path, scale):
+    config = PipelineConfig(scale=scale)
+    names = [s.name for s in demo_stages(config, tmp_path)]
+    assert names[:5] == ["theory", "toy-scenarios", "toy-hedging-width", "toy-absorption",
+                         "toy-matryoshka"]  # fmt: skip
+    plans = {p.name: p for p in plan_pipeline(config, tmp_path)}
+    extract = plans["llm-activations"]
+    if scale == "paper":  # the paper's model, 250M tokens per stage, one hedging run per width
+        assert "google/gemma-2-2b layer 12" in extract.work
+        assert extract.disk_bytes == 250_278_528 * 2304 * 2  # bf16
+        assert [n for n in names if n.startswith("llm-hedging-w")][-1] == "llm-hedging-w65536"
+    else:
+        tokens = 60_000 if scale == "demo" else 400_000
+        assert extract.disk_bytes == tokens * 640 * 4 and extract.cpu_seconds > 0
+        assert plans["llm-hedging"].cpu_seconds > 0
+    study = {s.name: s.config for s in demo_stages(PipelineConfig(scale="study"), tmp_path)}
+    assert study["toy-scenarios"].fit.restarts == 16 and study["llm-hedging"].seeds == 3
+
+
+def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
+    assert main(["run", "--scale", "study", "--dry-run", "true", "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "llm-hedging:" in out and "min on this CPU" in out and "cache 0.95 GiB" in out
+    assert not (tmp_path / "p").exists()
