@@ -14,6 +14,7 @@ from pathlib import Path
 from llm.absorption.job import AbsorptionConfig
 from llm.cache import ExtractConfig
 from llm.hedging import LLMHedgingConfig
+from llm.hedging_scan import HedgingScanConfig
 from llm.jobs import EvalConfig, SAETrainConfig
 from theory.config import add_config_arguments
 
@@ -35,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
          "matryoshka mu", hedging_command),
         ("absorption", AbsorptionConfig, "first-letter absorption of SAEs at one hook point",
          absorption_command),
+        ("hedging-scan", HedgingScanConfig, "hedging degree vs N (latents added) and vs layer",
+         hedging_scan_command),
     ):  # fmt: skip
         parser = commands.add_parser(name, help=help_, description=config_class.__doc__)
         add_config_arguments(parser, config_class)
@@ -106,4 +109,12 @@ def absorption_command(args: argparse.Namespace) -> int:
     print(f"absorption tables in {run.folder / 'tables'}; metrics in {run.folder / 'metrics.json'}")
     for name, failure in (metrics.get("failures") or {}).items():
         print(f"  {name} failed: {failure['error']}")
+    return 0
+
+
+def hedging_scan_command(args: argparse.Namespace) -> int:
+    from llm.hedging_scan import run_hedging_scan
+
+    run = run_hedging_scan(args.config, args.out)
+    print(f"hedging vs N and layer in {run.folder / 'tables' / 'hedging_by_n_and_layer.csv'}")
     return 0

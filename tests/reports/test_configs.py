@@ -14,6 +14,7 @@ from simple_parsing.docstring import get_attribute_docstring
 from llm.absorption.job import AbsorptionConfig
 from llm.cache import ExtractConfig
 from llm.hedging import LLMHedgingConfig
+from llm.hedging_scan import HedgingScanConfig
 from llm.jobs import EvalConfig, SAETrainConfig
 from reports.cli import build_parser, main
 from reports.commands import ReportConfig
@@ -155,6 +156,18 @@ COMMANDS = [
             tau=0.05,
             causal_metric=True,
             setup_dir="setups/x",
+        ),
+    ),
+    (
+        ["llm", "hedging-scan"],
+        HedgingScanConfig(
+            layers=(1, 3),
+            n_news=(4, 16),
+            width=64,
+            architecture="relu-l1",
+            seeds=3,
+            extract=ExtractConfig(model="smollm2-135m", tokens=5000),
+            train=SMALL,
         ),
     ),
     (["report"], ReportConfig(runs=("runs/a", "runs/b"), title="A title")),
