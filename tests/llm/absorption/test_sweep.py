@@ -137,3 +137,17 @@ def test_latent_classifier_scores_on_hand_built_codes():
 def test_bad_settings_are_refused(changes, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         _config("c", tmp_path, **changes)
+
+
+def test_the_command_runs_the_sweep_and_prints_its_table(cache, tmp_path, capsys):
+    from reports.cli import main
+
+    argv = ["llm", "absorption-sweep", "--cache", str(cache), "--widths", "16", "--ks", "2",
+            "--held-out-tokens", "400", "--samples", "512", "--batch-size", "128",
+            "--device", "cpu", "--n-words", "0", "--probe-epochs", "2", "--k-max", "2",
+            "--min-letters", "1", "--min-probe-f1", "0", "--n-icl-check", "0",
+            "--setup-dir", str(tmp_path / "setup"), "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "mean_absorption_fraction" in printed and "sweep tables in" in printed
+    assert (tmp_path / "run" / "saes" / "w16_k2" / "sae" / "cfg.json").is_file()
