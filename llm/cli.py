@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from llm.absorption.job import AbsorptionConfig
+from llm.absorption.sweep import AbsorptionSweepConfig
 from llm.cache import ExtractConfig
 from llm.hedging import LLMHedgingConfig
 from llm.hedging_scan import HedgingScanConfig
@@ -38,6 +39,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
          absorption_command),
         ("hedging-scan", HedgingScanConfig, "hedging degree vs N (latents added) and vs layer",
          hedging_scan_command),
+        ("absorption-sweep", AbsorptionSweepConfig, "TopK SAEs of every width x k on a cache, "
+         "then their first-letter absorption", absorption_sweep_command),
     ):  # fmt: skip
         parser = commands.add_parser(name, help=help_, description=config_class.__doc__)
         add_config_arguments(parser, config_class)
@@ -117,4 +120,20 @@ def hedging_scan_command(args: argparse.Namespace) -> int:
 
     run = run_hedging_scan(args.config, args.out)
     print(f"hedging vs N and layer in {run.folder / 'tables' / 'hedging_by_n_and_layer.csv'}")
+    return 0
+
+
+def absorption_sweep_command(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from llm.absorption.sweep import run_absorption_sweep
+
+    run = run_absorption_sweep(args.config, args.out)
+    table = pd.read_csv(run.folder / "tables" / "sweep.csv")
+    columns = ["width", "k", "status", "mean_absorption_fraction", "full_absorption_rate",
+               "main_precision", "main_recall", "explained_variance", "l0"]  # fmt: skip
+    print(table[columns].to_string(index=False, float_format="{:.3f}".format))
+    print(f"sweep tables in {run.folder / 'tables'}; metrics in {run.folder / 'metrics.json'}")
+    for name, failure in (_metrics(run).get("failures") or {}).items():
+        print(f"  {name} failed ({failure['stage']}): {failure['error']}")
     return 0

@@ -10,6 +10,7 @@ their uncertainty), all computed from the run tables alone.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -718,6 +719,217 @@ def judge_absorption_offset(runs: RunsByKind) -> Assessment:
     return Assessment(verdict, numbers, detail, summary, _figure(*parts))
 
 
+# ---------------------------------------------------------------- absorption on the LLM (sweep)
+
+SWEEP_KIND = "llm-absorption-sweep"
+SWEEP_COLUMNS = ("sae", "width", "k", "status")
+SWEEP_LETTER_COLUMNS = (
+    "sae", "width", "k", "letter", "probe_f1", "mean_absorption_fraction", "main_precision",
+    "main_recall", "best_latent_f1",
+)  # fmt: skip
+MIN_PROBE_F1 = 0.6
+"""Letters whose probe F1 is not above this are left out of the absorption trends (SAEBench's
+threshold; the sweep run's own min_probe_f1 where its config records one)."""
+
+
+@dataclass(frozen=True)
+class LetterTrend:
+    """A slope of a per-SAE mean over letters on log2(x), pooled within groups (the other sweep
+    axis), with a percentile interval from resampling letters; and each SAE's mean with its
+    interval."""
+
+    trend: Trend
+    saes: pd.DataFrame
+    """sae, width, k, mean, low, high."""
+
+
+def _sweep_letters(record: RunRecord, value: str, all_letters: bool = False) -> pd.DataFrame:
+    """The SAEs x letters matrix of one per-letter column (finished SAEs only); letters with
+    probe F1 at most the run's min_probe_f1 are left out unless `all_letters`."""
+    per_letter = record.table("per_letter", SWEEP_LETTER_COLUMNS)
+    if not all_letters:
+        threshold = float(record.config.get("min_probe_f1", MIN_PROBE_F1))
+        per_letter = per_letter[per_letter.probe_f1 > threshold]
+    return per_letter.pivot(index=["sae", "width", "k"], columns="letter", values=value)
+
+
+def _pooled_slopes(x_S: np.ndarray, group_S: np.ndarray, y_BS: np.ndarray) -> np.ndarray:
+    """Least-squares slope of y on x with one intercept per group, for each row of y_BS."""
+    dx = np.zeros_like(x_S, float)
+    dy = np.zeros_like(y_BS, float)
+    for g in np.unique(group_S):
+        mask = group_S == g
+        dx[mask] = x_S[mask] - x_S[mask].mean()
+        dy[:, mask] = y_BS[:, mask] - y_BS[:, mask].mean(axis=1, keepdims=True)
+    variance = (dx**2).sum()
+    if variance == 0:
+        return np.full(len(y_BS), np.nan)
+    with np.errstate(invalid="ignore"):
+        return (dy * dx).sum(axis=1) / variance
+
+
+def letter_bootstrap_trend(matrix: pd.DataFrame, by: str) -> LetterTrend:
+    """Trend of the per-SAE mean over letters on log2(`by`) (width or k) within each level of
+    the other axis; letters are resampled together across SAEs (a letter's scores in different
+    SAEs are not independent). NaN cells (a letter without probe true positives) are skipped."""
+    values_SL = matrix.to_numpy(float)
+    index = matrix.index.to_frame(index=False)
+    other = "k" if by == "width" else "width"
+    x_S = np.log2(index[by].to_numpy(float))
+    group_S = index[other].to_numpy()
+    n_letters = values_SL.shape[1]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices give NaN
+        means_S = np.nanmean(values_SL, axis=1) if n_letters else np.full(len(x_S), np.nan)
+        rng = np.random.default_rng(BOOTSTRAP_SEED)
+        picks = rng.integers(0, max(n_letters, 1), (BOOTSTRAP_RESAMPLES, n_letters))
+        resampled_BS = (
+            np.nanmean(values_SL[:, picks], axis=2).T
+            if n_letters
+            else np.full((BOOTSTRAP_RESAMPLES, len(x_S)), np.nan)
+        )
+    slope = float(_pooled_slopes(x_S, group_S, means_S[None])[0])
+    slopes = _pooled_slopes(x_S, group_S, resampled_BS)
+    slopes = slopes[np.isfinite(slopes)]
+    tail = (1 - CONFIDENCE) / 2
+    enough = n_letters >= 2 and len(slopes) > 0 and np.isfinite(slope)
+    low, high = np.quantile(slopes, [tail, 1 - tail]) if enough else (np.nan, np.nan)
+    levels = len(np.unique(x_S))
+    trend = Trend(slope, float(low), float(high), n_letters, levels, True)
+    with np.errstate(invalid="ignore"):
+        lows, highs = (
+            np.nanquantile(resampled_BS, [tail, 1 - tail], axis=0)
+            if n_letters and np.isfinite(resampled_BS).any()
+            else (np.full(len(x_S), np.nan),) * 2
+        )
+    saes = index.assign(mean=means_S, low=lows, high=highs)
+    return LetterTrend(trend, saes)
+
+
+def _letter_trend_text(result: LetterTrend, per: str) -> str:
+    trend = result.trend
+    design = f"{trend.rows} letters resampled, {len(result.saes)} SAEs, {trend.levels} levels"
+    if not np.isfinite(trend.low):
+        return f"slope {fmt(trend.slope)} per {per}, no interval ({design})"
+    return (
+        f"slope {fmt(trend.slope)} per {per}, {CONFIDENCE:.0%} CI "
+        f"{interval(trend.low, trend.high)} ({design})"
+    )
+
+
+def _sweep_figure(result: LetterTrend, by: str, label: str) -> pd.DataFrame:
+    other = "k" if by == "width" else "width"
+    parts = []
+    for level, group in result.saes.groupby(other):
+        group = group.sort_values(by)
+        parts.append(_points(f"{label} {other}={level}", group[by], group["mean"], group.low,
+                             group.high))  # fmt: skip
+    return _figure(*parts)
+
+
+def _failed_saes(record: RunRecord) -> str:
+    sweep = record.table("sweep", SWEEP_COLUMNS)
+    failed = sweep[sweep.status != "ok"]
+    if failed.empty:
+        return ""
+    return "SAEs left out: " + ", ".join(f"{r.sae} ({r.status})" for r in failed.itertuples())
+
+
+def _judge_absorption_trend(runs: RunsByKind, by: str, expected: int, per: str) -> Assessment:
+    record = runs[SWEEP_KIND]
+    result = letter_bootstrap_trend(_sweep_letters(record, "mean_absorption_fraction"), by)
+    if result.trend.levels < 2:
+        return Assessment(
+            Verdict.INCONCLUSIVE,
+            f"one {by} only ({len(result.saes)} SAEs): no trend to measure",
+            _failed_saes(record),
+        )
+    numbers = "mean absorption fraction " + _letter_trend_text(result, per)
+    table = result.saes.rename(columns={"mean": "mean_absorption_fraction"})
+    figure = _sweep_figure(result, by, "absorption")
+    return Assessment(result.trend.verdict(expected), numbers, _failed_saes(record), table, figure)
+
+
+def judge_llm_absorption_width(runs: RunsByKind) -> Assessment:
+    return _judge_absorption_trend(runs, "width", 1, "doubling of width (at fixed k)")
+
+
+def judge_llm_absorption_sparsity(runs: RunsByKind) -> Assessment:
+    return _judge_absorption_trend(runs, "k", -1, "doubling of k = L0 (at fixed width)")
+
+
+def judge_latent_precision_recall(runs: RunsByKind) -> Assessment:
+    record = runs[SWEEP_KIND]
+    parts, numbers, verdicts, tables = [], [], [], []
+    for value, expected in (("main_precision", -1), ("main_recall", 1)):
+        result = letter_bootstrap_trend(_sweep_letters(record, value), "k")
+        name = value.removeprefix("main_")
+        if result.trend.levels < 2:
+            return Assessment(
+                Verdict.INCONCLUSIVE,
+                f"one k only ({len(result.saes)} SAEs): no trend to measure",
+                _failed_saes(record),
+            )
+        verdict = result.trend.verdict(expected)
+        verdicts.append(verdict)
+        numbers.append(f"{name} {_letter_trend_text(result, 'doubling of L0')} -> {verdict.value}")
+        parts.append(_sweep_figure(result, "k", name))
+        tables.append(result.saes.rename(columns={"mean": name, "low": f"{name}_low",
+                                                  "high": f"{name}_high"}))  # fmt: skip
+    table = tables[0].merge(tables[1], on=["sae", "width", "k"])
+    return Assessment(
+        combine(verdicts), "; ".join(numbers), _failed_saes(record), table, _figure(*parts)
+    )
+
+
+def judge_probe_beats_latents(runs: RunsByKind) -> Assessment:
+    record = runs[SWEEP_KIND]
+    probe = record.table("probe", ("letter", "f1", "test_words"))
+    probe = probe[probe.test_words > 0].set_index("letter").f1
+    best = _sweep_letters(record, "best_latent_f1", all_letters=True)
+    best_latent = best.max(axis=0)  # over SAEs
+    letters = [letter for letter in probe.index if np.isfinite(best_latent.get(letter, np.nan))]
+    best_sae = {letter: best[letter].idxmax()[0] for letter in letters}
+    if not letters:
+        return Assessment(Verdict.NOT_RUN, f"{record.folder}: no letter with both F1 scores")
+    margin = probe[letters].to_numpy() - best_latent[letters].to_numpy()
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    means = margin[rng.integers(0, len(margin), (BOOTSTRAP_RESAMPLES, len(margin)))].mean(1)
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    lost = [
+        f"{letter}: {best_sae[letter]} {fmt(best_latent[letter])} vs probe {fmt(probe[letter])}"
+        for letter, m in zip(letters, margin, strict=True)
+        if m <= 0
+    ]
+    if high < 0:
+        verdict = Verdict.FAILED
+    elif low > 0 and not lost:
+        verdict = Verdict.HELD
+    else:
+        verdict = Verdict.INCONCLUSIVE
+    numbers = (
+        f"probe F1 minus the best single latent's F1 (any SAE): mean {fmt(float(margin.mean()))}, "
+        f"{CONFIDENCE:.0%} CI {interval(low, high)} over {len(letters)} letters; the probe wins "
+        f"{int((margin > 0).sum())}/{len(letters)}"
+    )
+    detail = "Letters where a latent matches or beats the probe: " + "; ".join(lost) if lost else ""
+    table = pd.DataFrame(
+        {
+            "letter": letters,
+            "probe_f1": probe[letters].to_numpy(),
+            "best_latent_f1": best_latent[letters].to_numpy(),
+            "best_sae": [best_sae[letter] for letter in letters],
+            "margin": margin,
+        }
+    )
+    x = np.arange(1, len(letters) + 1)
+    figure = _figure(
+        _points("probe", x, table.probe_f1), _points("best latent", x, table.best_latent_f1)
+    )
+    return Assessment(verdict, numbers, detail, table, figure)
+
+
 # ---------------------------------------------------------------- the catalogue
 
 HEDGING = "Feature Hedging (Chanin, Dulka, Garriga-Alonso, 2025)"
@@ -912,6 +1124,74 @@ CLAIMS: tuple[Claim, ...] = (
             "loss of the absorption family (encoder f0 - delta f1) against delta",
         ),
         figure_axes=("theory's offset δ", "trained offset δ", False),
+    ),
+    Claim(
+        name="llm_absorption_width",
+        title="Absorption rises with width (LLM)",
+        question="Do wider SAEs absorb more of the first-letter feature?",
+        statement=(
+            "On a language model's first-letter task, TopK SAEs of the same L0 have a higher "
+            "mean absorption fraction the wider they are."
+        ),
+        paper=ABSORPTION,
+        prediction=(
+            "positive slope of the mean absorption fraction on log2(width) at fixed k, the "
+            "interval from resampling letters; no closed form"
+        ),
+        measured_by=((SWEEP_KIND, "sweep"), (SWEEP_KIND, "per_letter")),
+        judge=judge_llm_absorption_width,
+        figure_axes=("SAE width", "mean absorption fraction", True),
+    ),
+    Claim(
+        name="llm_absorption_sparsity",
+        title="Absorption rises with sparsity (LLM)",
+        question="Do sparser SAEs (lower L0) absorb more?",
+        statement=(
+            "TopK SAEs of the same width have a higher mean absorption fraction the lower their "
+            "L0 (k)."
+        ),
+        paper=ABSORPTION,
+        prediction=(
+            "negative slope of the mean absorption fraction on log2(k) at fixed width, the "
+            "interval from resampling letters; no closed form"
+        ),
+        measured_by=((SWEEP_KIND, "sweep"), (SWEEP_KIND, "per_letter")),
+        judge=judge_llm_absorption_sparsity,
+        figure_axes=("k = L0", "mean absorption fraction", True),
+    ),
+    Claim(
+        name="llm_latent_precision_recall",
+        title="Letter latents: precise at low L0, high recall at high L0",
+        question="How do the letter latents' precision and recall move with L0?",
+        statement=(
+            "The main latents of a first letter are precise but miss many of the letter's words "
+            "(low recall) at low L0, and the reverse at high L0."
+        ),
+        paper=ABSORPTION,
+        prediction=(
+            "precision of the main latents (fire: the letter) falls and recall rises with "
+            "log2(k) at fixed width; intervals from resampling letters"
+        ),
+        measured_by=((SWEEP_KIND, "sweep"), (SWEEP_KIND, "per_letter")),
+        judge=judge_latent_precision_recall,
+        figure_axes=("k = L0", "main latents' precision / recall", True),
+    ),
+    Claim(
+        name="llm_probe_beats_latents",
+        title="The probe beats every latent on F1",
+        question="Is the first letter better read by a linear probe than by any SAE latent?",
+        statement=(
+            "For each first letter, a linear probe on the residual stream has a higher F1 than "
+            "any single SAE latent, in every SAE of the sweep."
+        ),
+        paper=ABSORPTION,
+        prediction=(
+            "probe F1 minus the best single latent's F1 (a latent firing as the classifier, "
+            "over every latent of every SAE) is positive for every letter"
+        ),
+        measured_by=((SWEEP_KIND, "probe"), (SWEEP_KIND, "per_letter")),
+        judge=judge_probe_beats_latents,
+        figure_axes=("letter (A = 1)", "test F1", False),
     ),
 )
 

@@ -163,6 +163,56 @@ def write_absorption(folder: Path, errors: dict[tuple[float, int], float] | None
     return _write(folder, "toy-absorption", {"absorption": pd.DataFrame(rows)})
 
 
+SWEEP_WIDTHS = (16, 32, 64)
+SWEEP_KS = (4, 16)
+LETTERS = tuple(chr(ord("A") + i) for i in range(26))
+
+
+def write_absorption_sweep(
+    folder: Path,
+    width_slope: float = 0.05,
+    k_slope: float = -0.05,
+    precision_slope: float = -0.05,
+    recall_slope: float = 0.05,
+    probe_margin: float = 0.2,
+    noise: float = 0.01,
+    failed: tuple[str, ...] = (),
+    widths: tuple[int, ...] = SWEEP_WIDTHS,
+) -> Path:
+    """An `llm absorption-sweep` run: per SAE (width x k) and letter, absorption fraction 0.2 +
+    width_slope * log2(width / 16) + k_slope * log2(k / 4), main-latent precision 0.8 and recall
+    0.4 moving by their slopes per doubling of k, best single-latent F1 = probe F1 -
+    probe_margin; each value plus seeded noise of size `noise`. SAEs named in `failed` have a
+    failed status and no per-letter rows."""
+    rng = np.random.default_rng(0)
+    probe_f1 = 0.8 + 0.05 * np.sin(np.arange(26))
+    rows, sweep = [], []
+    for width in widths:
+        for k in SWEEP_KS:
+            name = f"w{width}_k{k}"
+            status = "train failed" if name in failed else "ok"
+            sweep.append({"sae": name, "width": width, "k": k, "status": status, "l0": k})
+            if status != "ok":
+                continue
+            doublings_w, doublings_k = np.log2(width / 16), np.log2(k / 4)
+            for i, letter in enumerate(LETTERS):
+                e = noise * rng.standard_normal(4)
+                rows.append(
+                    {"sae": name, "width": width, "k": k, "letter": letter,
+                     "probe_f1": probe_f1[i],
+                     "mean_absorption_fraction":
+                         0.2 + width_slope * doublings_w + k_slope * doublings_k + e[0],
+                     "main_precision": 0.8 + precision_slope * doublings_k + e[1],
+                     "main_recall": 0.4 + recall_slope * doublings_k + e[2],
+                     "best_latent_f1": probe_f1[i] - probe_margin + e[3]}
+                )  # fmt: skip
+    probe = pd.DataFrame(
+        {"letter": LETTERS, "precision": 0.7, "recall": 0.9, "f1": probe_f1, "test_words": 50}
+    )
+    tables = {"sweep": pd.DataFrame(sweep), "per_letter": pd.DataFrame(rows), "probe": probe}
+    return _write(folder, "llm-absorption-sweep", tables, min_probe_f1=0.6)
+
+
 def write_all(root: Path) -> list[Path]:
     """One run of every kind, every claim held."""
     return [
@@ -172,4 +222,5 @@ def write_all(root: Path) -> list[Path]:
         write_llm_hedging(root / "llm-hedging", {"batchtopk": -0.03, "relu-l1": -0.02}, 0.05),
         write_matryoshka(root / "toy-matryoshka"),
         write_absorption(root / "toy-absorption"),
+        write_absorption_sweep(root / "llm-absorption-sweep"),
     ]

@@ -22,6 +22,7 @@ from reports.claims import (
 from tests.reports.claim_runs import (
     L1S,
     write_absorption,
+    write_absorption_sweep,
     write_all,
     write_llm_hedging,
     write_matryoshka,
@@ -243,3 +244,63 @@ def test_only_configurations_in_both_runs_are_compared(tmp_path):
     assessment = _verdict("hedging_sign", theory, fits)
     assert assessment.verdict is Verdict.HELD
     assert assessment.numbers.startswith("theory: 2/2 optima, trained: 2/2 fits")
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "verdict"),
+    [
+        ("llm_absorption_width", {}, Verdict.HELD),
+        ("llm_absorption_width", {"width_slope": -0.05}, Verdict.FAILED),
+        ("llm_absorption_width", {"width_slope": 0.0, "noise": 0.1}, Verdict.INCONCLUSIVE),
+        ("llm_absorption_sparsity", {}, Verdict.HELD),
+        ("llm_absorption_sparsity", {"k_slope": 0.05}, Verdict.FAILED),
+        ("llm_absorption_sparsity", {"k_slope": 0.0, "noise": 0.1}, Verdict.INCONCLUSIVE),
+        ("llm_latent_precision_recall", {}, Verdict.HELD),
+        ("llm_latent_precision_recall", {"recall_slope": -0.05}, Verdict.FAILED),
+        ("llm_latent_precision_recall", {"precision_slope": 0.0, "noise": 0.1},
+         Verdict.INCONCLUSIVE),
+        ("llm_probe_beats_latents", {}, Verdict.HELD),
+        ("llm_probe_beats_latents", {"probe_margin": -0.2}, Verdict.FAILED),
+        ("llm_probe_beats_latents", {"noise": 0.1}, Verdict.INCONCLUSIVE),  # a few letters lost
+    ],
+)  # fmt: skip
+def test_llm_absorption_sweep_claims(tmp_path, name, changes, verdict):
+    assessment = _verdict(name, write_absorption_sweep(tmp_path / "sweep", **changes))
+    assert assessment.verdict is verdict, assessment.numbers
+    assert "CI [" in assessment.numbers
+    assert not assessment.figure.empty and not assessment.table.empty
+
+
+def test_llm_absorption_sweep_claims_name_their_design_and_what_was_left_out(tmp_path):
+    folder = write_absorption_sweep(tmp_path / "a", failed=("w64_k4",))
+    width = _verdict("llm_absorption_width", folder)
+    assert width.verdict is Verdict.HELD
+    assert "26 letters resampled, 5 SAEs, 3 levels" in width.numbers
+    assert "w64_k4 (train failed)" in width.detail
+    # the slope is the pooled within-k least-squares slope of the per-SAE means
+    per_letter = pd.read_csv(folder / "tables" / "per_letter.csv")
+    means = per_letter.groupby(["width", "k"]).mean_absorption_fraction.mean().reset_index()
+    means["x"] = np.log2(means.width)
+    for column in ("x", "mean_absorption_fraction"):
+        means[column] -= means.groupby("k")[column].transform("mean")
+    fitted = (means.x * means.mean_absorption_fraction).sum() / (means.x**2).sum()
+    shown = float(re.search(r"slope (\S+) per doubling", width.numbers)[1])
+    assert shown == pytest.approx(fitted, rel=1e-3)
+    # one width only: no width trend to measure
+    single = _verdict("llm_absorption_width", write_absorption_sweep(tmp_path / "b", widths=(16,)))
+    assert single.verdict is Verdict.INCONCLUSIVE and "one width only" in single.numbers
+    # one letter lost to a latent: named, and the claim ("every letter") is not held
+    lost = write_absorption_sweep(tmp_path / "c")
+    path = lost / "tables" / "per_letter.csv"
+    table = pd.read_csv(path)
+    table.loc[(table.letter == "Q") & (table.sae == "w32_k16"), "best_latent_f1"] = 0.99
+    table.to_csv(path, index=False)
+    probe = _verdict("llm_probe_beats_latents", lost)
+    assert probe.verdict is Verdict.INCONCLUSIVE and "the probe wins 25/26" in probe.numbers
+    assert "Q: w32_k16 0.99 vs probe" in probe.detail
+    # the run without its tables is not run
+    unfinished = tmp_path / "d"
+    from tests.reports.claim_runs import _write
+
+    _write(unfinished, "llm-absorption-sweep", {})
+    assert _verdict("llm_probe_beats_latents", unfinished).verdict is Verdict.NOT_RUN

@@ -12,6 +12,7 @@ import pytest
 from simple_parsing.docstring import get_attribute_docstring
 
 from llm.absorption.job import AbsorptionConfig
+from llm.absorption.sweep import AbsorptionSweepConfig
 from llm.cache import ExtractConfig
 from llm.hedging import LLMHedgingConfig
 from llm.hedging_scan import HedgingScanConfig
@@ -168,6 +169,30 @@ COMMANDS = [
             seeds=3,
             extract=ExtractConfig(model="smollm2-135m", tokens=5000),
             train=SMALL,
+        ),
+    ),
+    (
+        ["llm", "absorption-sweep"],
+        AbsorptionSweepConfig(
+            cache="runs/x",
+            widths=(64, 128),
+            ks=(4,),
+            normalize=False,
+            held_out_tokens=1000,
+            train=SMALL,
+            n_words=0,
+            test_fraction=0.25,
+            n_icl_examples=5,
+            absorption_seed=3,
+            probe_epochs=7,
+            k_max=5,
+            tau=0.05,
+            min_probe_f1=0.5,
+            min_letters=10,
+            n_icl_check=0,
+            prompt_batch_size=16,
+            dtype="bfloat16",
+            setup_dir="setups/x",
         ),
     ),
     (["report"], ReportConfig(runs=("runs/a", "runs/b"), title="A title")),

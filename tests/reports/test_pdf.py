@@ -75,6 +75,10 @@ def test_page_one_holds_the_questions_and_a_verdict_row_per_claim(pages: list[st
         "matryoshka_balance": "held",
         "width2_absorbs": "held",
         "absorption_offset": "held",
+        "llm_absorption_width": "held",
+        "llm_absorption_sparsity": "held",
+        "llm_latent_precision_recall": "held",
+        "llm_probe_beats_latents": "held",
     }
 
 
