@@ -117,42 +117,53 @@ def record_cache(run: Run, cache_dir: Path, manifest: dict) -> None:
     run.record_data_hash("activation_cache_manifest", sha256_file(cache_dir / "manifest.json"))
 
 
-def run_extract(config: ExtractConfig, out: str | Path) -> Run:
-    """Cache the activations in out/activations (resumable)."""
+def run_extract(config: ExtractConfig, out: str | Path) -> Run | RunView:
+    """Cache the activations in out/activations (resumable).
+
+    Under torchrun the ranks share the forward passes (llm.cache.extract) and rank 0 alone
+    writes the run and the one cache; the other ranks return a read-only view of it."""
     from llm.cache import extract
     from llm.corpus import load_corpus
     from llm.models import load_model
+    from toymodels import distributed
 
     check_run_folder(out, config)
-    model = load_model(config.model, device=config.device)
-    if not config.layer < model.n_layers:
-        raise ValueError(
-            f"layer {config.layer} is out of range for {config.model}; "
-            f"allowed: 0..{model.n_layers - 1}"
+    device = distributed.local_device(resolve_device(config.device))
+    with distributed.session(device) as me:
+        model = load_model(config.model, device=str(device))
+        if not config.layer < model.n_layers:
+            raise ValueError(
+                f"layer {config.layer} is out of range for {config.model}; "
+                f"allowed: 0..{model.n_layers - 1}"
+            )
+        check_allocation(
+            4 * config.batch_size * config.context_length * model.d_model * 8,
+            f"a forward pass of {config.batch_size} x {config.context_length} tokens",
+            config.device,
         )
-    check_allocation(
-        4 * config.batch_size * config.context_length * model.d_model * 8,
-        f"a forward pass of {config.batch_size} x {config.context_length} tokens",
-        config.device,
-    )
-    corpus = load_corpus(config.corpus)
-    run = Run(out, config, kind="llm-extract")
-    cache_dir = run.folder / "activations"
-    start = time.perf_counter()
-    manifest = extract(model, corpus, config, cache_dir)
-    seconds = time.perf_counter() - start
-    record_cache(run, cache_dir, manifest)
-    run.record_artefact("cache", cache_dir)
-    run.write_metrics(
-        {
-            "n_tokens": manifest["n_tokens"],
-            "n_shards": len(manifest["shards"]),
-            "d_model": manifest["d_model"],
-            "seconds": seconds,
-            "tokens_per_s": manifest["n_tokens"] / seconds,
-        }
-    )
-    return run
+        corpus = load_corpus(config.corpus)
+        run = Run(out, config, kind="llm-extract") if me.is_main else None
+        if run is not None:
+            run.record_provenance(world_size=me.world_size)
+        distributed.barrier()  # rank 0 has made the folder
+        cache_dir = Path(out) / "activations"
+        start = time.perf_counter()
+        manifest = extract(model, corpus, config, cache_dir)
+        seconds = time.perf_counter() - start
+        if run is not None:
+            record_cache(run, cache_dir, manifest)
+            run.record_artefact("cache", cache_dir)
+            run.write_metrics(
+                {
+                    "n_tokens": manifest["n_tokens"],
+                    "n_shards": len(manifest["shards"]),
+                    "d_model": manifest["d_model"],
+                    "seconds": seconds,
+                    "tokens_per_s": manifest["n_tokens"] / seconds,
+                }
+            )
+        distributed.barrier()  # the other ranks return once the run is written
+    return run if run is not None else RunView(Path(out))
 
 
 def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) -> Run | RunView:

@@ -86,6 +86,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def gather_to_main(value: object) -> list:
+    """Every rank's value, in rank order, on rank 0 (an empty list elsewhere); [value] alone."""
+    if not is_distributed():
+        return [value]
+    values = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, values, dst=0)
+    return values if values is not None else []
+
+
 def shard(batch: Tensor, global_rows: int) -> Tensor:
     """Rows rank::world_size of a global batch (B, D) or (M, B, D)."""
     if not is_distributed():
