@@ -13,7 +13,7 @@ update is the one a single process makes on the global batch of a batch-mean los
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NamedTuple
 
@@ -131,18 +131,17 @@ def broadcast_state(module: nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def sync_dead_latent_counters(
-    counters: Tensor, before: Tensor, local_rows: int, global_rows: int
-) -> None:
-    """The dead-latent counters a single process would hold after the global batch: 0 where the
-    latent fired on any rank, else before + global_rows. Each rank added local_rows and reset
-    the latents that fired on its rows."""
-    if not is_distributed():
-        return
-    fired = (counters == 0) if local_rows > 0 else torch.zeros_like(counters, dtype=torch.bool)
-    fired = fired.to(torch.int32)
-    dist.all_reduce(fired, op=dist.ReduceOp.MAX)
-    counters.copy_(torch.where(fired.bool(), torch.zeros_like(before), before + global_rows))
+def whole_batch_firing(global_rows: int) -> Callable[[Tensor, int], tuple[Tensor, int]]:
+    """For SAE.batch_firing: the latents that fired on any rank's rows, and the global batch's
+    row count, so every rank's dead-latent counters (and the aux-k loss they gate) are those of
+    one process on the global batch."""
+
+    def firing(fired_MF: Tensor, rows: int) -> tuple[Tensor, int]:
+        fired = fired_MF.to(torch.int32)
+        dist.all_reduce(fired, op=dist.ReduceOp.MAX)
+        return fired.bool(), global_rows
+
+    return firing
 
 
 def average_changed_buffers(buffers: list[Tensor]) -> None:

@@ -151,7 +151,10 @@ def train(
     """
     device = distributed.local_device(resolve_device(config.device))
     with distributed.session(device):
-        return _train(sae, data, config, device, checkpoint_path)
+        try:
+            return _train(sae, data, config, device, checkpoint_path)
+        finally:
+            sae.batch_firing = None  # the process group it reduces over closes here
 
 
 def _train(
@@ -182,6 +185,7 @@ def _train(
         distributed.broadcast_state(sae)
         distributed.barrier()  # rank 0 may have just discarded the checkpoint
         float_buffers = [b for b in sae.buffers() if b.is_floating_point()]
+        sae.batch_firing = distributed.whole_batch_firing(batch_size)
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=config.adam_betas, fused=True)
     log, step = TrainLog(), 0
@@ -213,18 +217,14 @@ def _train(
             sae.sparsity_scale = sparsity_factor(step, config.l1_warmup_steps)
         # Every rank draws the global batch (same RNG and data state) and keeps its rows.
         batch = distributed.shard(data(batch_size), batch_size)
-        if parallel:
-            rows, counters_before = batch.shape[-2], sae.samples_since_fired.clone()
         losses = sae.loss(batch.to(device, dtype, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         parts = torch.stack([losses[k].detach() for k in ("per_member", "mse", "sparsity", "aux")])
         if parallel:
+            rows = batch.shape[-2]
             distributed.all_reduce_gradients(sae, rows, batch_size)
             distributed.weighted_sum(parts, rows, batch_size)
-            distributed.sync_dead_latent_counters(
-                sae.samples_since_fired, counters_before, rows, batch_size
-            )
             distributed.average_changed_buffers(float_buffers)
         optimizer.step()
         step += 1

@@ -48,8 +48,16 @@ class Data:
         return torch.rand(batch, 6) * (torch.rand(batch, 6) < 0.4)
 
 
-def build(architecture: str) -> torch.nn.Module:
-    options = {"topk": {"k": 2}, "relu-l1": {"l1": [0.01, 0.05], "n_members": 2}}[architecture]
+SAES = {
+    "topk": ("topk", {"k": 2}),
+    # latents die within the run, so the aux-k loss and the dead-latent counters are exercised
+    "topk-aux": ("topk", {"k": 1, "dead_after_samples": 64}),
+    "relu-l1": ("relu-l1", {"l1": [0.01, 0.05], "n_members": 2}),
+}
+
+
+def build(name: str) -> torch.nn.Module:
+    architecture, options = SAES[name]
     return make_sae(
         architecture,
         d_in=6,
@@ -124,7 +132,7 @@ def test_outside_torchrun_the_world_is_one_process(monkeypatch):
 
 
 def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
-    architectures = ["topk", "relu-l1"]
+    architectures = list(SAES)
     spawned = spawn(architectures, tmp_path)
     for architecture in architectures:
         single, single_log = run_training(architecture, None, None)
