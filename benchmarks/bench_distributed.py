@@ -7,7 +7,7 @@ group is already open, so start-up is excluded). Scaling efficiency = samples/s 
 of the per-pair efficiencies is reported, with the largest relative difference between the
 N-process and the 1-process weights (the correctness side of the same runs).
 
-    .venv/bin/python benchmarks/bench_distributed.py --processes 2 --repeats 2
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_distributed.py --processes 2 --repeats 2
 """
 
 import argparse
