@@ -73,7 +73,7 @@ def run_training(architecture: str, checkpoint: Path | None, crash_at: int | Non
     return sae, log
 
 
-def _rank_main(rank, world_size, port, architectures, folder, crash_at):
+def _rank_main(rank, world_size, port, jobs, folder):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -82,10 +82,13 @@ def _rank_main(rank, world_size, port, architectures, folder, crash_at):
         WORLD_SIZE=str(world_size),
     )
     torch.set_num_threads(1)
-    for architecture in architectures:
-        folder_of = Path(folder) / architecture
-        sae, log = run_training(architecture, folder_of / "checkpoint.pt", crash_at)
-        torch.save({"state": sae.state_dict(), "log": log}, folder_of / f"rank{rank}.pt")
+    with distributed.session("cpu"):  # one process group for all the jobs
+        for job, sae_name, crash_at in jobs:
+            try:
+                sae, log = run_training(sae_name, Path(folder) / job / "checkpoint.pt", crash_at)
+            except Crash:  # every rank stops in the same step, before its collectives
+                continue
+            torch.save({"state": sae.state_dict(), "log": log}, Path(folder) / job / f"{rank}.pt")
 
 
 def free_port() -> int:
@@ -94,22 +97,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(architectures, folder, crash_at=None, world_size=2):
-    """Train each architecture in folder/<architecture> with world_size processes; per
-    architecture, what each rank ended with."""
-    for architecture in architectures:
-        (folder / architecture).mkdir(parents=True, exist_ok=True)
-    mp.spawn(
-        _rank_main,
-        args=(world_size, free_port(), architectures, str(folder), crash_at),
-        nprocs=world_size,
-    )
+def spawn(jobs, folder, world_size=2):
+    """Run each (job, SAE, crash_at) in folder/<job> with world_size processes (one spawn for
+    all: starting processes is the slow part); per finished job, what each rank ended with."""
+    for job, _, _ in jobs:
+        (folder / job).mkdir(parents=True, exist_ok=True)
+    mp.spawn(_rank_main, args=(world_size, free_port(), jobs, str(folder)), nprocs=world_size)
     return {
-        architecture: [
-            torch.load(folder / architecture / f"rank{r}.pt", weights_only=False)
-            for r in range(world_size)
-        ]
-        for architecture in architectures
+        job: [torch.load(folder / job / f"{r}.pt", weights_only=False) for r in range(world_size)]
+        for job, _, _ in jobs
+        if (folder / job / "0.pt").exists()
     }
 
 
@@ -122,6 +119,19 @@ def assert_same_state(got: dict, want: dict, exact: bool = False) -> None:
             torch.testing.assert_close(got[name], want[name], rtol=RTOL, atol=ATOL, msg=name)
 
 
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """(folder, results): each SAE trained by 2 processes; a 2-process run killed in step 13
+    (checkpoint at step 8); a 1-process run killed in step 13 and finished by 2 processes."""
+    folder = tmp_path_factory.mktemp("distributed")
+    (folder / "finished_by_two").mkdir()
+    with pytest.raises(Crash):
+        run_training("topk", folder / "finished_by_two" / "checkpoint.pt", 13)
+    jobs = [(name, name, None) for name in SAES]
+    jobs += [("killed", "topk", 13), ("finished_by_two", "topk", None)]
+    return folder, spawn(jobs, folder)
+
+
 def test_outside_torchrun_the_world_is_one_process(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
@@ -131,32 +141,25 @@ def test_outside_torchrun_the_world_is_one_process(monkeypatch):
         assert me.is_main and not torch.distributed.is_initialized()
 
 
-def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
-    architectures = list(SAES)
-    spawned = spawn(architectures, tmp_path)
-    for architecture in architectures:
-        single, single_log = run_training(architecture, None, None)
-        ranks = spawned[architecture]
-        assert_same_state(ranks[1]["state"], ranks[0]["state"], exact=True)  # same replicas
-        assert_same_state(ranks[0]["state"], single.state_dict())
-        assert ranks[0]["log"].steps == single_log.steps
-        for got, want in zip(ranks[0]["log"].total, single_log.total, strict=True):
-            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=RTOL, atol=ATOL)
-        assert (tmp_path / architecture / "checkpoint.pt").exists()
+@pytest.mark.parametrize("name", list(SAES))
+def test_two_processes_train_like_one_on_the_global_batch(two_processes, name):
+    folder, results = two_processes
+    single, single_log = run_training(name, None, None)
+    ranks = results[name]
+    assert_same_state(ranks[1]["state"], ranks[0]["state"], exact=True)  # same replicas
+    assert_same_state(ranks[0]["state"], single.state_dict())
+    assert ranks[0]["log"].steps == single_log.steps
+    for got, want in zip(ranks[0]["log"].total, single_log.total, strict=True):
+        torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=RTOL, atol=ATOL)
+    assert (folder / name / "checkpoint.pt").exists()
 
 
-def test_a_killed_two_process_run_resumes_in_one_and_vice_versa(tmp_path):
+def test_a_killed_two_process_run_resumes_in_one_and_vice_versa(two_processes):
+    folder, results = two_processes
     uninterrupted, _ = run_training("topk", None, None)
-    # 2 processes killed in step 13 (checkpoint at step 8), finished by 1 process.
-    with pytest.raises(Exception, match="Crash|killed"):
-        spawn(["topk"], tmp_path / "two", crash_at=13)
-    assert not (tmp_path / "two" / "topk" / "rank0.pt").exists()
-    resumed, _ = run_training("topk", tmp_path / "two" / "topk" / "checkpoint.pt", None)
+    assert "killed" not in results
+    checkpoint = torch.load(folder / "killed" / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 8
+    resumed, _ = run_training("topk", folder / "killed" / "checkpoint.pt", None)
     assert_same_state(resumed.state_dict(), uninterrupted.state_dict())
-    # 1 process killed in step 13, finished by 2 processes.
-    one = tmp_path / "one" / "topk"
-    one.mkdir(parents=True)
-    with pytest.raises(Crash):
-        run_training("topk", one / "checkpoint.pt", 13)
-    ranks = spawn(["topk"], tmp_path / "one")["topk"]
-    assert_same_state(ranks[0]["state"], uninterrupted.state_dict())
+    assert_same_state(results["finished_by_two"][0]["state"], uninterrupted.state_dict())
