@@ -119,6 +119,22 @@ def test_llm_extract_under_torchrun_writes_the_cache_of_one_process(extracted):
     assert run_manifest["world_size"] == 2 and run_manifest["artefacts"]["cache"] == "activations"
 
 
+def test_two_processes_finish_an_interrupted_extraction(extracted, tmp_path):
+    folder, one, two = extracted
+    resumed = tmp_path / "resumed"
+    shutil.copytree(folder / "one", resumed)
+    manifest = json.loads((resumed / "activations" / "manifest.json").read_text())
+    for shard in manifest["shards"][1:]:  # as if killed after the first shard
+        (resumed / "activations" / shard["file"]).unlink()
+    manifest.update(shards=manifest["shards"][:1], n_tokens=600, complete=False)
+    (resumed / "activations" / "manifest.json").write_text(json.dumps(manifest))
+    torchrun(extract_flags(folder / "model", folder / "text", resumed))
+    finished = json.loads((resumed / "activations" / "manifest.json").read_text())
+    first = json.loads((one / "manifest.json").read_text())["shards"][:1]
+    rest = json.loads((two / "manifest.json").read_text())["shards"][1:]
+    assert finished["complete"] and finished["shards"] == first + rest
+
+
 def test_llm_train_under_torchrun_equals_one_process(extracted, tmp_path):
     _, cache, _ = extracted
     assert main(train_flags(cache, tmp_path / "one")) == 0
