@@ -11,6 +11,7 @@ it removes the temporaries a killed one left. Shards are hash-checked whenever t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -26,6 +27,7 @@ from safetensors.torch import save as save_safetensors
 from llm.corpus import Corpus, token_batches
 from llm.models import DTYPES, HOOKS, LoadedModel, activations
 from theory.config import require_choice, require_nonnegative_int, require_positive_int
+from toymodels import distributed
 from toymodels.resources import resolve_device
 from toymodels.runs import RunLock, atomic_write_bytes, atomic_write_json, sha256_file
 
@@ -96,39 +98,62 @@ def extract(model: LoadedModel, corpus: Corpus, config: ExtractConfig, out_dir: 
         "corpus_sha256": corpus.sha256,
     }
     _check_request(out_dir, request)  # before the lock, which would add its files to the folder
-    with RunLock(out_dir):
-        manifest = _resume_or_start(out_dir, request, model.d_model)
-        if not manifest["complete"]:
-            _extract_remaining(model, corpus, out_dir, manifest)
-    return manifest
+    with distributed.session(model.device) as me:
+        with RunLock(out_dir) if me.is_main else contextlib.nullcontext():
+            if me.is_main:
+                manifest = _resume_or_start(out_dir, request, model.d_model)
+            distributed.barrier()  # the other ranks read what rank 0 resumed or started
+            if not me.is_main:
+                manifest = read_manifest(out_dir)
+            if not manifest["complete"]:
+                _extract_remaining(model, corpus, out_dir, manifest)
+            distributed.barrier()
+        return manifest if me.is_main else read_manifest(out_dir)
 
 
 def _extract_remaining(model: LoadedModel, corpus: Corpus, out_dir: Path, manifest: dict) -> None:
-    """Extract the shards the manifest's request still lacks, then mark the manifest complete."""
+    """Extract the shards the manifest's request still lacks, then mark the manifest complete.
+
+    Under torchrun the corpus's batches are dealt round-robin: in each round of world_size
+    batches rank r runs the forward pass of the r-th, and rank 0 gathers the rows in corpus order
+    and alone writes the shards and the manifest, which are those of one process."""
     request = manifest["config"]
     layer, hook, dtype = request["layer"], request["hook"], request["dtype"]
     n_tokens, shard_tokens = request["n_tokens"], request["shard_tokens"]
     batch_size, context_length = request["batch_size"], request["context_length"]
+    me = distributed.world() if distributed.is_distributed() else distributed.World(0, 1, 0)
     skip = sum(shard["n_tokens"] for shard in manifest["shards"])
+    already_cached = skip
     seen = 0  # kept positions of the corpus passed so far
     pending_acts: list[torch.Tensor] = []
     pending_ids: list[torch.Tensor] = []
-    for batch in token_batches(model.tokenizer, corpus, context_length, batch_size):
-        n_kept = int(batch.keep_BT.sum())
-        if seen + n_kept <= skip:  # lies inside finished shards: no forward pass needed
+    batches = token_batches(model.tokenizer, corpus, context_length, batch_size)
+    while seen < n_tokens and (dealt := list(itertools.islice(batches, me.world_size))):
+        rows = None  # this rank's kept rows of its batch: (activations, token ids)
+        for position, batch in enumerate(dealt):
+            n_kept = int(batch.keep_BT.sum())
+            # a batch inside finished shards needs no forward pass
+            if position == me.rank and seen + n_kept > already_cached:
+                acts_BTD = activations(
+                    model, batch.input_ids_BT, batch.attention_mask_BT, layer, hook
+                )
+                keep_BT = batch.keep_BT.to(acts_BTD.device)
+                drop = max(0, already_cached - seen)
+                rows = (
+                    acts_BTD[keep_BT][drop:].to("cpu", DTYPES[dtype]),
+                    batch.input_ids_BT[batch.keep_BT][drop:].to(torch.int32),
+                )
             seen += n_kept
-            continue
-        acts_BTD = activations(model, batch.input_ids_BT, batch.attention_mask_BT, layer, hook)
-        keep_BT = batch.keep_BT.to(acts_BTD.device)
-        drop = max(0, skip - seen)
-        pending_acts.append(acts_BTD[keep_BT][drop:].to("cpu", DTYPES[dtype]))
-        pending_ids.append(batch.input_ids_BT[batch.keep_BT][drop:].to(torch.int32))
-        seen += n_kept
-        while _pending(pending_ids) >= min(shard_tokens, n_tokens - skip) > 0:
-            size = min(shard_tokens, n_tokens - skip)
-            skip += _write_shard(out_dir, manifest, pending_acts, pending_ids, size)
-        if skip >= n_tokens:
-            break
+        for gathered in distributed.gather_to_main(rows):
+            if gathered is None:
+                continue
+            pending_acts.append(gathered[0])
+            pending_ids.append(gathered[1])
+            while _pending(pending_ids) >= min(shard_tokens, n_tokens - skip) > 0:
+                size = min(shard_tokens, n_tokens - skip)
+                skip += _write_shard(out_dir, manifest, pending_acts, pending_ids, size)
+    if not me.is_main:
+        return
     if _pending(pending_ids) and skip < n_tokens:  # the corpus ran out: a last, shorter shard
         _write_shard(out_dir, manifest, pending_acts, pending_ids, _pending(pending_ids))
     manifest["complete"] = True

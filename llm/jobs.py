@@ -11,12 +11,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llm.cache import ExtractConfig
 from theory.config import require_choice, require_positive_int
 from toymodels.resources import check_allocation, resolve_device
-from toymodels.runs import Run, check_run_folder
+from toymodels.runs import Run, RunView, check_run_folder
 from toymodels.train import TrainConfig, discard_checkpoint
+
+if TYPE_CHECKING:
+    from llm.training import CacheSplit, TrainedSAE
 
 # The architectures `llm train` offers, with the config field holding each one's sparsity.
 SPARSITY_FIELD = {"topk": "k", "batchtopk": "k", "relu-l1": "l1", "jumprelu": "l0_coefficient"}
@@ -113,78 +117,112 @@ def record_cache(run: Run, cache_dir: Path, manifest: dict) -> None:
     run.record_data_hash("activation_cache_manifest", sha256_file(cache_dir / "manifest.json"))
 
 
-def run_extract(config: ExtractConfig, out: str | Path) -> Run:
-    """Cache the activations in out/activations (resumable)."""
+def run_extract(config: ExtractConfig, out: str | Path) -> Run | RunView:
+    """Cache the activations in out/activations (resumable).
+
+    Under torchrun the ranks share the forward passes (llm.cache.extract) and rank 0 alone
+    writes the run and the one cache; the other ranks return a read-only view of it."""
     from llm.cache import extract
     from llm.corpus import load_corpus
     from llm.models import load_model
+    from toymodels import distributed
 
     check_run_folder(out, config)
-    model = load_model(config.model, device=config.device)
-    if not config.layer < model.n_layers:
-        raise ValueError(
-            f"layer {config.layer} is out of range for {config.model}; "
-            f"allowed: 0..{model.n_layers - 1}"
+    device = distributed.local_device(resolve_device(config.device))
+    with distributed.session(device) as me:
+        model = load_model(config.model, device=str(device))
+        if not config.layer < model.n_layers:
+            raise ValueError(
+                f"layer {config.layer} is out of range for {config.model}; "
+                f"allowed: 0..{model.n_layers - 1}"
+            )
+        check_allocation(
+            4 * config.batch_size * config.context_length * model.d_model * 8,
+            f"a forward pass of {config.batch_size} x {config.context_length} tokens",
+            config.device,
         )
-    check_allocation(
-        4 * config.batch_size * config.context_length * model.d_model * 8,
-        f"a forward pass of {config.batch_size} x {config.context_length} tokens",
-        config.device,
-    )
-    corpus = load_corpus(config.corpus)
-    run = Run(out, config, kind="llm-extract")
-    cache_dir = run.folder / "activations"
-    start = time.perf_counter()
-    manifest = extract(model, corpus, config, cache_dir)
-    seconds = time.perf_counter() - start
-    record_cache(run, cache_dir, manifest)
-    run.record_artefact("cache", cache_dir)
-    run.write_metrics(
-        {
-            "n_tokens": manifest["n_tokens"],
-            "n_shards": len(manifest["shards"]),
-            "d_model": manifest["d_model"],
-            "seconds": seconds,
-            "tokens_per_s": manifest["n_tokens"] / seconds,
-        }
-    )
-    return run
+        corpus = load_corpus(config.corpus)
+        run = Run(out, config, kind="llm-extract") if me.is_main else None
+        if run is not None:
+            run.record_provenance(world_size=me.world_size)
+        distributed.barrier()  # rank 0 has made the folder
+        cache_dir = Path(out) / "activations"
+        start = time.perf_counter()
+        manifest = extract(model, corpus, config, cache_dir)
+        seconds = time.perf_counter() - start
+        if run is not None:
+            record_cache(run, cache_dir, manifest)
+            run.record_artefact("cache", cache_dir)
+            run.write_metrics(
+                {
+                    "n_tokens": manifest["n_tokens"],
+                    "n_shards": len(manifest["shards"]),
+                    "d_model": manifest["d_model"],
+                    "seconds": seconds,
+                    "tokens_per_s": manifest["n_tokens"] / seconds,
+                }
+            )
+        distributed.barrier()  # the other ranks return once the run is written
+    return run if run is not None else RunView(Path(out))
 
 
-def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) -> Run:
+def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) -> Run | RunView:
     """Train the SAE (resuming from the run's checkpoint, or from step 0 with `restart`),
-    evaluate it on the held-out rows and save it in the SAELens layout (artefact "sae")."""
-    import pandas as pd
+    evaluate it on the held-out rows and save it in the SAELens layout (artefact "sae").
+
+    Under torchrun every process trains its share of each global batch (toymodels.distributed)
+    and rank 0 alone writes the run folder, recording world_size in the manifest; the other
+    ranks wait for it and return a read-only view of the same folder."""
     import torch
 
-    from llm.evaluate import reconstruction_metrics
-    from llm.models import model_provenance
-    from llm.saefiles import saelens_hook_name, save_sae
-    from llm.training import held_out_activations, split_cache, train_on_cache
+    from llm.training import split_cache, train_on_cache
+    from toymodels import distributed
     from toymodels.sae import make_sae
 
     check_run_folder(out, config)
     split = split_cache(config.cache, config.held_out_tokens)
-    manifest = split.manifest
     check_sae_memory(config.width, split.d_model, config.train.device)
-    sae = make_sae(
-        **config.sae_config(split.d_model),
-        generator=torch.Generator().manual_seed(config.train.seed),
-    )
-    seed = config.train.seed
-    run = Run(out, config, seeds={"sae_init": seed, "training": seed}, kind="llm-train")
-    if restart:
-        discard_checkpoint(run.folder / "checkpoint.pt")
-    record_cache(run, split.cache_dir, manifest)
-    start = time.perf_counter()
-    trained = train_on_cache(
-        sae,
-        split,
-        config.train,
-        normalize=config.normalize,
-        checkpoint_path=run.path("checkpoint.pt"),
-    )
-    seconds = time.perf_counter() - start
+    device = distributed.local_device(resolve_device(config.train.device))
+    with distributed.session(device) as me:
+        sae = make_sae(
+            **config.sae_config(split.d_model),
+            generator=torch.Generator().manual_seed(config.train.seed),
+        )
+        seed = config.train.seed
+        run = None
+        if me.is_main:
+            run = Run(out, config, seeds={"sae_init": seed, "training": seed}, kind="llm-train")
+            run.record_provenance(world_size=me.world_size)
+            if restart:
+                discard_checkpoint(run.folder / "checkpoint.pt")
+            record_cache(run, split.cache_dir, split.manifest)
+        start = time.perf_counter()
+        trained = train_on_cache(
+            sae,
+            split,
+            config.train,
+            normalize=config.normalize,
+            checkpoint_path=Path(out) / "checkpoint.pt",
+        )
+        seconds = time.perf_counter() - start
+        if run is not None:
+            _record_trained(run, config, split, trained, seconds)
+        distributed.barrier()  # the other ranks return once the run is written
+    return run if run is not None else RunView(Path(out))
+
+
+def _record_trained(
+    run: Run, config: SAETrainConfig, split: CacheSplit, trained: TrainedSAE, seconds: float
+) -> None:
+    """Held-out quality, the SAE in the SAELens layout, the training log and the metrics."""
+    import pandas as pd
+
+    from llm.evaluate import reconstruction_metrics
+    from llm.models import model_provenance
+    from llm.saefiles import saelens_hook_name, save_sae
+    from llm.training import held_out_activations
+
+    manifest = split.manifest
     held_out_ND = held_out_activations(split, config.held_out_tokens)
     quality = reconstruction_metrics(trained.sae, held_out_ND * trained.input_scale)[0]
     hook_name = saelens_hook_name(manifest["layer"], manifest["hook"])
@@ -220,7 +258,6 @@ def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) ->
             "held_out_tokens": len(held_out_ND),
         }
     )
-    return run
 
 
 def run_eval(config: EvalConfig, out: str | Path) -> Run:

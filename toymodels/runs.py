@@ -343,6 +343,23 @@ class Run:
         atomic_write_json(self.folder / "manifest.json", self.manifest)
 
 
+class RunView:
+    """A run folder written by another process (rank 0 of a torchrun job), read-only: its
+    folder, manifest and named artefacts, as on the Run that wrote it."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return read_run(self.folder)["manifest"]
+
+    @property
+    def artefacts(self) -> dict[str, Path]:
+        """Named outputs of the run (absolute paths)."""
+        return {name: self.folder / rel for name, rel in self.manifest["artefacts"].items()}
+
+
 def _plain(config: Any) -> dict[str, Any]:
     return dict(config) if isinstance(config, Mapping) else config_to_json(config)
 

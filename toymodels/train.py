@@ -25,6 +25,7 @@ from theory.config import (
     require_positive_int,
 )
 from theory.sae import SAEParams
+from toymodels import distributed
 from toymodels.resources import resolve_device
 from toymodels.runs import atomic_write
 from toymodels.sae import SAE
@@ -142,10 +143,29 @@ def train(
     resumed, and the resumed run ends with exactly the parameters of an uninterrupted one. A
     checkpoint that cannot be read raises a ValueError; `discard_checkpoint(checkpoint_path)`
     first trains from step 0 instead.
+
+    Under torchrun (toymodels.distributed) the processes train one SAE data-parallel:
+    config.batch_size stays the global batch, each rank keeps rows rank::world_size of it, the
+    gradients and logged losses are global-batch means, the dead-latent counters are those of
+    the global batch, and rank 0 alone writes the checkpoint, which resumes at any world size.
     """
+    device = distributed.local_device(resolve_device(config.device))
+    with distributed.session(device):
+        try:
+            return _train(sae, data, config, device, checkpoint_path)
+        finally:
+            sae.batch_firing = None  # the process group it reduces over closes here
+
+
+def _train(
+    sae: SAE,
+    data: DataSource,
+    config: TrainConfig,
+    device: torch.device,
+    checkpoint_path: str | Path | None,
+) -> TrainLog:
     n_samples, batch_size, lr = config.samples, config.batch_size, config.lr
     seed = config.seed
-    device = resolve_device(config.device)
     n_steps = config.n_steps
     run = {
         "n_samples": n_samples,
@@ -159,6 +179,13 @@ def train(
         "l1_warmup_steps": config.l1_warmup_steps,
     }
     sae.to(device).train()
+    parallel = distributed.is_distributed()
+    main = distributed.world().is_main
+    if parallel:
+        distributed.broadcast_state(sae)
+        distributed.barrier()  # rank 0 may have just discarded the checkpoint
+        float_buffers = [b for b in sae.buffers() if b.is_floating_point()]
+        sae.batch_firing = distributed.whole_batch_firing(batch_size)
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=config.adam_betas, fused=True)
     log, step = TrainLog(), 0
@@ -171,12 +198,16 @@ def train(
         torch.manual_seed(seed)
 
     def save() -> None:
-        if path is not None:
+        if path is not None and main:
             state = _checkpoint(run, step, sums, sae, optimizer, data, log)
             atomic_write(path, lambda f: torch.save(state, f))
 
     bar = tqdm(
-        total=n_steps, initial=step, disable=not config.progress, unit="step", desc=sae.architecture
+        total=n_steps,
+        initial=step,
+        disable=not (config.progress and main),
+        unit="step",
+        desc=sae.architecture,
     )
     while step < n_steps:
         factor = learning_rate_factor(step, n_steps, config.warmup_steps, config.decay_fraction)
@@ -184,12 +215,19 @@ def train(
             group["lr"] = lr * factor
         if config.l1_warmup_steps:
             sae.sparsity_scale = sparsity_factor(step, config.l1_warmup_steps)
-        losses = sae.loss(data(batch_size).to(device, dtype, non_blocking=True))
+        # Every rank draws the global batch (same RNG and data state) and keeps its rows.
+        batch = distributed.shard(data(batch_size), batch_size)
+        losses = sae.loss(batch.to(device, dtype, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
+        parts = torch.stack([losses[k].detach() for k in ("per_member", "mse", "sparsity", "aux")])
+        if parallel:
+            rows = batch.shape[-2]
+            distributed.all_reduce_gradients(sae, rows, batch_size)
+            distributed.weighted_sum(parts, rows, batch_size)
+            distributed.average_changed_buffers(float_buffers)
         optimizer.step()
         step += 1
-        parts = torch.stack([losses[k].detach() for k in ("per_member", "mse", "sparsity", "aux")])
         sums = parts if sums is None else sums + parts
         if step % config.log_every == 0 or step == n_steps:
             interval = (step - 1) % config.log_every + 1

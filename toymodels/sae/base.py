@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple
 
@@ -173,6 +173,9 @@ class SAE(nn.Module):
         # Multiplies the sparsity loss; the trainer sets it each step during an L1 warm-up
         # (TrainConfig.l1_warmup_steps) and back to 1 when training ends.
         self.sparsity_scale = 1.0
+        # Turns one process's (fired (M, F), rows) into the whole batch's when several processes
+        # each hold part of it; the data-parallel trainer sets it and back to None at the end.
+        self.batch_firing: Callable[[Tensor, int], tuple[Tensor, int]] | None = None
         self._mask_changed()
         self.register_load_state_dict_post_hook(lambda module, _: module._mask_changed())
 
@@ -292,6 +295,13 @@ class SAE(nn.Module):
         """||W_dec[m, i]||: (M, F)."""
         return self.W_dec.norm(dim=-1)
 
+    def record_firing(self, fired_MF: Tensor, rows: int) -> None:
+        """Advance the dead-latent counters past a batch of `rows` samples in which the latents
+        fired_MF (M, F) fired."""
+        if self.batch_firing is not None:
+            fired_MF, rows = self.batch_firing(fired_MF, rows)
+        self.samples_since_fired.add_(rows).masked_fill_(fired_MF, 0)
+
     def dead_latents(self) -> Tensor:
         """(M, F) bool: active latents that have not fired for dead_after_samples samples."""
         return (self.samples_since_fired >= self.config.dead_after_samples) & self.latent_mask
@@ -331,7 +341,7 @@ class SAE(nn.Module):
             with torch.no_grad():
                 # codes are >= 0; a sum is 10x faster than any
                 fired_MF = (codes.sum(dim=1) if fused is None else code_sums_MF) > 0
-                self.samples_since_fired.add_(x.shape[-2]).masked_fill_(fired_MF, 0)
+                self.record_firing(fired_MF, x.shape[-2])
         if with_aux:
             aux = self.aux_loss(x, codes, pre)
         else:

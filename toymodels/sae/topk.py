@@ -114,7 +114,7 @@ class TopKSAE(SAE):
                     )
                     > 0
                 )
-                self.samples_since_fired.add_(x.shape[0]).masked_fill_(fired_MF, 0)
+                self.record_firing(fired_MF, x.shape[0])
         aux = torch.zeros_like(mse)
         if self.config.aux_coefficient > 0:
             dead_MF = self.dead_latents()
