@@ -31,6 +31,12 @@ from llm.absorption.hook_setup import (
 from llm.absorption.vocabulary import LETTERS
 from llm.models import DTYPES, HOOKS, LoadedModel, cache_root, load_model, model_provenance
 from llm.saefiles import SAEFile, load_sae, saelens_hook_name
+from theory.config import (
+    require_choice,
+    require_nonnegative_int,
+    require_number,
+    require_positive_int,
+)
 from toymodels.runs import Run, check_run_folder
 
 EVAL_TYPE_ID = "absorption_first_letter"
@@ -87,41 +93,27 @@ class AbsorptionConfig:
     a hash of the setup settings."""
 
     def __post_init__(self) -> None:
-        def integer(name: str, low: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-        for name, low in (
-            ("layer", 0),
-            ("n_icl_examples", 1),
-            ("probe_epochs", 1),
-            ("k_max", 1),
-            ("min_letters", 0),
-            ("n_icl_check", 0),
-            ("batch_size", 1),
-            ("causal_max_per_letter", 1),
-        ):
-            integer(name, low)
+        for name in ("layer", "min_letters", "n_icl_check"):
+            require_nonnegative_int(name, getattr(self, name))
+        for name in ("n_icl_examples", "probe_epochs", "k_max", "batch_size",
+                     "causal_max_per_letter"):  # fmt: skip
+            require_positive_int(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        if self.n_words != 0:
-            integer("n_words", 2)
-        if self.hook not in HOOKS:
-            raise ValueError(f"hook {self.hook!r} is not supported; allowed: {', '.join(HOOKS)}")
-        if self.causal_answers not in ANSWER_STYLES:
+        if self.n_words != 0 and (
+            isinstance(self.n_words, bool) or not isinstance(self.n_words, int) or self.n_words < 2
+        ):
             raise ValueError(
-                f"causal_answers {self.causal_answers!r} is not supported; "
-                f"allowed: {', '.join(ANSWER_STYLES)}"
+                f"n_words must be 0 (the whole vocabulary) or an integer >= 2, got {self.n_words!r}"
             )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} is not supported; allowed: {', '.join(DTYPES)}")
-        if not 0 < self.test_fraction < 1:
+        require_choice("hook point", self.hook, HOOKS)
+        require_choice("causal_answers", self.causal_answers, ANSWER_STYLES)
+        require_choice("dtype", self.dtype, DTYPES)
+        require_number("test_fraction", self.test_fraction, 0, 1, open_low=True)
+        if self.test_fraction == 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
         for name in ("tau", "min_probe_f1"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            require_number(name, getattr(self, name), 0)
         if isinstance(self.sae_paths, str) or not all(
             isinstance(p, str | Path) for p in self.sae_paths
         ):

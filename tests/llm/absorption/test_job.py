@@ -167,13 +167,13 @@ def test_one_failing_sae_is_recorded_and_the_rest_run(model_dir, tmp_path, monke
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(hook="resid_mid"), "hook 'resid_mid' is not supported; allowed: resid_pre"),
+        (dict(hook="resid_mid"), "unknown hook point 'resid_mid'; allowed: resid_pre"),
         (dict(layer=-1), "layer must be an integer >= 0, got -1"),
-        (dict(n_words=1), "n_words must be an integer >= 2"),
+        (dict(n_words=1), "n_words must be 0 \\(the whole vocabulary\\) or an integer >= 2"),
         (dict(test_fraction=1.0), r"test_fraction must be in \(0, 1\), got 1.0"),
-        (dict(tau=-0.1), "tau must be a finite number >= 0"),
-        (dict(k_max=0), "k_max must be an integer >= 1"),
-        (dict(dtype="int8"), "dtype 'int8' is not supported; allowed: float32"),
+        (dict(tau=-0.1), r"tau must be in \[0, inf\], got -0.1"),
+        (dict(k_max=0), "k_max must be a positive integer"),
+        (dict(dtype="int8"), "unknown dtype 'int8'; allowed: float32"),
         (dict(sae_paths="one/path"), "sae_paths must be a sequence of paths"),
     ],
 )
