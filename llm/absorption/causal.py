@@ -82,21 +82,32 @@ def full_prefix_cache(model: LoadedModel, prefix_ids: tuple[int, ...]) -> Dynami
     return cache
 
 
+class CausalSettings(NamedTuple):
+    """What the causal (integrated-gradients) metric needs besides the SAE: the model, the hook
+    point, the absorption prompts of the test words (query q = test word q) and the answer
+    tokens."""
+
+    model: LoadedModel
+    groups: list[PromptGroup]
+    layer: int
+    hook: str
+    answers: AnswerIds
+    max_per_letter: int = 200
+
+
 def attribute(
-    model: LoadedModel,
+    settings: CausalSettings,
     sae: SAE,
     cache: DynamicCache | None,
     ids: tuple[int, ...],
     position: int,
-    layer: int,
-    hook: str,
     letter: int,
-    answers: AnswerIds,
     n_steps: int = N_STEPS,
 ) -> Attribution:
     """Integrated-gradients scores of one prompt (module docstring). `ids` continue `cache`
     (None: they are the whole prompt); `position` indexes the word's last token in `ids`."""
-    site, read_input = hook_site(model.layers[layer], hook)
+    model, answers = settings.model, settings.answers
+    site, read_input = hook_site(model.layers[settings.layer], settings.hook)
     W_dec_FD, b_dec_D = sae.W_dec[0].detach(), sae.b_dec[0].detach()
     scales_S = 1 - torch.arange(n_steps, dtype=torch.float32, device=W_dec_FD.device) / n_steps
     state: dict[str, Tensor] = {}
@@ -177,20 +188,16 @@ class CausalLetter(NamedTuple):
 
 
 def causal_absorption(
-    model: LoadedModel,
+    settings: CausalSettings,
     sae: SAE,
-    groups: list[PromptGroup],
     candidates: list[int],
     n_true_positives: int,
-    layer: int,
-    hook: str,
     letter: int,
     cosines_F: Tensor,
-    answers: AnswerIds,
-    max_per_letter: int = 200,
     seed: int = 0,
 ) -> CausalLetter:
-    """One letter's causal absorption rate. `candidates` are query indices of `groups`."""
+    """One letter's causal absorption rate. `candidates` are query indices of settings.groups."""
+    model, groups, max_per_letter = settings.model, settings.groups, settings.max_per_letter
     chosen = list(candidates)
     if len(chosen) > max_per_letter:
         rng = np.random.default_rng(seed + letter)
@@ -207,15 +214,12 @@ def causal_absorption(
             if shared and cache is None:
                 cache = full_prefix_cache(model, group.prefix_ids)
             attribution = attribute(
-                model,
+                settings,
                 sae,
                 cache if shared else None,
                 ids[n_prefix:] if shared else ids,
                 position - n_prefix if shared else position,
-                layer,
-                hook,
                 letter,
-                answers,
             )
             n_absorbed += is_absorbed(attribution.scores_F, cosines_F)
     n_sampled = len(chosen)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from llm.absorption.causal import AnswerIds, causal_absorption
+from llm.absorption.causal import CausalSettings, causal_absorption
 from llm.absorption.hook_setup import HookSetup
 from llm.absorption.main_latents import (
     encoder_cosine_latents,
@@ -23,7 +23,6 @@ from llm.absorption.main_latents import (
     main_latents,
     sparse_codes,
 )
-from llm.absorption.prompts import PromptGroup
 from llm.absorption.scores import (
     MAIN_OFF,
     Aggregate,
@@ -32,20 +31,7 @@ from llm.absorption.scores import (
     token_absorption,
 )
 from llm.absorption.vocabulary import LETTERS
-from llm.models import LoadedModel
 from toymodels.sae import SAE
-
-
-class CausalSettings(NamedTuple):
-    """What the causal (integrated-gradients) metric needs besides the setup: the model, the
-    absorption prompts of the test words (query q = test word q) and the answer tokens."""
-
-    model: LoadedModel
-    groups: list[PromptGroup]
-    layer: int
-    hook: str
-    answers: AnswerIds
-    max_per_letter: int = 200
 
 
 class SAEAbsorption(NamedTuple):
@@ -64,21 +50,27 @@ def folded_copy(sae: SAE) -> SAE:
 
 
 @torch.no_grad()
+class Scoring(NamedTuple):
+    """How an SAE is scored on a setup (AbsorptionConfig.scoring() builds it from a config)."""
+
+    k_max: int = 10
+    tau: float = 0.03
+    min_probe_f1: float = 0.6
+    min_letters: int = 20
+    seed: int = 0
+    l1_epochs: int = 50
+    batch_size: int = 1024
+
+
 def evaluate_sae(
     setup: HookSetup,
     sae: SAE,
-    *,
-    k_max: int = 10,
-    tau: float = 0.03,
-    min_probe_f1: float = 0.6,
-    min_letters: int = 20,
-    seed: int = 0,
-    l1_epochs: int = 50,
-    batch_size: int = 1024,
+    scoring: Scoring | None = None,
     causal: CausalSettings | None = None,
 ) -> SAEAbsorption:
     """Absorption of `sae` on the setup's test split (module docstring); with `causal`, also
     the paper's integrated-gradients rate (causal.py) per letter."""
+    k_max, tau, min_probe_f1, min_letters, seed, l1_epochs, batch_size = scoring or Scoring()
     if sae.d_in != setup.train_acts_ND.shape[1]:
         raise ValueError(
             f"SAE d_in {sae.d_in} does not match the activations' d_model "
@@ -131,18 +123,7 @@ def evaluate_sae(
         if causal is not None:
             with torch.enable_grad():
                 measured = causal_absorption(
-                    causal.model,
-                    sae,
-                    causal.groups,
-                    candidates,
-                    n_tp,
-                    causal.layer,
-                    causal.hook,
-                    letter,
-                    cosines_F,
-                    causal.answers,
-                    max_per_letter=causal.max_per_letter,
-                    seed=seed,
+                    causal, sae, candidates, n_tp, letter, cosines_F, seed=seed
                 )
             causal_columns = {
                 "causal_candidates": measured.n_candidates,

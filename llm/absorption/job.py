@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from llm.absorption.causal import ANSWER_STYLES, answer_ids
-from llm.absorption.evaluate import CausalSettings, SAEAbsorption, evaluate_sae
+from llm.absorption.causal import ANSWER_STYLES, CausalSettings, answer_ids
+from llm.absorption.evaluate import SAEAbsorption, Scoring, evaluate_sae
 from llm.absorption.hook_setup import (
     SetupConfig,
     absorption_prompts,
@@ -119,6 +119,17 @@ class AbsorptionConfig:
         ):
             raise ValueError(f"sae_paths must be a sequence of paths, got {self.sae_paths!r}")
         object.__setattr__(self, "sae_paths", tuple(str(p) for p in self.sae_paths))
+
+    def scoring(self) -> Scoring:
+        """How each SAE is scored on the setup."""
+        return Scoring(
+            k_max=self.k_max,
+            tau=self.tau,
+            min_probe_f1=self.min_probe_f1,
+            min_letters=self.min_letters,
+            seed=self.seed,
+            l1_epochs=self.probe_epochs,
+        )
 
     def setup_config(self) -> SetupConfig:
         return SetupConfig(
@@ -286,17 +297,7 @@ def run_absorption(
     for name, (path, loaded) in saes.items():
         started = time.perf_counter()
         try:
-            result = evaluate_sae(
-                setup,
-                loaded.sae,
-                k_max=config.k_max,
-                tau=config.tau,
-                min_probe_f1=config.min_probe_f1,
-                min_letters=config.min_letters,
-                seed=config.seed,
-                l1_epochs=config.probe_epochs,
-                causal=causal,
-            )
+            result = evaluate_sae(setup, loaded.sae, config.scoring(), causal)
         except Exception as error:  # one SAE's failure must not stop the others
             failures[name] = {
                 "path": path,

@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from llm.absorption import AbsorptionConfig, run_absorption
-from llm.absorption.causal import answer_ids, attribute, full_prefix_cache, is_absorbed
+from llm.absorption.causal import (
+    CausalSettings,
+    answer_ids,
+    attribute,
+    full_prefix_cache,
+    is_absorbed,
+)
 from llm.absorption.prompts import build_prompts, full_prompts
 from llm.absorption.vocabulary import alphabetic_vocabulary
 from llm.models import load_model
@@ -60,9 +66,8 @@ def test_splice_is_exact_at_the_clean_input_and_scores_are_complete(tiny, style)
     answers = answer_ids(model.tokenizer, style)
     n_prefix = len(groups[0].prefix_ids)
     cache = full_prefix_cache(model, groups[0].prefix_ids)
-    result = attribute(
-        model, sae, cache, ids[n_prefix:], position - n_prefix, 1, "resid_post", 18, answers, 100
-    )
+    settings = CausalSettings(model, groups, 1, "resid_post", answers)
+    result = attribute(settings, sae, cache, ids[n_prefix:], position - n_prefix, 18, 100)
     clean = _metric(model, ids, 18, answers)
     assert result.metric_S[0].item() == pytest.approx(clean, abs=1e-4)
     # Completeness: scores sum to m(baseline) - m(clean); the baseline keeps b_dec.
@@ -70,7 +75,7 @@ def test_splice_is_exact_at_the_clean_input_and_scores_are_complete(tiny, style)
     total = float(result.scores_F.sum()) + result.error_score
     assert total == pytest.approx(baseline - clean, abs=0.02 * abs(baseline - clean) + 1e-3)
     # Without the cache (the whole prompt) the scores are the same.
-    whole = attribute(model, sae, None, ids, position, 1, "resid_post", 18, answers, 100)
+    whole = attribute(settings, sae, None, ids, position, 18, 100)
     torch.testing.assert_close(whole.scores_F, result.scores_F, rtol=1e-3, atol=1e-7)
 
 

@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llm.absorption.evaluate import evaluate_sae
+from llm.absorption.evaluate import Scoring, evaluate_sae
 from llm.absorption.scores import aggregate, decoder_cosines, token_absorption
 from tests.llm.absorption.synthetic import ABSORBER, synthetic_sae, synthetic_setup
 
@@ -65,7 +65,7 @@ def test_full_absorption_conditions():
 
 def test_planted_absorbing_latent_is_scored_exactly():
     setup, absorbed_test = synthetic_setup()
-    result = evaluate_sae(setup, synthetic_sae(planted=True), min_letters=20)
+    result = evaluate_sae(setup, synthetic_sae(planted=True), Scoring(min_letters=20))
     table = result.per_letter.set_index("letter")
     assert table.loc["A", "main_latents"] == "0"
     assert (table["num_split_features"] == 1).all()
@@ -125,8 +125,8 @@ def test_permuting_and_rescaling_latents_changes_nothing(random, scales):
     permutation = list(range(27))
     random.shuffle(permutation)
     changed = _transformed(sae, torch.tensor(permutation), torch.tensor(scales))
-    before = evaluate_sae(setup, sae, l1_epochs=10).per_letter
-    after = evaluate_sae(setup, changed, l1_epochs=10).per_letter
+    before = evaluate_sae(setup, sae, Scoring(l1_epochs=10)).per_letter
+    after = evaluate_sae(setup, changed, Scoring(l1_epochs=10)).per_letter
     for column in ("mean_absorption_fraction", "full_absorption_rate", "num_split_features"):
         np.testing.assert_allclose(after[column], before[column], atol=1e-6)
     # Main latents are the same latents under their new indices.
