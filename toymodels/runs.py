@@ -47,6 +47,10 @@ TRACKED_PACKAGES = (
     "accelerate",
     "safetensors",
     "hypothesis",
+    "simple-parsing",
+    "scikit-learn",
+    "typst",
+    "filelock",
 )
 
 
