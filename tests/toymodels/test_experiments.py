@@ -1,5 +1,6 @@
 """Toy experiments: trained SAEs land on theory's optimum; every experiment writes a valid run."""
 
+import pandas as pd
 import pytest
 
 from theory.features import PAPER_L1, SCENARIOS
@@ -125,3 +126,23 @@ def test_matryoshka_runs_at_a_tiny_size(tmp_path):
     )
     assert sorted(run["tables"]["matryoshka_vs_mu"].mu) == [0.0, 1.0]
     assert run["metrics"]["best_mu"] in (0.0, 1.0)
+    low, high = run["metrics"]["best_mu_interval_95"]
+    assert low == high == run["metrics"]["best_mu"]  # one seed: no spread
+
+
+def test_best_mu_interval_from_seeds():
+    from toymodels.experiments.matryoshka import best_mu_interval
+
+    def table(errors_by_seed):
+        rows = [
+            {"seed": s, "mu": mu, "error": e}
+            for s, errors in enumerate(errors_by_seed)
+            for mu, e in zip((0.0, 0.5, 1.0), errors, strict=True)
+        ]
+        return pd.DataFrame(rows)
+
+    agreeing = table([[0.3, 0.1, 0.2], [0.4, 0.2, 0.3], [0.5, 0.1, 0.6]])
+    assert best_mu_interval(agreeing) == (0.5, 0.5)
+    disagreeing = table([[0.1, 0.3, 0.4], [0.4, 0.3, 0.1], [0.3, 0.1, 0.4]])
+    low, high = best_mu_interval(disagreeing)
+    assert low == 0.0 and high == 1.0

@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -133,9 +134,11 @@ def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
     table["error"] = table.hedging + table.absorption
     run.write_table("matryoshka_vs_mu", table)
     by_mu = table.groupby("mu")[["hedging", "absorption", "error"]].mean()
+    low, high = best_mu_interval(table, seed=seed)
     run.write_metrics(
         {
             "best_mu": float(by_mu.error.idxmin()),
+            "best_mu_interval_95": [low, high],
             "world": world.describe(),
             "hedging_by_mu": by_mu.hedging.to_dict(),
             "absorption_by_mu": by_mu.absorption.to_dict(),
@@ -146,3 +149,16 @@ def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
         }
     )
     return run
+
+
+def best_mu_interval(
+    table: pd.DataFrame, n_resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """95% bootstrap interval of the mu with the least error (hedging + absorption): seeds are
+    resampled with replacement; each resample's best mu is the argmin of its mean error."""
+    error_SM = table.pivot(index="seed", columns="mu", values="error")
+    mus = error_SM.columns.to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(error_SM), size=(n_resamples, len(error_SM)))
+    best = mus[error_SM.to_numpy()[picks].mean(axis=1).argmin(axis=1)]
+    return float(np.quantile(best, 0.025)), float(np.quantile(best, 0.975))
