@@ -197,12 +197,12 @@ class Claim:
 
 def assess(claim: Claim, runs: RunsByKind) -> Assessment:
     """The claim's verdict on these runs; "not run" when a run or table it needs is absent."""
-    missing = []
+    missing: dict[str, None] = {}  # ordered, each reason once (a run may hold several tables)
     for kind, table in claim.measured_by:
         if kind not in runs:
-            missing.append(f"no {kind} run")
+            missing[f"no {kind} run"] = None
         elif table not in runs[kind].tables:
-            missing.append(f"{runs[kind].folder} has no table {table} (unfinished run?)")
+            missing[f"{runs[kind].folder} has no table {table} (unfinished run?)"] = None
     if missing:
         return Assessment(Verdict.NOT_RUN, "; ".join(missing))
     assessment = claim.judge(runs)

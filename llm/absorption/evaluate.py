@@ -49,7 +49,6 @@ def folded_copy(sae: SAE) -> SAE:
     return one
 
 
-@torch.no_grad()
 class Scoring(NamedTuple):
     """How an SAE is scored on a setup (AbsorptionConfig.scoring() builds it from a config)."""
 
@@ -62,6 +61,7 @@ class Scoring(NamedTuple):
     batch_size: int = 1024
 
 
+@torch.no_grad()
 def evaluate_sae(
     setup: HookSetup,
     sae: SAE,
