@@ -36,7 +36,7 @@ from reports.claims import (
 )
 from reports.figures import draw_claim_figure, figure_svg
 from reports.typst_source import content, math, string
-from toymodels.runs import atomic_write_bytes
+from toymodels.runs import atomic_write_bytes, flatten
 
 DEFAULT_TITLE = "Feature hedging and absorption in sparse autoencoders"
 MAX_LIST_ITEMS = 12  # a list value shows this many items and a count of the rest
@@ -121,18 +121,6 @@ def format_number(x: float) -> str:
     if 1e-3 <= abs(x) < 1e4:
         return f"{x:.4g}"
     return f"{x:.3e}"
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested dicts as dotted keys: {"a": {"b": 1}} -> [("a.b", 1)]."""
-    pairs: list[tuple[str, Any]] = []
-    for key, value in mapping.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            pairs.extend(flatten(value, name))
-        else:
-            pairs.append((name, value))
-    return pairs
 
 
 def model_quantization(manifest: Mapping[str, Any]) -> str | None:

@@ -385,7 +385,7 @@ def check_run_folder(folder: str | Path, config: Any) -> None:
         ) from None
     requested = json.loads(json.dumps(_plain(config), default=_jsonable))
     if existing != requested:
-        old, new = dict(_flat(existing)), dict(_flat(requested))
+        old, new = dict(flatten(existing)), dict(flatten(requested))
         differ = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         raise ValueError(
             f"{folder} holds a run of another config (differs in {', '.join(differ)}); "
@@ -393,10 +393,16 @@ def check_run_folder(folder: str | Path, config: Any) -> None:
         )
 
 
-def _flat(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(value, dict):
-        return [item for k, v in value.items() for item in _flat(v, f"{prefix}{k}.")]
-    return [(prefix.rstrip("."), value)]
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as dotted keys: {"a": {"b": 1}} -> [("a.b", 1)]."""
+    pairs: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            pairs.extend(flatten(value, name))
+        else:
+            pairs.append((name, value))
+    return pairs
 
 
 def read_run(folder: str | Path) -> dict[str, Any]:

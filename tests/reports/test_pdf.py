@@ -16,8 +16,9 @@ import pypdf
 import pytest
 
 from reports.claims import CLAIMS, fmt
-from reports.pdf import build_report, flatten, format_number, format_value, model_quantization
+from reports.pdf import build_report, format_number, format_value, model_quantization
 from tests.reports.claim_runs import write_all, write_theory, write_toy_scenarios
+from toymodels.runs import flatten
 
 
 def _pages(pdf: Path) -> list[str]:
