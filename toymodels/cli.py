@@ -13,38 +13,32 @@ from pathlib import Path
 
 from theory.cli import format_vector
 from theory.config import add_config_arguments
-from toymodels.experiments.absorption import ToyAbsorptionConfig, run_absorption
-from toymodels.experiments.hedging_width import HedgingWidthConfig, run_hedging_width
-from toymodels.experiments.matryoshka import ToyMatryoshkaConfig, run_matryoshka
-from toymodels.experiments.scenarios import (
-    ScenariosConfig,
-    ToyTrainConfig,
-    run_scenarios,
-    train_against_theory,
-)
-from toymodels.runs import Run
+from toymodels.experiments.absorption import ToyAbsorptionConfig
+from toymodels.experiments.hedging_width import HedgingWidthConfig
+from toymodels.experiments.matryoshka import ToyMatryoshkaConfig
+from toymodels.experiments.scenarios import ScenariosConfig, ToyTrainConfig
 
-# name -> (config, help, job)
-EXPERIMENTS: dict[str, tuple[type, str, Callable[..., Run]]] = {
+# name -> (config, help, job "module:function")
+EXPERIMENTS: dict[str, tuple[type, str, str]] = {
     "scenarios": (
         ScenariosConfig,
         "two-feature scenarios x L1 x width 1, 2 against theory's optimum",
-        run_scenarios,
+        "toymodels.experiments.scenarios:run_scenarios",
     ),
     "hedging-width": (
         HedgingWidthConfig,
         "hedging degree vs width on the paper's 50-feature world (BatchTopK)",
-        run_hedging_width,
+        "toymodels.experiments.hedging_width:run_hedging_width",
     ),
     "absorption": (
         ToyAbsorptionConfig,
         "absorption in a wide SAE on the 4-feature hierarchy vs theory's offset",
-        run_absorption,
+        "toymodels.experiments.absorption:run_absorption",
     ),
     "matryoshka": (
         ToyMatryoshkaConfig,
         "balance matryoshka: hedging and absorption vs mu",
-        run_matryoshka,
+        "toymodels.experiments.matryoshka:run_matryoshka",
     ),
 }
 
@@ -75,6 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from toymodels.experiments.scenarios import train_against_theory
+
     record = train_against_theory(args.config)
     if args.json:
         print(json.dumps(record, indent=2))
@@ -92,9 +88,12 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment_command(job: Callable[..., Run]) -> Callable[[argparse.Namespace], int]:
+def _experiment_command(job: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        run = job(args.config, args.out)
+        import importlib
+
+        module, function = job.split(":")
+        run = getattr(importlib.import_module(module), function)(args.config, args.out)
         metrics = json.loads((run.folder / "metrics.json").read_text())
         summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         print(f"wrote {run.folder}: " + ", ".join(f"{k} = {v:.4g}" for k, v in summary.items()))
