@@ -11,12 +11,6 @@ import argparse
 import json
 from pathlib import Path
 
-from llm.absorption.job import AbsorptionConfig
-from llm.absorption.sweep import AbsorptionSweepConfig
-from llm.cache import ExtractConfig
-from llm.hedging import LLMHedgingConfig
-from llm.hedging_scan import HedgingScanConfig
-from llm.jobs import EvalConfig, SAETrainConfig
 from theory.config import add_config_arguments
 
 
@@ -28,22 +22,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "them, and measure hedging on real SAEs.",
     )
     commands = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")
-    for name, config_class, help_, handler in (
-        ("extract", ExtractConfig, "cache one hook point's activations", extract_command),
-        ("train", SAETrainConfig, "train one SAE on cached activations", train_command),
-        ("eval", EvalConfig, "evaluate an SAE: held-out reconstruction, CE loss recovered, KL",
-         eval_command),
-        ("hedging", LLMHedgingConfig, "hedging degree vs width (BatchTopK, L1) and vs "
-         "matryoshka mu", hedging_command),
-        ("absorption", AbsorptionConfig, "first-letter absorption of SAEs at one hook point",
-         absorption_command),
-        ("hedging-scan", HedgingScanConfig, "hedging degree vs N (latents added) and vs layer",
-         hedging_scan_command),
-        ("absorption-sweep", AbsorptionSweepConfig, "TopK SAEs of every width x k on a cache, "
-         "then their first-letter absorption", absorption_sweep_command),
-    ):  # fmt: skip
-        parser = commands.add_parser(name, help=help_, description=config_class.__doc__)
-        add_config_arguments(parser, config_class)
+    for name, config, help_, handler in (  # configs "module:Class", imported when run
+        (
+            "extract",
+            "llm.cache:ExtractConfig",
+            "cache one hook point's activations",
+            extract_command,
+        ),
+        ("train", "llm.jobs:SAETrainConfig", "train one SAE on cached activations", train_command),
+        (
+            "eval",
+            "llm.jobs:EvalConfig",
+            "evaluate an SAE: held-out reconstruction, CE loss recovered, KL",
+            eval_command,
+        ),
+        (
+            "hedging",
+            "llm.hedging:LLMHedgingConfig",
+            "hedging degree vs width (BatchTopK, L1) and vs matryoshka mu",
+            hedging_command,
+        ),
+        (
+            "absorption",
+            "llm.absorption.job:AbsorptionConfig",
+            "first-letter absorption of SAEs at one hook point",
+            absorption_command,
+        ),
+        (
+            "hedging-scan",
+            "llm.hedging_scan:HedgingScanConfig",
+            "hedging degree vs N (latents added) and vs layer",
+            hedging_scan_command,
+        ),
+        (
+            "absorption-sweep",
+            "llm.absorption.sweep:AbsorptionSweepConfig",
+            "TopK SAEs of every width x k on a cache, then their first-letter absorption",
+            absorption_sweep_command,
+        ),
+    ):
+        parser = commands.add_parser(name, help=help_, description=help_)
+        add_config_arguments(parser, config)
         parser.add_argument(
             "--out", type=Path, default=Path(f"runs/llm-{name}"), help="the run folder"
         )

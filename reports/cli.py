@@ -1,8 +1,8 @@
 """The `sae-hedging` command line: one subcommand group per floor, assembled here.
 
-Each floor's cli module offers `register(subparsers)`; handlers import their heavy libraries
-lazily so `derive` starts without torch. Bad input (ValueError) becomes exit status 2 with one
-line naming the problem, never a traceback.
+Each floor's cli module offers `register(subparsers)`; a command's config class and job are
+imported only when that command runs, so `derive` starts without torch. Bad input (ValueError)
+becomes exit status 2 with one line naming the problem, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import simple_parsing
@@ -29,6 +30,18 @@ class OneLineErrorParser(simple_parsing.ArgumentParser):
         kwargs.setdefault("add_option_string_dash_variants", simple_parsing.DashVariant.DASH)
         kwargs.setdefault("add_config_path_arg", False)
         super().__init__(*args, **kwargs)
+        self._load_config: Callable[[], type] | None = None
+
+    def add_config_later(self, load: Callable[[], type]) -> None:
+        """Add the flags of the config `load()` returns when this (sub)command is parsed, so
+        that building the whole command tree imports no job module (torch, transformers)."""
+        self._load_config = load
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        if self._load_config is not None:
+            load, self._load_config = self._load_config, None
+            self.add_arguments(load(), dest="config")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message}\n")

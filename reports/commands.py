@@ -8,7 +8,6 @@ from pathlib import Path
 
 import simple_parsing
 
-from reports.pipeline import PipelineConfig
 from theory.config import add_config_arguments
 
 
@@ -41,10 +40,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser(
         "run",
         help="the whole chain on the embedded defaults: theory, toy models, the LLM, a report",
-        description=PipelineConfig.__doc__ + " Finished stages are skipped, so an interrupted "
-        "run resumes.",
+        description="Theory, toy experiments, activations of a language model, SAEs trained on "
+        "them and the hedging protocol, then one PDF report. Finished stages are skipped, so an "
+        "interrupted run resumes.",
     )
-    add_config_arguments(run, PipelineConfig)
+    add_config_arguments(run, "reports.pipeline:PipelineConfig")
     run.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder of the runs")
     run.set_defaults(handler=run_command)
 

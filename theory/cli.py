@@ -6,7 +6,6 @@ import argparse
 import json
 
 from theory.config import add_config_arguments
-from theory.derive import DeriveConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="exact optimal SAE on a feature model (theory)",
         description="Exact optimum of a small SAE on a feature model, in the feature basis.",
     )
-    add_config_arguments(parser, DeriveConfig)
+    add_config_arguments(parser, "theory.derive:DeriveConfig")
     parser.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
     parser.set_defaults(handler=derive_command)
 

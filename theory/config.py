@@ -50,10 +50,22 @@ def _decode(hint: Any, value: Any) -> Any:
     return value
 
 
-def add_config_arguments(parser: Any, cls: type, dest: str = "config") -> None:
-    """Add one flag per field of `cls` (nested configs flattened) to a simple_parsing parser;
-    the parsed namespace then holds the config instance at `dest`."""
-    parser.add_arguments(cls, dest=dest)
+def add_config_arguments(parser: Any, config: type | str) -> None:
+    """One flag per field of a config class (nested configs flattened) on a simple_parsing
+    parser; the parsed namespace then holds the config instance at `config`. `config` may be
+    "module:Class": it is imported when the command is parsed (parsers that can defer), so a
+    command tree names every command without importing every job."""
+    if isinstance(config, str):
+        parser.add_config_later(lambda: _import(config))
+    else:
+        parser.add_arguments(config, dest="config")
+
+
+def _import(name: str) -> type:
+    import importlib
+
+    module, attribute = name.split(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 # --- field checks shared by every config --------------------------------------------------------

@@ -13,30 +13,26 @@ from pathlib import Path
 
 from theory.cli import format_vector
 from theory.config import add_config_arguments
-from toymodels.experiments.absorption import ToyAbsorptionConfig
-from toymodels.experiments.hedging_width import HedgingWidthConfig
-from toymodels.experiments.matryoshka import ToyMatryoshkaConfig
-from toymodels.experiments.scenarios import ScenariosConfig, ToyTrainConfig
 
-# name -> (config, help, job "module:function")
-EXPERIMENTS: dict[str, tuple[type, str, str]] = {
+# name -> (config "module:Class", help, job "module:function"): imported when the command runs
+EXPERIMENTS: dict[str, tuple[str, str, str]] = {
     "scenarios": (
-        ScenariosConfig,
+        "toymodels.experiments.scenarios:ScenariosConfig",
         "two-feature scenarios x L1 x width 1, 2 against theory's optimum",
         "toymodels.experiments.scenarios:run_scenarios",
     ),
     "hedging-width": (
-        HedgingWidthConfig,
+        "toymodels.experiments.hedging_width:HedgingWidthConfig",
         "hedging degree vs width on the paper's 50-feature world (BatchTopK)",
         "toymodels.experiments.hedging_width:run_hedging_width",
     ),
     "absorption": (
-        ToyAbsorptionConfig,
+        "toymodels.experiments.absorption:ToyAbsorptionConfig",
         "absorption in a wide SAE on the 4-feature hierarchy vs theory's offset",
         "toymodels.experiments.absorption:run_absorption",
     ),
     "matryoshka": (
-        ToyMatryoshkaConfig,
+        "toymodels.experiments.matryoshka:ToyMatryoshkaConfig",
         "balance matryoshka: hedging and absorption vs mu",
         "toymodels.experiments.matryoshka:run_matryoshka",
     ),
@@ -56,12 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train a ReLU-L1 SAE on a feature model embedded orthonormally in d_in "
         "dimensions; print its parameters in the feature basis next to theory's optimum.",
     )
-    add_config_arguments(train, ToyTrainConfig)
+    add_config_arguments(train, "toymodels.experiments.scenarios:ToyTrainConfig")
     train.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
     train.set_defaults(handler=train_command)
-    for name, (config_class, help_, job) in EXPERIMENTS.items():
-        parser = commands.add_parser(name, help=help_, description=config_class.__doc__)
-        add_config_arguments(parser, config_class)
+    for name, (config, help_, job) in EXPERIMENTS.items():
+        parser = commands.add_parser(name, help=help_, description=help_)
+        add_config_arguments(parser, config)
         parser.add_argument(
             "--out", type=Path, default=Path(f"runs/toy-{name}"), help="the run folder"
         )

@@ -30,3 +30,18 @@ def test_out_is_required(run_folder: Path, capsys):
     assert main(["report", str(run_folder)]) == 2
     error = capsys.readouterr().err.strip()
     assert "--out" in error and "\n" not in error
+
+
+def test_the_command_tree_is_built_without_importing_any_job():
+    """`derive` and `--help` start in under a second: registering every command imports no
+    torch, transformers or job module (each command's config is imported when it runs)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from reports.cli import build_parser; build_parser(); "
+        "heavy = [m for m in ('torch', 'transformers', 'pandas', 'llm.jobs') if m in sys.modules]; "
+        "print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
