@@ -45,9 +45,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import scipy.optimize
+import scipy.spatial
 
 from theory.closed_forms import Width1Terms, width1_region_terms
 from theory.features import FeatureModel, NumericFeatureModel
@@ -59,6 +61,7 @@ TIE_TOL = 1e-10  # losses closer than this are the same optimum
 RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
 FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
 MAX_BOUND_STATES = 16  # the subspace-fit bound tabulates every subset of states
+LIMIT_TILTS = (1e-6, 1e-7, 1e-8, 1e-9)  # decoder tilts tried when realising a limit latent
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,74 @@ def separable_sets(world: NumericFeatureModel) -> tuple[tuple[bool, ...], ...]:
     return _separable_sets(states.tobytes(), *states.shape)
 
 
+# --- faces of the states' convex hull: where tied latents' limits live ---------------------------
+class _Face(NamedTuple):
+    """A tied latent in the limit of unbounded gain: it fires on states of one face of the
+    states' convex hull, with any affine code there, and decodes along a direction in the face's
+    normal cone (the cone of the outward normals of the facets holding the face)."""
+
+    states: np.ndarray  # (S,) bool: the face's states; the code's constraints hold on these only
+    generators: np.ndarray  # (g, n): unit outward normals of the facets holding the face
+
+
+@lru_cache(maxsize=64)
+def _hull_facets(
+    states_key: bytes, n_states: int, n_features: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit outward normals (m, n) of the facets of the states' convex hull and the states on
+    each (m, S). A flat hull also gets +-each direction normal to its affine span, a 'facet'
+    holding every state (every face's normal cone contains them)."""
+    states = np.frombuffer(states_key).reshape(n_states, n_features)
+    centred = states - states.mean(0)
+    _, singular, basis = np.linalg.svd(centred)
+    scale = max(1.0, float(np.abs(states).max()))
+    rank = int((singular > 1e-9 * scale).sum())
+    span = basis[:rank]
+    normals, on = [], []
+    if rank == 1:
+        coord = centred @ span[0]
+        for sign in (1.0, -1.0):
+            normals.append(sign * span[0])
+            on.append(sign * coord >= (sign * coord).max() - 1e-9 * scale)
+    elif rank >= 2:
+        equations = scipy.spatial.ConvexHull(centred @ span.T).equations  # normal.y + offset <= 0
+        for equation in equations:
+            normals.append(equation[:-1] @ span)
+            on.append(np.abs(centred @ span.T @ equation[:-1] + equation[-1]) <= 1e-9 * scale)
+    # qhull splits a facet into simplices: one row per distinct set of states
+    first = np.sort(
+        np.unique(np.array(on).reshape(len(on), n_states), axis=0, return_index=True)[1]
+    )
+    normals, on = [normals[i] for i in first], [on[i] for i in first]
+    for direction in basis[rank:]:
+        normals += [direction, -direction]
+        on += [np.ones(n_states, bool)] * 2
+    return unit_rows(np.array(normals)), np.array(on)
+
+
+def _face_of(world: NumericFeatureModel, active_S: np.ndarray) -> _Face | None:
+    """The smallest face of the states' hull holding the states `active_S` (bool), or None when
+    no facet holds them all (the face is the whole hull: no limit)."""
+    states = np.ascontiguousarray(world.states, dtype=float)
+    normals, on = _hull_facets(states.tobytes(), *states.shape)
+    holding = on[:, active_S].all(1)
+    if not active_S.any() or not holding.any():
+        return None
+    return _Face(on[holding].all(0), normals[holding])
+
+
+def _limit_variants(
+    world: NumericFeatureModel, spec: SAESpec, active: np.ndarray
+) -> list[tuple[_Face | None, ...]]:
+    """Ways to search a region: every latent finite, then (tied only) each choice of latents
+    taken in their limit of unbounded gain, where their states lie on a proper face."""
+    k = len(active)
+    if not spec.tied:
+        return [(None,) * k]
+    options = [[None] + ([face] if (face := _face_of(world, a > 0)) else []) for a in active]
+    return list(itertools.product(*options))
+
+
 # --- lower bounds: subspace fits of the states each set of latents fires on ----------------------
 def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> np.ndarray:
     """(2^S, n + 1): entry [mask, d] is the least weighted squared distance of the states in
@@ -166,10 +237,12 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
     u = H^T v / (1 - h.v) for v the non-negative least-squares solution of [H^T; h^T] v = e_last
     (Lawson and Hanson, Solving Least Squares Problems, ch. 23)."""
     m = len(G)
+    if m == 0:
+        return np.zeros(0), np.zeros(len(C))
     G = G + RIDGE * (np.trace(G) / m + 1e-6) * np.eye(m)
     psi0 = np.linalg.solve(G, rhs)
     slack = C @ psi0
-    if slack.min() >= 0:
+    if len(C) == 0 or slack.min() >= 0:
         return psi0, np.zeros(len(C))
     L = np.linalg.cholesky(G)
     H = np.linalg.solve(L, C.T).T  # C L^-T
@@ -182,7 +255,10 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
         v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
         r = E @ v - f
         if -r[-1] > 1e-12:
-            return psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1]), 2.0 * v / -r[-1]
+            psi = psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1])
+            # a tiny r[-1] magnifies NNLS's rounding: accept only what (nearly) satisfies C
+            if (C @ psi).min() >= -1e-8 * max(1.0, np.abs(psi).max()):
+                return psi, 2.0 * v / -r[-1]
     return np.zeros(m), np.zeros(len(C))  # psi = 0 is always feasible
 
 
@@ -204,69 +280,150 @@ def _inner_solve(
     directions: np.ndarray,
     active: np.ndarray,
     l1: float,
+    faces: tuple[_Face | None, ...] | None = None,
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
-    the closure of the region.
+    the closure of the region. A tied latent with a face is taken in its limit of unbounded
+    gain: an affine code constrained on the face's states only."""
+    return _region_solver(world, spec, active, l1, faces)(directions)
 
+
+def _region_solver(  # noqa: ANN202 (the solver closure)
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    active: np.ndarray,
+    l1: float,
+    faces: tuple[_Face | None, ...] | None = None,
+):
+    """`_inner_solve` for one region as a function of the directions alone, with every moment
+    of the states that does not depend on them computed once.
+
+    Latent i's code is masked_i T_i psi_i with masked_i = z_s on its states (0 elsewhere) and
+    T_i the identity (affine code) or [[e_i, 0], [0, 1]] (a finite tied latent: kappa e_i.x + t),
+    so the quadratic's blocks are (e_i.e_j) T_i^T W_ij T_j with W_ij = sum_s p_s m_is m_js z_s
+    z_s^T, and the constraints of affine codes do not depend on the directions at all.
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
     their multipliers."""
     X, p = world.states, world.probabilities
     S, n = X.shape
-    k = len(directions)
+    k = len(active)
     Z = _affine_design(X)
-    bases = [Z if not spec.tied else np.stack([X @ e, np.ones(S)], axis=1) for e in directions]
-    masked = [basis * active[i][:, None] for i, basis in enumerate(bases)]
-    q = np.cumsum([0] + [basis.shape[1] for basis in bases])
+    faces = faces or (None,) * k
+    finite_tied = [spec.tied and face is None for face in faces]
+    masked = [Z * a[:, None] for a in active]
+    weighted = [m * p[:, None] for m in masked]
+    W = {(i, j): weighted[i].T @ masked[j] for i in range(k) for j in range(i, k)}
+    Y = [w.T @ X for w in weighted]  # sum_s p_s m_is z_s x_s^T
+    v = [w.sum(0) for w in weighted]  # sum_s p_s m_is z_s
+    size = [2 if tied else n + 1 for tied in finite_tied]
+    q = np.cumsum([0, *size])
     n_psi = q[-1] + (n if spec.decoder_bias else 0)
-    J = np.zeros((S, n, n_psi))  # x_hat_s = J_s psi, psi = (psi_1..psi_k, b)
-    for i, basis in enumerate(masked):
-        J[:, :, q[i] : q[i + 1]] = directions[i][None, :, None] * basis[:, None, :]
-    if spec.decoder_bias:
-        J[:, :, q[-1] :] = np.eye(n)[None]
-    linear = np.zeros(n_psi)  # d(sum_s p_s sum_i g_si) / d psi
-    linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p
-    G = np.einsum("s,sai,saj->ij", p, J, J)
-    rhs = np.einsum("s,sai,sa->i", p, J, X) - 0.5 * l1 * linear
     side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
-    rows = []
-    for i, basis in enumerate(bases):
-        block = np.zeros((S, n_psi))
-        block[:, q[i] : q[i + 1]] = side[i][:, None] * basis
-        rows.append(block)
-        if spec.tied:  # kappa >= 0
-            rows.append(np.eye(n_psi)[q[i]][None])
-    psi, lam = _least_distance(G, rhs, np.vstack(rows))
-    residual = X - np.einsum("sai,i->sa", J, psi)
-    loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
-    code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
-    codes_SK = np.stack([masked[i] @ code_params[i] for i in range(k)], axis=1)
-    bias = psi[q[-1] :] if spec.decoder_bias else np.zeros(n)
-    grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
-    if spec.tied:  # the code itself depends on e through kappa * e.x ...
-        stride = S + 1
-        for i in range(k):
+    held = [face.states if face is not None else np.ones(S, bool) for face in faces]
+    signed = [(side[i][:, None] * Z)[held[i]] for i in range(k)]
+    first_row = np.cumsum([0] + [int(h.sum()) + tied for h, tied in zip(held, finite_tied)])
+    C = np.zeros((first_row[-1], n_psi))
+    for i in range(k):
+        if not finite_tied[i]:
+            C[first_row[i] : first_row[i] + len(signed[i]), q[i] : q[i + 1]] = signed[i]
+        else:
+            C[first_row[i + 1] - 1, q[i]] = 1.0  # kappa >= 0
+    mean = p @ X
+    scale = max(1.0, float(np.abs(X).max()))
+
+    def solve(directions: np.ndarray) -> _Inner:
+        T = [
+            np.array([[*e, 0.0], [0.0] * n + [1.0]]).T if tied else None
+            for e, tied in zip(directions, finite_tied)
+        ]
+
+        def through(i: int, a: np.ndarray) -> np.ndarray:  # T_i^T a
+            return a if T[i] is None else T[i].T @ a
+
+        G = np.zeros((n_psi, n_psi))
+        rhs = np.zeros(n_psi)
+        linear = np.zeros(n_psi)
+        gram = directions @ directions.T
+        for (i, j), Wij in W.items():
+            block = Wij if T[j] is None else Wij @ T[j]
+            block = gram[i, j] * through(i, block)
+            G[q[i] : q[i + 1], q[j] : q[j + 1]] = block
+            G[q[j] : q[j + 1], q[i] : q[i + 1]] = block.T
+        for i, e in enumerate(directions):
+            linear[q[i] : q[i + 1]] = through(i, v[i])
+            rhs[q[i] : q[i + 1]] = through(i, Y[i] @ e)
+            if spec.decoder_bias:
+                G[q[i] : q[i + 1], q[-1] :] = np.outer(linear[q[i] : q[i + 1]], e)
+                G[q[-1] :, q[i] : q[i + 1]] = G[q[i] : q[i + 1], q[-1] :].T
+        if spec.decoder_bias:
+            G[q[-1] :, q[-1] :] = np.eye(n) * p.sum()
+            rhs[q[-1] :] = mean
+        rhs -= 0.5 * l1 * linear
+        for i in np.nonzero(finite_tied)[0]:
+            C[first_row[i] : first_row[i + 1] - 1, q[i] : q[i + 1]] = signed[i] @ T[i]
+        # a finite tied latent whose direction does not separate its states can only be silent
+        # (kappa = t = 0): its constraints have no interior, which the reduction cannot take
+        keep, rows = np.ones(n_psi, bool), np.ones(len(C), bool)
+        for i in np.nonzero(finite_tied)[0]:
+            along = X @ directions[i]
+            on = active[i] > 0
+            if on.any() and (~on).any() and along[on].min() < along[~on].max() - 1e-12 * scale:
+                keep[q[i] : q[i + 1]] = False
+                rows[first_row[i] : first_row[i + 1]] = False
+        psi, lam = np.zeros(n_psi), np.zeros(len(C))
+        psi[keep], lam[rows] = _least_distance(
+            G[np.ix_(keep, keep)], rhs[keep], C[np.ix_(rows, keep)]
+        )
+        code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
+        codes_SK = np.stack(
+            [
+                masked[i] @ (code if T[i] is None else T[i] @ code)
+                for i, code in enumerate(code_params)
+            ],
+            axis=1,
+        )
+        bias = psi[q[-1] :] if spec.decoder_bias else np.zeros(n)
+        residual = X - bias - codes_SK @ directions
+        loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
+        grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
+        for i in np.nonzero(finite_tied)[0]:  # a tied code depends on e through kappa * e.x ...
             kappa = psi[q[i]]
             weight = p * active[i] * (l1 - 2.0 * residual @ directions[i])
-            weight = weight - lam[i * stride : i * stride + S] * side[i]  # and the constraints
+            weight = weight - lam[first_row[i] : first_row[i] + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X
-    return _Inner(loss, codes_SK, bias, grad, code_params)
+        return _Inner(loss, codes_SK, bias, grad, code_params)
+
+    return solve
 
 
 def _realise(
-    world: NumericFeatureModel, spec: SAESpec, directions: np.ndarray, inner: _Inner
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    directions: np.ndarray,
+    inner: _Inner,
+    faces: tuple[_Face | None, ...] | None = None,
+    tilt: float = 1e-8,
 ) -> SAEParams:
     """SAE parameters of an inner solution: folded when untied, tied when tied. Latents whose
     codes vanish everywhere get zero parameters; pre-activations left a rounding error above 0
-    off the firing states are pushed back to 0 (the encoder bias moves by that error)."""
+    off the firing states are pushed back to 0 (the encoder bias moves by that error). A tied
+    latent in its limit of unbounded gain is realised at a finite gain, its decoder tilted by
+    about `tilt` off its limit direction (see `_limit_latent`)."""
     k, n = directions.shape
     b = inner.bias
     encoder, encoder_bias, decoder = np.zeros((k, n)), np.full(k, -1.0), np.zeros((k, n))
     scale = max(1.0, float(np.abs(world.states).max()))
+    faces = faces or (None,) * k
     for i, psi in enumerate(inner.code_params):
         if not (inner.codes[:, i] > FIRING_TOL * scale).any():
             continue  # dead: zero encoder and decoder, negative bias
-        if spec.tied:
+        if spec.tied and faces[i] is not None:
+            slope, t = _limit_latent(world, directions[i], psi, faces[i], tilt)
+            gain = np.linalg.norm(slope) ** 0.5  # slope = kappa e with kappa = gain^2
+            encoder[i] = decoder[i] = slope / gain
+            encoder_bias[i] = (t + slope @ b) / gain
+        elif spec.tied:
             kappa, t = max(float(psi[0]), 1e-24), float(psi[1])
             gain = np.sqrt(kappa)
             encoder[i] = decoder[i] = gain * directions[i]
@@ -278,6 +435,28 @@ def _realise(
     stray = np.where(pre <= FIRING_TOL * scale, pre, -np.inf).max(0)
     encoder_bias -= np.clip(stray, 0.0, None)
     return SAEParams(encoder, encoder_bias, decoder, b.copy())
+
+
+def _limit_latent(
+    world: NumericFeatureModel, direction: np.ndarray, theta: np.ndarray, face: _Face, tilt: float
+) -> tuple[np.ndarray, float]:
+    """A finite tied latent (slope kappa e and offset t of its code kappa e.x + t) whose code is
+    exactly theta's affine code a.x + c on the face's states and negative off them, with e
+    within about `tilt` of the limit direction e0 (in the face's normal cone).
+
+    With w the sum of the face's facet normals (w.x is largest exactly on the face) and
+    u = e0 + tilt w + tilt eta a, the code u.(x - x_F) / (tilt eta) + a.x + c is a.x + c on the
+    face (e0.x and w.x are constant there) and falls off it: e0.x does not rise, w.x drops by a
+    margin, and eta is small enough for that drop to outweigh a.x + c."""
+    X = world.states
+    a, c = theta[:-1], float(theta[-1])
+    w = face.generators.sum(0)
+    anchor = X[face.states][0]
+    drop = (anchor - X[~face.states]) @ w  # > 0 off the face
+    rise = np.clip(X[~face.states] @ a + c, 1e-12, None)
+    eta = min(1.0, 0.5 * float((drop / rise).min())) if len(drop) else 1.0
+    slope = (direction + tilt * w + tilt * eta * a) / (tilt * eta)
+    return slope, c + a @ anchor - slope @ anchor
 
 
 # --- direction search ---------------------------------------------------------------------------
@@ -348,30 +527,74 @@ def _separator(
     return w / max(np.linalg.norm(w), 1e-300)
 
 
-def _reduced(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float):  # noqa: ANN202 (a closure for scipy)
-    """The region's loss as a function of the decoder rows (k * n flat) and its gradient."""
+# Search coordinates y: a free latent's decoder row itself (any length); a limit latent's
+# weights on its face's facet normals, squared so that its direction stays in their cone.
+def _coordinates(rows: np.ndarray, faces: tuple[_Face | None, ...]) -> np.ndarray:
+    """Search coordinates of decoder rows (k, n); a limit latent starts inside its cone, leaning
+    toward the normals its row points along."""
+    return np.concatenate(
+        [
+            row if face is None else np.sqrt(np.clip(face.generators @ row, 0.0, None) + 0.1)
+            for row, face in zip(rows, faces, strict=True)
+        ]
+    )
+
+
+def _rows(y: np.ndarray, n: int, faces: tuple[_Face | None, ...]) -> list[np.ndarray]:
+    """Decoder rows (not yet unit) of search coordinates, and each latent's share of y."""
+    sizes = [n if face is None else len(face.generators) for face in faces]
+    parts = np.split(y, np.cumsum(sizes)[:-1])
+    rows = [
+        part if face is None else part**2 @ face.generators
+        for part, face in zip(parts, faces, strict=True)
+    ]
+    return np.array(rows), parts
+
+
+def _reduced(  # noqa: ANN202 (a closure for scipy)
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    active: np.ndarray,
+    l1: float,
+    faces: tuple[_Face | None, ...] | None = None,
+):
+    """The region's loss as a function of the search coordinates (decoder rows, k * n flat,
+    without limit latents) and its gradient."""
     k, n = len(active), world.states.shape[1]
+    faces = faces or (None,) * k
+    solve = _region_solver(world, spec, active, l1, faces)
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if not np.isfinite(y).all():  # a runaway line-search step: reject it
             return np.inf, np.zeros_like(y)
-        rows = y.reshape(k, n)
+        rows, parts = _rows(y, n, faces)
         norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         e = rows / norms
-        inner = _inner_solve(world, spec, e, active, l1)
+        inner = solve(e)
         g = inner.grad
-        return inner.loss, ((g - (g * e).sum(1, keepdims=True) * e) / norms).ravel()
+        tangent = (g - (g * e).sum(1, keepdims=True) * e) / norms
+        pulled = [
+            t if face is None else 2.0 * part * (face.generators @ t)
+            for t, part, face in zip(tangent, parts, faces, strict=True)
+        ]
+        return inner.loss, np.concatenate(pulled)
 
     return fun
 
 
-def _minimise(fun, start: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def _minimise(fun, start: np.ndarray, faces: tuple[_Face | None, ...] | None = None) -> np.ndarray:  # noqa: ANN001
+    """Unit decoder directions (k, n) of a local minimum of `fun` from decoder rows `start`."""
     k, n = start.shape
+    faces = faces or (None,) * k
     with np.errstate(over="ignore", invalid="ignore"):  # trial steps far out are rejected
         res = scipy.optimize.minimize(
-            fun, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-7, "maxiter": 200}
+            fun,
+            _coordinates(start, faces),
+            jac=True,
+            method="BFGS",
+            options={"gtol": 1e-7, "maxiter": 200},
         )
-    return _unit_rows(res.x, k, n)
+    return _unit_rows(_rows(res.x, n, faces)[0], k, n)
 
 
 def _search_region(
@@ -381,16 +604,19 @@ def _search_region(
     l1: float,
     starts: list[np.ndarray],
     to_beat: float,
+    faces: tuple[_Face | None, ...] | None = None,
 ) -> list[tuple[np.ndarray, _Inner]]:
     """Local optima over unit decoder directions of a region's closure, from the best
     STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
-    `to_beat` ends the region's search."""
-    closed = _reduced(world, spec, active, l1)
-    values = [closed(start.ravel())[0] for start in starts]
+    `to_beat` ends the region's search. With `faces`, the tied latents that have one are
+    taken in their limit of unbounded gain."""
+    faces = faces or (None,) * len(active)
+    closed = _reduced(world, spec, active, l1, faces)
+    values = [closed(_coordinates(start, faces))[0] for start in starts]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
-        directions = _minimise(closed, starts[j])
-        found.append((directions, _inner_solve(world, spec, directions, active, l1)))
+        directions = _minimise(closed, starts[j], faces)
+        found.append((directions, _inner_solve(world, spec, directions, active, l1, faces)))
         if found[-1][1].loss > to_beat - 1e-12:
             break
     return found
@@ -525,8 +751,11 @@ def global_optimum(
             continue  # the best has improved since the region was listed
         tried += 1
         starts = _direction_starts(world, active, rng)
-        for directions, inner in _search_region(world, spec, active, l1, starts, best.loss):
-            best = _candidate(world, spec, directions, inner, best)
+        for faces in _limit_variants(world, spec, active):
+            for directions, inner in _search_region(
+                world, spec, active, l1, starts, best.loss, faces
+            ):
+                best = _candidate(world, spec, directions, inner, best, faces)
     return Optimum(best.params, best.loss, best.active, tried)
 
 
@@ -566,10 +795,15 @@ def _candidate(
     directions: np.ndarray,
     inner: _Inner,
     best: Optimum | None,
+    faces: tuple[_Face | None, ...] | None = None,
 ) -> Optimum:
-    """`best`, or the SAE realising this inner solution if it is better."""
-    params = _realise(world, spec, directions, inner)
-    loss = float(expected_loss(world, params, float(spec.l1)))
+    """`best`, or the SAE realising this inner solution if it is better. A latent in its limit
+    of unbounded gain is realised at the tilt (hence gain) whose loss is lowest: a larger tilt
+    moves the decoder off its limit direction, a smaller one loses digits to the large gain."""
+    tilts = LIMIT_TILTS if faces is not None and any(f is not None for f in faces) else (1e-8,)
+    realised = [_realise(world, spec, directions, inner, faces, tilt) for tilt in tilts]
+    losses = [float(expected_loss(world, params, float(spec.l1))) for params in realised]
+    params, loss = realised[int(np.argmin(losses))], min(losses)
     fired = codes(world, params) > 0
     return (
         Optimum(params, loss, _fired(fired.T), 0) if _better(loss, fired.T, best, world) else best
