@@ -14,8 +14,11 @@ the region's closure is a set of homogeneous linear constraints on psi: codes >=
 pre-activation <= 0 off A (and kappa >= 0). On the closure the smooth loss equals the true loss
 (a pre-activation of exactly 0 gives a zero code either way), so optima on a region boundary are
 ordinary constrained optima: `_least_distance` solves that quadratic programme exactly (Lawson
-and Hanson's reduction of a least-distance programme to non-negative least squares). What
-remains is a search over unit directions:
+and Hanson's reduction of a least-distance programme to non-negative least squares, its answer
+checked against the optimality conditions: the quadratic is singular wherever a code has
+directions the loss does not see, and then the reduction's rounding can return a wrong point;
+the constraints it found tight are then re-solved exactly, and a primal active-set method is the
+last resort). What remains is a search over unit directions:
 
 * width 1, untied: closed form. Without the constraints, eliminating codes and biases leaves
   loss(e) = const - e^T H e + l1 w.e on the unit sphere (theory.closed_forms.
@@ -28,6 +31,21 @@ remains is a search over unit directions:
   envelope theorem with the programme's multipliers. (Without the constraints the L1 term is
   unbounded below when two latents on one region point in opposite directions, so the
   constrained loss is searched from the start.)
+
+Tied latents have one more kind of optimum: one approached only as the encoder gain grows
+without bound, which no finite tied SAE attains. Let e = e0 + delta u with kappa ~ 1/delta: the
+code kappa e.x + t stays finite only on states where e0.x is largest, a face F of the states'
+convex hull, and there it becomes u.x + const, any affine function, while it falls to -infinity
+off F; the decoder tends to e0, which must lie in F's normal cone (the cone of the outward
+normals of the facets holding F). Nested limits (delta^2, ...) give nothing new: the face is the
+smallest one holding the latent's states. So a tied latent whose states A lie on a proper face
+also has a limit form (`_Face`): decoder e0 searched over that cone, code affine on A with
+constraints on F's states only. The region search tries each latent finite and, where A lies
+on a proper face, in its limit form; a limit optimum comes back realised at a finite gain whose
+loss is within rounding (about 1e-8) of the infimum (`_limit_latent`). (Untied latents need no
+such form: a steep encoder term along F's normal reproduces the limit at a finite gain.) The
+argument assumes bounded codes, which l1 > 0 enforces; at l1 = 0 two latents with unbounded
+codes and cancelling decoders might approach yet another limit (none met in random tests).
 
 Regions are tuples of separable state sets, one per latent, searched by branch and bound: a
 partial tuple is abandoned when a lower bound on every completion cannot beat the best loss so
@@ -48,6 +66,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
+import scipy.linalg
 import scipy.optimize
 import scipy.spatial
 
@@ -58,9 +77,12 @@ from theory.sae import SAEParams, SAESpec, codes, expected_loss, unit_rows
 STARTS_PER_REGION = 2  # local searches per region, from the best starts by their loss
 MAX_REGIONS = 200_000  # activation regions one exact optimum may list
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
-RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
+RIDGES = (1e-12, 1e-9)  # relative ridges that make the region quadratic definite (codes' free
+# directions); the larger one only where rounding defeats the smaller
 FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
 MAX_BOUND_STATES = 16  # the subspace-fit bound tabulates every subset of states
+SPARSITY_SHARES = (0.1, 0.25, 0.5, 1.0)  # shares of the loss the L1 bound is taken on
+HUBER_STEPS = 60  # reweighted-mean steps of the L1 bound's minimisation over the decoder bias
 LIMIT_TILTS = (1e-6, 1e-7, 1e-8, 1e-9)  # decoder tilts tried when realising a limit latent
 
 
@@ -211,6 +233,64 @@ def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> np.ndarray
     return eig_MN.sum(1)[:, None] - kept
 
 
+def _with_sparsity(
+    world: NumericFeatureModel, spec: SAESpec, fits: np.ndarray, fired: np.ndarray
+) -> np.ndarray:
+    """Region bounds (R,) that add the L1 term to the subspace fits `fits` of regions whose
+    latents fire on the states in the bit masks `fired` (R,).
+
+    On a state s some latent fires on, with y = x_s - b and r = sum_i g_i e_i (so ||r|| <=
+    sum_i g_i: codes are non-negative, decoders unit), the loss is at least ||y - r||^2 + l1 ||r||
+    = (1 - share) ||y - r||^2 + share (||y - r||^2 + (l1 / share) ||r||) for any share in (0, 1],
+    and min over r of the bracket is huber(||y||) with threshold lambda = l1 / share: t^2 up to
+    lambda / 2, lambda t - lambda^2 / 4 above. States nobody fires on cost ||y||^2, split the
+    same way. The first parts sum to at least (1 - share) times the subspace fit; the second is
+    share times a convex function of the shared decoder bias b alone, minimised (with a
+    certificate: strong convexity from the silent states) for every set of fired states."""
+    bounds = fits.copy()
+    l1 = float(spec.l1)
+    if l1 == 0:
+        return bounds
+    unions, which = np.unique(fired, return_inverse=True)
+    for share in SPARSITY_SHARES:
+        sparsity = share * _huber_floor(world, l1 / share, unions, spec.decoder_bias)
+        bounds = np.maximum(bounds, (1 - share) * fits + sparsity[which])
+    return bounds
+
+
+def _huber_floor(
+    world: NumericFeatureModel, threshold: float, unions: np.ndarray, decoder_bias: bool
+) -> np.ndarray:
+    """For each bit mask of fired states (U,), a lower bound on min over b of
+    sum_silent p ||x - b||^2 + sum_fired p huber(||x - b||) (b = 0 without a decoder bias):
+    iteratively reweighted means (each step minimises a quadratic majorant), then the value
+    less |gradient|^2 / (2 mu), mu = 2 P(silent) the strong convexity."""
+    X, p = world.states, world.probabilities
+    S = len(p)
+    on_US = ((unions[:, None] >> np.arange(S)) & 1).astype(bool)
+    b_UN = np.tile(p @ X, (len(unions), 1)) if decoder_bias else np.zeros((len(unions), X.shape[1]))
+
+    def terms(b_UN: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        diff_USN = X[None] - b_UN[:, None]
+        t_US = np.linalg.norm(diff_USN, axis=2)
+        steep = on_US & (t_US > threshold / 2)
+        value = np.where(steep, threshold * t_US - threshold**2 / 4, t_US**2) @ p
+        slope_US = (
+            np.where(steep, threshold / np.maximum(t_US, 1e-300), 2.0) * p
+        )  # dF = -sum c (x - b)
+        return value, slope_US, diff_USN
+
+    for _ in range(HUBER_STEPS if decoder_bias else 0):
+        _, slope_US, _ = terms(b_UN)
+        b_UN = (slope_US @ X) / slope_US.sum(1, keepdims=True)  # per row: sum_s c_s x_s / sum c_s
+    value, slope_US, diff_USN = terms(b_UN)
+    if not decoder_bias:
+        return value
+    gradient = np.linalg.norm(np.einsum("us,usn->un", slope_US, diff_USN), axis=1)
+    mu = 2.0 * (~on_US).astype(float) @ p
+    return np.where(mu > 0, value - gradient**2 / (2.0 * np.maximum(mu, 1e-300)), 0.0).clip(0.0)
+
+
 def _region_bound(
     residual_MD: np.ndarray, masks: list[np.ndarray | int], unassigned: int, full: int
 ) -> np.ndarray:
@@ -227,9 +307,16 @@ def _region_bound(
 
 
 # --- the convex inner problem: codes and biases for fixed decoder directions ---------------------
-def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _least_distance(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, guess: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """argmin psi^T G psi - 2 rhs.psi subject to C psi >= 0, and multipliers lam >= 0 with
     2 (G psi - rhs) = C^T lam.
+
+    `guess` (bool, one per constraint) names the constraints thought to be tight, e.g. those of
+    a nearby problem: the equality-constrained minimiser with exactly those tight is the answer
+    when it is feasible with non-negative multipliers (the problem is convex), which one linear
+    solve checks. Otherwise:
 
     With G = L L^T (plus a tiny ridge: G is only semi-definite when codes have directions the
     loss does not see) and u = L^T (psi - psi0), psi0 the unconstrained minimiser, this is the
@@ -239,11 +326,28 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
     m = len(G)
     if m == 0:
         return np.zeros(0), np.zeros(len(C))
-    G = G + RIDGE * (np.trace(G) / m + 1e-6) * np.eye(m)
+    for ridge in RIDGES:
+        found = _least_distance_ridged(
+            G + ridge * (np.trace(G) / m + 1e-6) * np.eye(m), rhs, C, guess
+        )
+        if found is not None:
+            return found
+    return _active_set(G, rhs, C)
+
+
+def _least_distance_ridged(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, guess: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`_least_distance` for a definite G, or None where rounding defeats it."""
+    if guess is not None and guess.any():
+        found = _tight_solve(G, rhs, C, guess)
+        if found is not None:
+            return found
     psi0 = np.linalg.solve(G, rhs)
     slack = C @ psi0
     if len(C) == 0 or slack.min() >= 0:
         return psi0, np.zeros(len(C))
+    m = len(G)
     L = np.linalg.cholesky(G)
     H = np.linalg.solve(L, C.T).T  # C L^-T
     f = np.zeros(m + 1)
@@ -255,11 +359,100 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
         v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
         r = E @ v - f
         if -r[-1] > 1e-12:
-            psi = psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1])
-            # a tiny r[-1] magnifies NNLS's rounding: accept only what (nearly) satisfies C
-            if (C @ psi).min() >= -1e-8 * max(1.0, np.abs(psi).max()):
-                return psi, 2.0 * v / -r[-1]
-    return np.zeros(m), np.zeros(len(C))  # psi = 0 is always feasible
+            psi, lam = psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1]), 2.0 * v / -r[-1]
+            if _solves(G, rhs, C, psi, lam):
+                return psi, lam
+            # an ill-conditioned G spoils the values but seldom which constraints are tight
+            found = _tight_solve(G, rhs, C, v > 0) if (v > 0).any() else None
+            if found is not None:
+                return found
+    return None
+
+
+def _solves(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, psi: np.ndarray, lam: np.ndarray
+) -> bool:
+    """Whether (psi, lam) satisfies the programme's optimality conditions up to rounding: a tiny
+    r[-1] in the reduction magnifies NNLS's rounding into a wrong answer."""
+    size = max(1.0, np.abs(psi).max())
+    gradient = 2.0 * (G @ psi - rhs)
+    stationary = np.abs(gradient - C.T @ lam).max() <= 1e-8 * max(
+        1.0, np.abs(2.0 * G @ psi).max(), np.abs(2.0 * rhs).max()
+    )
+    slack = C @ psi
+    return bool(
+        stationary
+        and slack.min() >= -1e-9 * size
+        and np.abs(lam * slack).max() <= 1e-9 * size * max(1.0, lam.max())
+    )
+
+
+def _active_set(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_least_distance` by the primal active-set method (Nocedal and Wright, Numerical
+    Optimization, 16.3) with null-space steps, which tolerate dependent tight constraints: the
+    slow, sure path where rounding defeats the reduction. It starts from the feasible point
+    where every constrained parameter (every code) is 0."""
+    m = len(G)
+    G = G + RIDGES[0] * (np.trace(G) / m + 1e-6) * np.eye(m)
+    psi = np.zeros(m)
+    free = ~np.abs(C).any(0)  # the decoder bias: no constraint involves it
+    if free.any():
+        psi[free] = np.linalg.solve(G[np.ix_(free, free)], rhs[free])
+    size = lambda: max(1.0, np.abs(psi).max())  # noqa: E731
+    tight = np.abs(C @ psi) <= 1e-12
+    lam = np.zeros(len(C))
+    for _ in range(20 * (m + len(C))):
+        basis = scipy.linalg.null_space(C[tight]) if tight.any() else np.eye(m)
+        reduced = basis.T @ G @ basis
+        step = (
+            basis @ np.linalg.solve(reduced, basis.T @ (rhs - G @ psi))
+            if basis.size
+            else np.zeros(m)
+        )
+        if np.abs(step).max() <= 1e-13 * size():
+            lam = np.zeros(len(C))
+            if tight.any():
+                lam[tight] = np.linalg.lstsq(C[tight].T, 2.0 * (G @ psi - rhs), rcond=None)[0]
+            if lam.min() >= -1e-12 * max(1.0, np.abs(lam).max()):
+                return psi, np.clip(lam, 0.0, None)
+            tight[int(np.argmin(lam))] = False
+            continue
+        along = C @ step
+        blocking = (~tight) & (along < -1e-15)
+        ratios = np.where(blocking, -(C @ psi) / np.where(blocking, along, -1.0), np.inf)
+        hit = int(np.argmin(ratios))
+        psi = psi + min(1.0, max(ratios[hit], 0.0)) * step
+        if ratios[hit] < 1.0:
+            tight[hit] = True
+    return psi, np.clip(lam, 0.0, None)
+
+
+def _tight_solve(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, tight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The minimiser with the `tight` constraints held at equality and its multipliers, if it
+    satisfies every constraint with non-negative multipliers (so solves the programme)."""
+    m, w = len(G), int(tight.sum())
+    kkt = np.zeros((m + w, m + w))
+    kkt[:m, :m] = G
+    kkt[:m, m:] = C[tight].T
+    kkt[m:, :m] = C[tight]
+    target = np.concatenate([rhs, np.zeros(w)])
+    try:
+        solution = np.linalg.solve(kkt, target)
+    except np.linalg.LinAlgError:
+        return None
+    psi, lam_tight = solution[:m], -2.0 * solution[m:]
+    size = max(1.0, np.abs(psi).max())
+    if (
+        lam_tight.min() < -1e-12 * max(1.0, np.abs(lam_tight).max())
+        or (C @ psi).min() < -1e-10 * size
+        or np.abs(kkt @ solution - target).max() > 1e-10 * max(1.0, np.abs(target).max())
+    ):
+        return None
+    lam = np.zeros(len(C))
+    lam[tight] = np.clip(lam_tight, 0.0, None)
+    return psi, lam
 
 
 @dataclass(frozen=True)
@@ -298,10 +491,12 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     """`_inner_solve` for one region as a function of the directions alone, with every moment
     of the states that does not depend on them computed once.
 
-    Latent i's code is masked_i T_i psi_i with masked_i = z_s on its states (0 elsewhere) and
-    T_i the identity (affine code) or [[e_i, 0], [0, 1]] (a finite tied latent: kappa e_i.x + t),
-    so the quadratic's blocks are (e_i.e_j) T_i^T W_ij T_j with W_ij = sum_s p_s m_is m_js z_s
-    z_s^T, and the constraints of affine codes do not depend on the directions at all.
+    Lifted, latent i's code is m_is z_s . theta_i with m_is = 1 on its states, theta_i = psi_i
+    (an affine code) or theta_i = T_i psi_i with T_i = [[e_i, 0], [0, 1]] (a finite tied latent:
+    kappa e_i.x + t). The quadratic's code block is T^T ((R R^T) * W) T with W = sum_s p_s
+    (m z)_s (m z)_s^T over all latents and R repeating each latent's direction once per lifted
+    coefficient; the constraints of affine codes do not depend on the directions at all. Each
+    call starts from the constraints that were tight at the previous call (BFGS moves a little).
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
     their multipliers."""
@@ -311,57 +506,69 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     Z = _affine_design(X)
     faces = faces or (None,) * k
     finite_tied = [spec.tied and face is None for face in faces]
-    masked = [Z * a[:, None] for a in active]
-    weighted = [m * p[:, None] for m in masked]
-    W = {(i, j): weighted[i].T @ masked[j] for i in range(k) for j in range(i, k)}
-    Y = [w.T @ X for w in weighted]  # sum_s p_s m_is z_s x_s^T
-    v = [w.sum(0) for w in weighted]  # sum_s p_s m_is z_s
+    lifted = np.concatenate([Z * a[:, None] for a in active], axis=1)  # (S, k (n + 1))
+    W = (lifted * p[:, None]).T @ lifted
+    Y = (lifted * p[:, None]).T @ X  # row (i, a): sum_s p_s m_is z_sa x_s
+    v = p @ lifted
     size = [2 if tied else n + 1 for tied in finite_tied]
     q = np.cumsum([0, *size])
-    n_psi = q[-1] + (n if spec.decoder_bias else 0)
+    n_code, n_psi = q[-1], q[-1] + (n if spec.decoder_bias else 0)
     side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
     held = [face.states if face is not None else np.ones(S, bool) for face in faces]
     signed = [(side[i][:, None] * Z)[held[i]] for i in range(k)]
-    first_row = np.cumsum([0] + [int(h.sum()) + tied for h, tied in zip(held, finite_tied)])
+    first_row = np.cumsum([0] + [int(h.sum()) + t for h, t in zip(held, finite_tied, strict=True)])
     C = np.zeros((first_row[-1], n_psi))
     for i in range(k):
         if not finite_tied[i]:
             C[first_row[i] : first_row[i] + len(signed[i]), q[i] : q[i + 1]] = signed[i]
         else:
             C[first_row[i + 1] - 1, q[i]] = 1.0  # kappa >= 0
-    mean = p @ X
+    G = np.zeros((n_psi, n_psi))
+    rhs = np.zeros(n_psi)
+    if spec.decoder_bias:
+        G[n_code:, n_code:] = np.eye(n) * p.sum()
+        rhs[n_code:] = p @ X
     scale = max(1.0, float(np.abs(X).max()))
+    any_tied = any(finite_tied)
+    tight = [None]  # the constraints tight at the previous call
+
+    def lift(directions: np.ndarray) -> np.ndarray | None:
+        """T: lifted coefficients (k (n + 1)) from psi's code part, or None when it is I."""
+        if not any_tied:
+            return None
+        T = np.zeros((k * (n + 1), n_code))
+        for i, e in enumerate(directions):
+            rows = slice(i * (n + 1), (i + 1) * (n + 1))
+            if finite_tied[i]:
+                T[rows, q[i]][:n] = e
+                T[i * (n + 1) + n, q[i] + 1] = 1.0
+            else:
+                T[rows, q[i] : q[i + 1]] = np.eye(n + 1)
+        return T
 
     def solve(directions: np.ndarray) -> _Inner:
-        T = [
-            np.array([[*e, 0.0], [0.0] * n + [1.0]]).T if tied else None
-            for e, tied in zip(directions, finite_tied)
-        ]
-
-        def through(i: int, a: np.ndarray) -> np.ndarray:  # T_i^T a
-            return a if T[i] is None else T[i].T @ a
-
-        G = np.zeros((n_psi, n_psi))
-        rhs = np.zeros(n_psi)
-        linear = np.zeros(n_psi)
-        gram = directions @ directions.T
-        for (i, j), Wij in W.items():
-            block = Wij if T[j] is None else Wij @ T[j]
-            block = gram[i, j] * through(i, block)
-            G[q[i] : q[i + 1], q[j] : q[j + 1]] = block
-            G[q[j] : q[j + 1], q[i] : q[i + 1]] = block.T
-        for i, e in enumerate(directions):
-            linear[q[i] : q[i + 1]] = through(i, v[i])
-            rhs[q[i] : q[i + 1]] = through(i, Y[i] @ e)
-            if spec.decoder_bias:
-                G[q[i] : q[i + 1], q[-1] :] = np.outer(linear[q[i] : q[i + 1]], e)
-                G[q[-1] :, q[i] : q[i + 1]] = G[q[i] : q[i + 1], q[-1] :].T
+        R = np.repeat(directions, n + 1, axis=0)
+        code_G = (R @ R.T) * W
+        code_rhs = (Y * R).sum(1) - 0.5 * l1 * v
+        coupling = v[:, None] * R  # d^2 / d theta d b
+        linear = v
+        T = lift(directions)
+        if T is not None:
+            code_G, code_rhs, coupling, linear = (
+                T.T @ code_G @ T,
+                T.T @ code_rhs,
+                T.T @ coupling,
+                T.T @ v,
+            )
+            for i in np.nonzero(finite_tied)[0]:
+                C[first_row[i] : first_row[i + 1] - 1, q[i] : q[i + 1]] = (
+                    signed[i] @ T[i * (n + 1) : (i + 1) * (n + 1), q[i] : q[i + 1]]
+                )
+        G[:n_code, :n_code] = code_G
+        rhs[:n_code] = code_rhs
         if spec.decoder_bias:
-            G[q[-1] :, q[-1] :] = np.eye(n) * p.sum()
-            rhs[q[-1] :] = mean
-        rhs -= 0.5 * l1 * linear
-        for i in np.nonzero(finite_tied)[0]:
-            C[first_row[i] : first_row[i + 1] - 1, q[i] : q[i + 1]] = signed[i] @ T[i]
+            G[:n_code, n_code:] = coupling
+            G[n_code:, :n_code] = coupling.T
         # a finite tied latent whose direction does not separate its states can only be silent
         # (kappa = t = 0): its constraints have no interior, which the reduction cannot take
         keep, rows = np.ones(n_psi, bool), np.ones(len(C), bool)
@@ -371,28 +578,27 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
             if on.any() and (~on).any() and along[on].min() < along[~on].max() - 1e-12 * scale:
                 keep[q[i] : q[i + 1]] = False
                 rows[first_row[i] : first_row[i + 1]] = False
-        psi, lam = np.zeros(n_psi), np.zeros(len(C))
-        psi[keep], lam[rows] = _least_distance(
-            G[np.ix_(keep, keep)], rhs[keep], C[np.ix_(rows, keep)]
-        )
-        code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
-        codes_SK = np.stack(
-            [
-                masked[i] @ (code if T[i] is None else T[i] @ code)
-                for i, code in enumerate(code_params)
-            ],
-            axis=1,
-        )
-        bias = psi[q[-1] :] if spec.decoder_bias else np.zeros(n)
+        if keep.all():
+            psi, lam = _least_distance(G, rhs, C, tight[0])
+        else:
+            psi, lam = np.zeros(n_psi), np.zeros(len(C))
+            psi[keep], lam[rows] = _least_distance(
+                G[np.ix_(keep, keep)], rhs[keep], C[np.ix_(rows, keep)]
+            )
+        tight[0] = lam > 0
+        theta = psi[:n_code] if T is None else T @ psi[:n_code]
+        codes_SK = (lifted * theta).reshape(S, k, n + 1).sum(2)
+        bias = psi[n_code:] if spec.decoder_bias else np.zeros(n)
         residual = X - bias - codes_SK @ directions
-        loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
+        loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi[:n_code])
         grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
         for i in np.nonzero(finite_tied)[0]:  # a tied code depends on e through kappa * e.x ...
             kappa = psi[q[i]]
             weight = p * active[i] * (l1 - 2.0 * residual @ directions[i])
             weight = weight - lam[first_row[i] : first_row[i] + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X
-        return _Inner(loss, codes_SK, bias, grad, code_params)
+        code_params = [psi[q[i] : q[i + 1]].copy() for i in range(k)]
+        return _Inner(loss, codes_SK, bias.copy(), grad, code_params)
 
     return solve
 
@@ -735,8 +941,11 @@ def global_optimum(
     best = _candidate(world, spec, nobody, silent, None)
     full = 2**S - 1
     regions = _regions(residual_MD, masks, k, full, best.loss)
-    bounds = [float(_region_bound(residual_MD, list(masks[list(r)]), 0, full)) for r in regions]
-    regions = [regions[i] for i in np.argsort(bounds, kind="stable")]
+    fits = np.array([_region_bound(residual_MD, list(masks[list(r)]), 0, full) for r in regions])
+    fired = np.array([np.bitwise_or.reduce(masks[list(r)]) for r in regions], dtype=np.int64)
+    bounds = _with_sparsity(world, spec, fits.reshape(len(regions)), fired)
+    order = np.argsort(bounds, kind="stable")
+    regions, bounds = [regions[i] for i in order], bounds[order]
 
     def as_active(region: tuple[int, ...]) -> np.ndarray:
         return ((masks[list(region)][:, None] >> np.arange(S)) & 1).astype(float)
@@ -745,10 +954,10 @@ def global_optimum(
         best = _width1_optimum(world, spec, [as_active(r) for r in regions], l1, best)
         return Optimum(best.params, best.loss, best.active, len(regions))
     tried = 0
-    for region in regions:
+    for region, bound in zip(regions, bounds, strict=True):
+        if bound > best.loss - 1e-12:
+            break  # regions come in order of their bound, and the best has improved
         active = as_active(region)
-        if _region_bound(residual_MD, list(masks[list(region)]), 0, full) > best.loss - 1e-12:
-            continue  # the best has improved since the region was listed
         tried += 1
         starts = _direction_starts(world, active, rng)
         for faces in _limit_variants(world, spec, active):
