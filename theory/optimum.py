@@ -81,6 +81,8 @@ RIDGES = (1e-12, 1e-9)  # relative ridges that make the region quadratic definit
 # directions); the larger one only where rounding defeats the smaller
 FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
 MAX_BOUND_STATES = 16  # the subspace-fit bound tabulates every subset of states
+REGION_SLACK = 1e-9  # regions that could beat the best by less (a rounding error of a realised
+# limit latent's loss) are not searched
 SPARSITY_SHARES = (0.1, 0.25, 0.5, 1.0)  # shares of the loss the L1 bound is taken on
 HUBER_STEPS = 60  # reweighted-mean steps of the L1 bound's minimisation over the decoder bias
 LIMIT_TILTS = (1e-6, 1e-7, 1e-8, 1e-9)  # decoder tilts tried when realising a limit latent
@@ -200,11 +202,22 @@ def _limit_variants(
     world: NumericFeatureModel, spec: SAESpec, active: np.ndarray
 ) -> list[tuple[_Face | None, ...]]:
     """Ways to search a region: every latent finite, then (tied only) each choice of latents
-    taken in their limit of unbounded gain, where their states lie on a proper face."""
+    taken in their limit of unbounded gain, where their states lie on a proper face (a latent
+    on a single state only in its limit, which includes its finite forms)."""
     k = len(active)
     if not spec.tied:
         return [(None,) * k]
-    options = [[None] + ([face] if (face := _face_of(world, a > 0)) else []) for a in active]
+    options = []
+    for a in active:
+        face = _face_of(world, a > 0)
+        if face is None:
+            options.append([None])
+        elif a.sum() == 1:
+            # one state v: a finite latent must decode along the interior of v's normal cone,
+            # the limit along all of it, with the same free code at v: the limit covers both
+            options.append([face])
+        else:
+            options.append([None, face])
     return list(itertools.product(*options))
 
 
@@ -391,7 +404,8 @@ def _active_set(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarr
     """`_least_distance` by the primal active-set method (Nocedal and Wright, Numerical
     Optimization, 16.3) with null-space steps, which tolerate dependent tight constraints: the
     slow, sure path where rounding defeats the reduction. It starts from the feasible point
-    where every constrained parameter (every code) is 0."""
+    where every constrained parameter (every code) is 0 and the rest (the decoder bias) is
+    optimal."""
     m = len(G)
     G = G + RIDGES[0] * (np.trace(G) / m + 1e-6) * np.eye(m)
     psi = np.zeros(m)
@@ -399,7 +413,9 @@ def _active_set(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarr
     if free.any():
         psi[free] = np.linalg.solve(G[np.ix_(free, free)], rhs[free])
     size = lambda: max(1.0, np.abs(psi).max())  # noqa: E731
-    tight = np.abs(C @ psi) <= 1e-12
+    # every constraint holds with equality at the start, so any of them may start tight: those
+    # the unconstrained minimiser breaks are a good guess (few to drop or add)
+    tight = (C @ np.linalg.solve(G, rhs)) < 0
     lam = np.zeros(len(C))
     for _ in range(20 * (m + len(C))):
         basis = scipy.linalg.null_space(C[tight]) if tight.any() else np.eye(m)
@@ -955,7 +971,7 @@ def global_optimum(
         return Optimum(best.params, best.loss, best.active, len(regions))
     tried = 0
     for region, bound in zip(regions, bounds, strict=True):
-        if bound > best.loss - 1e-12:
+        if bound > best.loss - REGION_SLACK:
             break  # regions come in order of their bound, and the best has improved
         active = as_active(region)
         tried += 1
