@@ -49,13 +49,16 @@ codes and cancelling decoders might approach yet another limit (none met in rand
 
 Regions are tuples of separable state sets, one per latent, searched by branch and bound: a
 partial tuple is abandoned when a lower bound on every completion cannot beat the best loss so
-far. The bound ignores the L1 term and relaxes the shared decoder bias and directions: states
+far. That bound ignores the L1 term and relaxes the shared decoder bias and directions: states
 that the same set L of latents fire on (with m latents still unassigned) are reconstructed in
 an affine subspace of dimension |L| + m, so they cost at least the residual of the best such
 subspace (the trailing eigenvalues of their weighted covariance; without a decoder bias,
 linear subspaces and the uncentred second moment). Where more than MAX_REGIONS regions survive
 it (the hedging paper's 12-state multi-latent toy at width 3: about 25 million) the model is
-refused with a ValueError rather than searched for hours.
+refused with a ValueError rather than searched for hours. A complete region's bound also
+counts the L1 term (`_with_sparsity`: a share of the loss bounded through the fired states'
+distance to the shared decoder bias); regions are searched in order of it and the search stops
+at the first whose bound cannot beat the best.
 """
 
 from __future__ import annotations
@@ -77,8 +80,8 @@ from theory.sae import SAEParams, SAESpec, codes, expected_loss, unit_rows
 STARTS_PER_REGION = 2  # local searches per region, from the best starts by their loss
 MAX_REGIONS = 200_000  # activation regions one exact optimum may list
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
-RIDGES = (1e-12, 1e-9)  # relative ridges that make the region quadratic definite (codes' free
-# directions); the larger one only where rounding defeats the smaller
+RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
+RETRY_RIDGE = 1e-9  # ... and a larger one, tried where rounding defeats the first
 FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
 MAX_BOUND_STATES = 16  # the subspace-fit bound tabulates every subset of states
 REGION_SLACK = 1e-9  # regions that could beat the best by less (a rounding error of a realised
@@ -339,7 +342,7 @@ def _least_distance(
     m = len(G)
     if m == 0:
         return np.zeros(0), np.zeros(len(C))
-    for ridge in RIDGES:
+    for ridge in (RIDGE, RETRY_RIDGE):
         found = _least_distance_ridged(
             G + ridge * (np.trace(G) / m + 1e-6) * np.eye(m), rhs, C, guess
         )
@@ -407,12 +410,11 @@ def _active_set(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarr
     where every constrained parameter (every code) is 0 and the rest (the decoder bias) is
     optimal."""
     m = len(G)
-    G = G + RIDGES[0] * (np.trace(G) / m + 1e-6) * np.eye(m)
+    G = G + RIDGE * (np.trace(G) / m + 1e-6) * np.eye(m)
     psi = np.zeros(m)
     free = ~np.abs(C).any(0)  # the decoder bias: no constraint involves it
     if free.any():
         psi[free] = np.linalg.solve(G[np.ix_(free, free)], rhs[free])
-    size = lambda: max(1.0, np.abs(psi).max())  # noqa: E731
     # every constraint holds with equality at the start, so any of them may start tight: those
     # the unconstrained minimiser breaks are a good guess (few to drop or add)
     tight = (C @ np.linalg.solve(G, rhs)) < 0
@@ -425,7 +427,7 @@ def _active_set(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarr
             if basis.size
             else np.zeros(m)
         )
-        if np.abs(step).max() <= 1e-13 * size():
+        if np.abs(step).max() <= 1e-13 * max(1.0, np.abs(psi).max()):
             lam = np.zeros(len(C))
             if tight.any():
                 lam[tight] = np.linalg.lstsq(C[tight].T, 2.0 * (G @ psi - rhs), rcond=None)[0]
@@ -762,7 +764,9 @@ def _coordinates(rows: np.ndarray, faces: tuple[_Face | None, ...]) -> np.ndarra
     )
 
 
-def _rows(y: np.ndarray, n: int, faces: tuple[_Face | None, ...]) -> list[np.ndarray]:
+def _rows(
+    y: np.ndarray, n: int, faces: tuple[_Face | None, ...]
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """Decoder rows (not yet unit) of search coordinates, and each latent's share of y."""
     sizes = [n if face is None else len(face.generators) for face in faces]
     parts = np.split(y, np.cumsum(sizes)[:-1])
@@ -957,9 +961,11 @@ def global_optimum(
     best = _candidate(world, spec, nobody, silent, None)
     full = 2**S - 1
     regions = _regions(residual_MD, masks, k, full, best.loss)
-    fits = np.array([_region_bound(residual_MD, list(masks[list(r)]), 0, full) for r in regions])
+    fits = np.array(
+        [_region_bound(residual_MD, list(masks[list(r)]), 0, full) for r in regions], dtype=float
+    )
     fired = np.array([np.bitwise_or.reduce(masks[list(r)]) for r in regions], dtype=np.int64)
-    bounds = _with_sparsity(world, spec, fits.reshape(len(regions)), fired)
+    bounds = _with_sparsity(world, spec, fits, fired)
     order = np.argsort(bounds, kind="stable")
     regions, bounds = [regions[i] for i in order], bounds[order]
 
