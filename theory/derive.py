@@ -5,12 +5,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import sympy as sp
 
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
 from theory.features import FeatureModel, WorldConfig
 from theory.optimum import Optimum, global_optimum
-from theory.sae import SAESpec, codes
+from theory.architectures import architecture_codes
+from theory.sae import SAESpec
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,11 @@ def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int
 def optimum_record(
     model: FeatureModel, spec: SAESpec, optimum: Optimum, symbolic: bool = False
 ) -> dict:
-    """The JSON record of an optimum already found (keys as `derive`'s, without timing)."""
+    """The JSON record of an optimum already found (keys as `derive`'s, without timing).
+    Two-feature models add "hedging": each latent's unit-decoder component on the second
+    feature (the child in the hedging paper's scenarios), 0 for latents that never fire."""
     patterns = ["".join(map(str, pat)) for pat in model.patterns]
-    firing_SK = codes(model.numeric(), optimum.params) > 0
+    firing_SK = architecture_codes(model.numeric(), optimum.params, spec) > 0
     record = {
         **optimum.params.to_json(),
         "expected_loss": optimum.loss,
@@ -65,13 +69,24 @@ def optimum_record(
             "l1": float(spec.l1),
             "tied": spec.tied,
             "decoder_bias": spec.decoder_bias,
+            "architecture": spec.architecture,
+            "k": spec.k,
+            "l0": float(spec.l0),
         },
         "model": model.describe(),
         "regions_tried": optimum.regions_tried,
     }
+    if model.n_features == 2:
+        record["hedging"] = hedging_components(optimum.params.decoder)
     if symbolic:
         record["symbolic"] = closed_forms_latex(model, spec, optimum.active)
     return record
+
+
+def hedging_components(decoder_KN: np.ndarray) -> list[float]:
+    """Each latent's child (second-feature) component of its unit decoder row; 0 when dead."""
+    norms_K = np.linalg.norm(decoder_KN, axis=1)
+    return [float(d[1] / n) if n > 0 else 0.0 for d, n in zip(decoder_KN, norms_K, strict=True)]
 
 
 def closed_forms_latex(
@@ -79,8 +94,13 @@ def closed_forms_latex(
 ) -> dict[str, str]:
     """LaTeX of the optimum's closed forms in symbols P_{pattern} of the state probabilities.
 
-    Available for width-1 untied SAEs (the region's quadratic form on the sphere; at l1 = 0 the
-    decoder angle and hedging ratio of a 2-feature model)."""
+    Available for width-1 untied ReLU-L1 SAEs (the region's quadratic form on the sphere; at
+    l1 = 0 the decoder angle and hedging ratio of a 2-feature model)."""
+    if spec.architecture != "relu-l1":
+        return {
+            "note": f"closed forms are given for relu-l1; this {spec.architecture} optimum "
+            "comes from the direction search of its region (theory.gated)"
+        }
     if spec.width != 1 or spec.tied:
         return {
             "note": "closed forms are given for width-1 untied SAEs; this optimum comes "

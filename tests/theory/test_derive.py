@@ -51,7 +51,15 @@ def test_variants_select_the_sae(capsys):
         capsys, "--scenario", "hierarchical", "--tied", "--decoder-bias", "false", "--json"
     )
     record = json.loads(out)
-    assert record["spec"] == {"width": 1, "l1": 0.0, "tied": True, "decoder_bias": False}
+    assert record["spec"] == {
+        "width": 1,
+        "l1": 0.0,
+        "tied": True,
+        "decoder_bias": False,
+        "architecture": "relu-l1",
+        "k": 1,
+        "l0": 0.0,
+    }
     assert record["decoder_bias"] == [0.0, 0.0]
     assert np.allclose(record["encoder"], np.abs(record["encoder"]))
 
@@ -64,7 +72,9 @@ def test_fires_on_lists_exactly_the_states_with_a_positive_code(capsys):
         capsys, "--joint", table, "--width", "2", "--tied", "--l1", "0.02", "--json"
     )
     record = json.loads(out)
-    params = SAEParams(*(np.array(record[key]) for key in SAEParams.__dataclass_fields__))
+    params = SAEParams(
+        **{key: np.array(record[key]) for key in SAEParams.__dataclass_fields__ if key in record}
+    )
     h = codes(from_table(table).numeric(), params)
     patterns = list(record["model"]["states"])
     for i, fires in enumerate(record["fires_on"]):
@@ -88,6 +98,13 @@ def test_fires_on_lists_exactly_the_states_with_a_positive_code(capsys):
         (["--scenario", "correlated", "--width", "two"], "invalid int value: 'two'"),
         ([], "give a state table (joint) or a scenario"),
         (["--joint", "00:1", "--scenario", "correlated"], "not both"),
+        (["--scenario", "correlated", "--architecture", "gated"], "unknown architecture 'gated'"),
+        (["--scenario", "correlated", "--architecture", "topk", "--k", "0"], "k must be"),
+        (["--scenario", "correlated", "--k", "2"], "k = 2 applies to topk and batchtopk"),
+        (["--scenario", "correlated", "--architecture", "topk", "--l1", "0.1"], "relu-l1 only"),
+        (["--scenario", "correlated", "--architecture", "jumprelu", "--l0", "-1"], "l0 must"),
+        (["--scenario", "correlated", "--l0", "0.1"], "l0 = 0.1 applies to jumprelu only"),
+        (["--scenario", "correlated", "--architecture", "topk", "--tied"], "tied topk"),
     ],
 )
 def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
@@ -95,3 +112,28 @@ def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--architecture", "topk", "--k", "1", "--width", "2"],
+        ["--architecture", "batchtopk", "--k", "1", "--width", "2"],
+        ["--architecture", "jumprelu", "--l0", "0.01"],
+    ],
+)
+def test_derive_solves_each_architecture(capsys, args):
+    code, out, _ = _derive(capsys, "--scenario", "hierarchical", *args, "--json")
+    assert code == 0
+    record = json.loads(out)
+    spec = SAESpec(
+        int(args[args.index("--width") + 1]) if "--width" in args else 1,
+        architecture=args[1],
+        **({"k": 1} if "--k" in args else {"l0": 0.01}),
+    )
+    assert record["spec"]["architecture"] == spec.architecture
+    model = from_table("00:0.75,10:0.2,11:0.05")
+    assert record["expected_loss"] == pytest.approx(global_optimum(model, spec).loss, abs=1e-9)
+    assert len(record["hedging"]) == spec.width
+    if spec.architecture == "jumprelu":  # the realised threshold separates the firing states
+        assert record["fires_on"] == [["10", "11"]] and record["threshold"][0] > 0

@@ -27,7 +27,8 @@ from theory.config import (
 from theory.features import PAPER_L1, SCENARIOS, FeatureModel, WorldConfig, scenario
 from theory.optimum import Optimum, global_optimum
 from theory.predictions import catalogue
-from theory.sae import SAEParams, SAESpec, expected_loss
+from theory.architectures import architecture_loss
+from theory.sae import SAEParams, SAESpec
 from toymodels.experiments.common import (
     EmbeddedWorlds,
     best_of_restarts,
@@ -69,15 +70,16 @@ class FitConfig:
             require_positive_int(name, getattr(self, name))
 
 
-def train_relu_l1(
+def train_saes(
     worlds: Sequence[FeatureModel],
     configs: Sequence[tuple[int, float, int]],
     fit: FitConfig,
     spec: SAESpec | None = None,
 ) -> list[SAEParams]:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
-    restart's parameters in the feature basis (not folded). `spec` gives the variant (tied,
-    decoder bias); its width and l1 are the configs'."""
+    restart's parameters in the feature basis (not folded). `spec` gives the variant
+    (architecture with its k or l0, tied, decoder bias); its width and l1 are the configs'
+    (l1 is 0 for every architecture but relu-l1)."""
     spec = spec or SAESpec()
     members = [c for _ in range(fit.restarts) for c in configs]
     seed = fit.train.seed
@@ -93,15 +95,15 @@ def train_relu_l1(
     )
     held_out = EmbeddedWorlds(worlds, [w for w, _, _ in members], fit.d_in, seed)
     sae = make_sae(
-        "relu-l1",
+        spec.architecture,
         d_in=fit.d_in,
         n_latents=max(width for _, _, width in members),
         n_members=len(members),
         widths=[width for _, _, width in members],
-        l1=[l1 for _, l1, _ in members],
         tied=spec.tied,
         decoder_bias=spec.decoder_bias,
         generator=torch.Generator().manual_seed(seed),
+        **_sparsity(spec, [l1 for _, l1, _ in members]),
     )
     train(sae, data, fit.train)
     losses = held_out_loss(sae, held_out, fit.held_out_samples, seed=seed + 1)
@@ -109,8 +111,20 @@ def train_relu_l1(
     return [params[m] for m in best_of_restarts(losses, len(configs))]
 
 
-def compare(world: FeatureModel, l1: float, trained: SAEParams, optimum: Optimum) -> dict:
-    """Trained (folded, latents matched to the optimum's) against theory's optimum."""
+def _sparsity(spec: SAESpec, l1_per_member: list[float]) -> dict:
+    """The toy SAE config's sparsity hyperparameters for `spec`'s architecture."""
+    if spec.architecture == "relu-l1":
+        return {"l1": l1_per_member}
+    if any(l1_per_member):
+        raise ValueError(f"l1 applies to relu-l1 only; {spec.architecture} has none")
+    if spec.architecture == "jumprelu":
+        return {"l0_coefficient": float(spec.l0)}
+    return {"k": spec.k}
+
+
+def compare(world: FeatureModel, spec: SAESpec, trained: SAEParams, optimum: Optimum) -> dict:
+    """Trained (folded, latents matched to the optimum's) against theory's optimum, the loss
+    by `spec`'s architecture."""
     folded = trained.folded()
     order = match_latents(folded.decoder, optimum.params.decoder)
     matched = SAEParams(
@@ -118,8 +132,9 @@ def compare(world: FeatureModel, l1: float, trained: SAEParams, optimum: Optimum
         folded.encoder_bias[order],
         folded.decoder[order],
         folded.decoder_bias,
+        None if folded.threshold is None else folded.threshold[order],
     )
-    measured_loss = float(expected_loss(world.numeric(), trained, l1))
+    measured_loss = architecture_loss(world.numeric(), trained, spec)
     return {
         "params": matched,
         "decoder_cosine_distance": [
@@ -181,11 +196,11 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
         seeds={"sae_init_and_data": seed, "held_out": seed + 1},
         kind="toy-scenarios",
     )
-    trained = train_relu_l1(worlds, configs, config.fit)
+    trained = train_saes(worlds, configs, config.fit)
     rows, losses = [], []
     for (w, l1, width), params in zip(configs, trained, strict=True):
         optimum = global_optimum(worlds[w], SAESpec(width, l1))
-        result = compare(worlds[w], l1, params, optimum)
+        result = compare(worlds[w], SAESpec(width, l1), params, optimum)
         key = {"scenario": config.scenarios[w], "l1": l1, "width": width}
         for latent in range(width):
             for quantity, (field_name, feature) in QUANTITIES.items():
@@ -230,7 +245,8 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
 
 @dataclass(frozen=True)
 class ToyTrainConfig:
-    """`toy train`: one ReLU-L1 SAE trained on a feature model, next to theory's optimum."""
+    """`toy train`: one SAE (any architecture theory solves) trained on a feature model, next to
+    theory's optimum for the same architecture."""
 
     world: WorldConfig = field(default_factory=WorldConfig)
     sae: SAESpec = field(default_factory=SAESpec)
@@ -253,9 +269,9 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
 
     model, spec = config.world.feature_model(), config.sae
     start = time.perf_counter()
-    (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], config.fit, spec)
+    (trained,) = train_saes([model], [(0, float(spec.l1), spec.width)], config.fit, spec)
     optimum = global_optimum(model, spec, seed=config.fit.train.seed)
-    result = compare(model, float(spec.l1), trained, optimum)
+    result = compare(model, spec, trained, optimum)
     return {
         **result["params"].to_json(),
         "expected_loss": result["expected_loss"],
@@ -265,6 +281,6 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
             "decoder_child_components": result["decoder_child_components"],
             "loss_gap": result["loss_gap"],
         },
-        "training": {**config_to_json(config.fit), "architecture": "relu-l1"},
+        "training": {**config_to_json(config.fit), "architecture": spec.architecture},
         "seconds": time.perf_counter() - start,
     }
