@@ -20,7 +20,9 @@ from theory.closed_forms import (
     tracking_decoder,
     width1_region_terms,
 )
-from theory.features import two_feature
+from theory.features import SCENARIOS, scenario, two_feature
+from theory.optimum import global_optimum
+from theory.sae import SAESpec
 
 p, a, b = sp.symbols("p a b", positive=True)
 l1 = sp.Symbol("lambda", nonnegative=True)
@@ -138,6 +140,31 @@ def absorption_slope() -> Prediction:
         (p10, p11, p01, l1),
         "d loss / d delta at delta = 0 for the absorption family",
     )
+
+
+def hedging_by_architecture(
+    specs: Sequence[SAESpec], scenarios: Sequence[str] = tuple(SCENARIOS), p_parent: float = 0.25
+) -> list[dict]:
+    """Per scenario and spec, the exact optimum's hedging: the child component of its first
+    latent's unit decoder (width 1: the latent), next to P(child | parent). Numeric (the
+    gated architectures have no closed form), one exact optimum per row."""
+    rows = []
+    for name in scenarios:
+        model = scenario(name, p_parent)
+        p_child_given_parent = float(SCENARIOS[name][0])
+        for spec in specs:
+            decoder = global_optimum(model, spec).params.decoder[0]
+            norm = float(np.linalg.norm(decoder))
+            rows.append(
+                {
+                    "scenario": name,
+                    "architecture": spec.architecture,
+                    "spec": spec,
+                    "hedging": float(decoder[1]) / norm if norm > 0 else 0.0,
+                    "p_child_given_parent": p_child_given_parent,
+                }
+            )
+    return rows
 
 
 def catalogue() -> list[Prediction]:
