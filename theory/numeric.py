@@ -11,7 +11,10 @@ displaced or crosses its threshold. Between jumps the loss is smooth, with the g
 fixed gate pattern, so the same multi-start L-BFGS-B runs on it (a step across a jump that
 raises the loss is rejected by the line search). JumpReLU's thresholds get no gradient at
 all: they are set exactly, latent by latent, by trying every value that changes the gate (0
-and each state's pre-activation), alternating with L-BFGS-B on the other parameters.
+and each state's pre-activation), alternating with L-BFGS-B on the other parameters. As the
+L0 term has no gradient either, JumpReLU runs also start from a smoothed loss (the step made a
+sigmoid of temperature tau, annealed toward 0, thresholds free, finite-difference gradients),
+whose minimisers are then polished the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ _POLISH_ROUNDS = 4  # fresh L-BFGS memory helps when the previous run stalled at
 _N_POLISHED = 4
 _REGION_ROUNDS = 4
 _THRESHOLD_ROUNDS = 4  # JumpReLU: exact thresholds, then L-BFGS-B on the rest, this many times
+_TEMPERATURES = (0.1, 0.03, 0.01, 0.003)  # JumpReLU's smoothed step, relative to the magnitudes
 
 
 @dataclass(frozen=True)
@@ -368,6 +372,8 @@ def _gated_numeric(
         return theta, threshold
 
     runs = [descend(theta0, np.zeros(k) if jump else None) for theta0 in starts]
+    if jump:
+        runs += [descend(*_smoothed_jumprelu(world, layout, spec, theta0)) for theta0 in starts]
     losses = [exact(theta, threshold) for theta, threshold in runs]
     polished = []
     for i in np.argsort(losses)[:_N_POLISHED]:
@@ -431,3 +437,51 @@ def _best_thresholds(
             values.append(exact(theta, trial))
         threshold[i] = candidates[int(np.argmin(values))]
     return threshold
+
+
+def _smoothed_jumprelu(
+    world: NumericFeatureModel, layout: _Layout, spec: SAESpec, theta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise JumpReLU's loss with the step [pre > t] replaced by g = sigmoid((pre - t) / tau),
+    thresholds t >= 0 free, for each tau in _TEMPERATURES in turn."""
+    k = layout.width
+    scale = float(np.mean(world.magnitudes))
+    y = np.concatenate([theta, np.full(k, 0.01 * scale)])
+    bounds = [(None, None)] * layout.size + [(0.0, None)] * k
+    for tau in _TEMPERATURES:
+        y = minimize(
+            smoothed_jumprelu_loss,
+            y,
+            args=(world, layout, float(spec.l0), tau * scale),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 1000},
+        ).x
+    return y[:-k], y[-k:]
+
+
+def smoothed_jumprelu_loss(
+    y: np.ndarray, world: NumericFeatureModel, layout: _Layout, l0: float, tau: float
+) -> tuple[float, np.ndarray]:
+    """The smoothed JumpReLU loss of y = (theta, thresholds) and its gradient: with u = x - b,
+    h = pre g, r = u - D^T h, loss = sum_s p_s (||r_s||^2 + l0 sum_i g_si)."""
+    k = layout.width
+    params = layout.unpack(y[:-k])
+    W, D = params.encoder, params.decoder
+    p_S = world.probabilities
+    u_SN = world.states - params.decoder_bias
+    pre_SK = u_SN @ W.T + params.encoder_bias
+    gate_SK = 0.5 * (1.0 + np.tanh((pre_SK - y[-k:]) / (2.0 * tau)))  # the sigmoid, stably
+    slope_SK = gate_SK * (1.0 - gate_SK) / tau
+    h_SK = pre_SK * gate_SK
+    r_SN = u_SN - h_SK @ D
+    loss = float(p_S @ ((r_SN**2).sum(1) + l0 * gate_SK.sum(1)))
+    g_h_SK = -2.0 * (p_S[:, None] * r_SN) @ D.T
+    g_gate_SK = g_h_SK * pre_SK + l0 * p_S[:, None]
+    g_pre_SK = g_h_SK * gate_SK + g_gate_SK * slope_SK
+    g_threshold = -(g_gate_SK * slope_SK).sum(0)
+    g_D = -2.0 * h_SK.T @ (p_S[:, None] * r_SN)
+    g_b = -2.0 * p_S @ r_SN - g_pre_SK.sum(0) @ W
+    grad = layout.pack_gradient(g_pre_SK.T @ u_SN, g_pre_SK.sum(0), g_D, g_b)
+    return loss, np.concatenate([grad, g_threshold])

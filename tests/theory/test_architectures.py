@@ -19,7 +19,7 @@ from theory.predictions import hedging_by_architecture
 from theory.sae import SAEParams, SAESpec
 from theory.topk import topk_codes
 
-FAST = settings(max_examples=5, deadline=None)
+FAST = settings(max_examples=12, deadline=None)
 
 
 def gated_specs(widths: tuple[int, ...]) -> st.SearchStrategy[SAESpec]:
