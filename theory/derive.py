@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import sympy as sp
 
+from theory.architectures import architecture_codes
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
 from theory.features import FeatureModel, WorldConfig
 from theory.optimum import Optimum, global_optimum
-from theory.architectures import architecture_codes
 from theory.sae import SAESpec
 
 

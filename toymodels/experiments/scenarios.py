@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from theory.architectures import architecture_loss
 from theory.config import (
     config_to_json,
     require_choice,
@@ -27,7 +28,6 @@ from theory.config import (
 from theory.features import PAPER_L1, SCENARIOS, FeatureModel, WorldConfig, scenario
 from theory.optimum import Optimum, global_optimum
 from theory.predictions import catalogue
-from theory.architectures import architecture_loss
 from theory.sae import SAEParams, SAESpec
 from toymodels.experiments.common import (
     EmbeddedWorlds,
