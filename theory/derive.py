@@ -54,8 +54,7 @@ def optimum_record(
     model: FeatureModel, spec: SAESpec, optimum: Optimum, symbolic: bool = False
 ) -> dict:
     """The JSON record of an optimum already found (keys as `derive`'s, without timing).
-    Two-feature models add "hedging": each latent's unit-decoder component on the second
-    feature (the child in the hedging paper's scenarios), 0 for latents that never fire."""
+    Two-feature models add "hedging": see `hedging_components`."""
     patterns = ["".join(map(str, pat)) for pat in model.patterns]
     firing_SK = architecture_codes(model.numeric(), optimum.params, spec) > 0
     record = {
@@ -84,9 +83,15 @@ def optimum_record(
 
 
 def hedging_components(decoder_KN: np.ndarray) -> list[float]:
-    """Each latent's child (second-feature) component of its unit decoder row; 0 when dead."""
+    """Each latent's child (second-feature) component of its unit decoder row, the row turned
+    so that its parent (first-feature) component is >= 0; 0 when dead. Turning it makes the
+    number the same for a latent and its complement (firing on the other states with the
+    opposite decoder), which tie when there is no sparsity penalty."""
     norms_K = np.linalg.norm(decoder_KN, axis=1)
-    return [float(d[1] / n) if n > 0 else 0.0 for d, n in zip(decoder_KN, norms_K, strict=True)]
+    return [
+        float(d[1] * (1.0 if d[0] >= 0 else -1.0) / n) if n > 0 else 0.0
+        for d, n in zip(decoder_KN, norms_K, strict=True)
+    ]
 
 
 def closed_forms_latex(

@@ -145,22 +145,23 @@ def absorption_slope() -> Prediction:
 def hedging_by_architecture(
     specs: Sequence[SAESpec], scenarios: Sequence[str] = tuple(SCENARIOS), p_parent: float = 0.25
 ) -> list[dict]:
-    """Per scenario and spec, the exact optimum's hedging: the child component of its first
-    latent's unit decoder (width 1: the latent), next to P(child | parent). Numeric (the
-    gated architectures have no closed form), one exact optimum per row."""
+    """Per scenario and spec, the exact optimum's hedging: its first latent's child component
+    (theory.derive.hedging_components; width 1: the latent), next to P(child | parent).
+    Numeric (the gated architectures have no closed form), one exact optimum per row."""
+    from theory.derive import hedging_components
+
     rows = []
     for name in scenarios:
         model = scenario(name, p_parent)
         p_child_given_parent = float(SCENARIOS[name][0])
         for spec in specs:
-            decoder = global_optimum(model, spec).params.decoder[0]
-            norm = float(np.linalg.norm(decoder))
+            decoder = global_optimum(model, spec).params.decoder
             rows.append(
                 {
                     "scenario": name,
                     "architecture": spec.architecture,
                     "spec": spec,
-                    "hedging": float(decoder[1]) / norm if norm > 0 else 0.0,
+                    "hedging": hedging_components(decoder)[0],
                     "p_child_given_parent": p_child_given_parent,
                 }
             )
