@@ -22,10 +22,15 @@ optimum moved by 1e-9 (relative) toward a strictly interior point of the region 
 margin-maximising LP that also proves the region is non-empty), and the loss returned is the
 true loss of those parameters.
 
-"Exact" therefore means: global over the regions (every region whose lower bound, subspace fit
-plus penalty, beats the best is searched), the codes and biases of each region solved exactly
-for the directions found, directions by local search from several starts as theory.optimum
-does for width >= 2; the value is the infimum of the loss up to the 1e-9 nudge.
+"Exact" therefore means: global over the regions with an interior (every one whose lower
+bound, subspace fit plus penalty, beats the best is searched; a tie held exactly is a boundary
+point whose true loss is that of the region its tie-break picks, whose closure contains it),
+the codes and biases of each region solved exactly for the directions found, directions by
+local search from several starts as theory.optimum does for width >= 2; the value is the
+infimum of the loss up to the 1e-9 nudge. Infima can sit at infinity: TopK with k = 1, two
+latents and a decoder bias reconstructs the four 2-feature states ever better with nearly
+parallel decoders, codes near 600 and a decoder bias near -600 along them; the search then
+stops where BFGS does (loss about 1e-7) and the numeric minimiser similarly.
 """
 
 from __future__ import annotations
