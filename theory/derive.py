@@ -54,7 +54,8 @@ def optimum_record(
     model: FeatureModel, spec: SAESpec, optimum: Optimum, symbolic: bool = False
 ) -> dict:
     """The JSON record of an optimum already found (keys as `derive`'s, without timing).
-    Two-feature models add "hedging": see `hedging_components`."""
+    Two-feature models add "hedging": see `hedging_components`; BatchTopK adds
+    "kept_fraction" [latent][state], the share of a state's samples keeping the code."""
     patterns = ["".join(map(str, pat)) for pat in model.patterns]
     firing_SK = architecture_codes(model.numeric(), optimum.params, spec) > 0
     record = {
@@ -77,6 +78,11 @@ def optimum_record(
     }
     if model.n_features == 2:
         record["hedging"] = hedging_components(optimum.params.decoder)
+    if spec.architecture == "batchtopk":  # the state on the threshold keeps a fraction
+        from theory.batchtopk import kept_fractions
+
+        fractions_SK = kept_fractions(model.numeric(), optimum.params, spec.k)
+        record["kept_fraction"] = fractions_SK.T.tolist()
     if symbolic:
         record["symbolic"] = closed_forms_latex(model, spec, optimum.active)
     return record

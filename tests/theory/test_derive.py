@@ -137,3 +137,4 @@ def test_derive_solves_each_architecture(capsys, args):
     assert len(record["hedging"]) == spec.width
     if spec.architecture == "jumprelu":  # the realised threshold separates the firing states
         assert record["fires_on"] == [["10", "11"]] and record["threshold"][0] > 0
+    assert ("kept_fraction" in record) == (spec.architecture == "batchtopk")
