@@ -71,6 +71,20 @@ def test_exact_optimum_beats_numeric_on_three_features(model, spec):
     check_against_numeric(model, spec)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SAESpec(2, architecture="topk"),
+        SAESpec(2, architecture="topk", decoder_bias=False),
+        SAESpec(2, architecture="batchtopk", decoder_bias=False),
+    ],
+    ids=["topk", "topk-no-bias", "batchtopk-no-bias"],
+)
+def test_exact_optimum_beats_numeric_at_width_two_on_three_features(spec):
+    """A 5-state 3-feature model (the 8-state ones take 30-140 s at width 2, see RESULTS)."""
+    check_against_numeric(from_table("000:0.5,100:0.2,110:0.1,001:0.1,011:0.1"), spec)
+
+
 @pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
 def test_width_at_most_k_is_relu_without_l1(architecture):
     model = scenario("correlated")
