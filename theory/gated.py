@@ -113,7 +113,7 @@ def gated_optimum(
     firing indicator, `finish` sets thresholds on a region's realised parameters."""
     rng = np.random.default_rng(seed)
     inner_spec = SAESpec(width=spec.width, decoder_bias=spec.decoder_bias)
-    best = _scored(silent, exact_loss, firing, world)
+    best = _scored(silent, exact_loss, firing)
     tried = 0
     for region in sorted(regions, key=lambda r: r.bound):
         if region.bound > best.loss - 1e-12:
@@ -137,7 +137,7 @@ def gated_optimum(
         for directions, inner in found:
             theta = np.stack(inner.code_params)
             params = _nudged(directions, theta, inner.bias, interior, region, finish, exact_loss)
-            candidate = _scored(params, exact_loss, firing, world)
+            candidate = _scored(params, exact_loss, firing)
             if _better(candidate, best, world):
                 best = candidate
     return Optimum(best.params, best.loss, best.active, tried)
@@ -175,7 +175,6 @@ def _scored(
     params: SAEParams,
     exact_loss: Callable[[SAEParams], float],
     firing: Callable[[SAEParams], np.ndarray],
-    world: NumericFeatureModel,
 ) -> Optimum:
     fired = firing(params) > 0
     return Optimum(params, exact_loss(params), tuple(map(tuple, fired.T.tolist())), 0)
