@@ -72,7 +72,12 @@ def test_scenarios_run_at_a_tiny_size(tmp_path):
         "encoder_child",
         "encoder_bias",
     }
-    assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(run["tables"]["losses"])
+    losses = run["tables"]["losses"]
+    assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(losses)
+    restarts = run["tables"]["restarts"]
+    assert list(restarts.restart) == [0, 1] and (restarts.loss_gap >= -1e-9).all()
+    # the configuration's fit is one of its restarts (the best on held-out samples)
+    assert losses.measured_loss.iloc[0] in set(restarts.expected_loss)
     with pytest.raises(ValueError, match="unknown scenario"):
         ScenariosConfig(scenarios=("sideways",))
 

@@ -4,7 +4,9 @@ Every (scenario, L1, width) configuration is trained `restarts` times from the f
 tied initialisation (decoder rows of norm 0.1), all in ONE stack; the restart with the lowest
 held-out loss stands for the configuration (a single latent has local minima: tracking the child,
 the parent's complement, or dying). Its folded parameters in the feature basis are set next to
-theory's global optimum.
+theory's global optimum (tables components and losses); table restarts holds every restart's exact
+expected loss and its gap to the optimum, so how often gradient descent reaches the optimum is a
+measurement too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -69,15 +72,23 @@ class FitConfig:
             require_positive_int(name, getattr(self, name))
 
 
+class Fits(NamedTuple):
+    """Per config: the best restart's parameters and every restart's, in the feature basis (not
+    folded)."""
+
+    best: list[SAEParams]
+    restarts: list[list[SAEParams]]
+
+
 def train_relu_l1(
     worlds: Sequence[FeatureModel],
     configs: Sequence[tuple[int, float, int]],
     fit: FitConfig,
     spec: SAESpec | None = None,
-) -> list[SAEParams]:
+) -> Fits:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
-    restart's parameters in the feature basis (not folded). `spec` gives the variant (tied,
-    decoder bias); its width and l1 are the configs'."""
+    restart (lowest held-out loss) and all restarts. `spec` gives the variant (tied, decoder
+    bias); its width and l1 are the configs'."""
     spec = spec or SAESpec()
     members = [c for _ in range(fit.restarts) for c in configs]
     seed = fit.train.seed
@@ -106,7 +117,11 @@ def train_relu_l1(
     train(sae, data, fit.train)
     losses = held_out_loss(sae, held_out, fit.held_out_samples, seed=seed + 1)
     params = to_feature_basis(sae, data.directions_ND)
-    return [params[m] for m in best_of_restarts(losses, len(configs))]
+    n = len(configs)  # members are restart-major
+    return Fits(
+        [params[m] for m in best_of_restarts(losses, n)],
+        [params[c::n] for c in range(n)],
+    )
 
 
 def compare(world: FeatureModel, l1: float, trained: SAEParams, optimum: Optimum) -> dict:
@@ -181,12 +196,17 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
         seeds={"sae_init_and_data": seed, "held_out": seed + 1},
         kind="toy-scenarios",
     )
-    trained = train_relu_l1(worlds, configs, config.fit)
-    rows, losses = [], []
-    for (w, l1, width), params in zip(configs, trained, strict=True):
+    fits = train_relu_l1(worlds, configs, config.fit)
+    rows, losses, restarts = [], [], []
+    for (w, l1, width), params, tries in zip(configs, fits.best, fits.restarts, strict=True):
         optimum = global_optimum(worlds[w], SAESpec(width, l1))
         result = compare(worlds[w], l1, params, optimum)
         key = {"scenario": config.scenarios[w], "l1": l1, "width": width}
+        numeric = worlds[w].numeric()
+        restarts += [
+            {**key, "restart": r, "expected_loss": loss, "loss_gap": loss - optimum.loss}
+            for r, loss in enumerate(float(expected_loss(numeric, t, l1)) for t in tries)
+        ]
         for latent in range(width):
             for quantity, (field_name, feature) in QUANTITIES.items():
                 predicted = getattr(optimum.params, field_name)[latent]
@@ -215,6 +235,7 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
     components, loss_table = pd.DataFrame(rows), pd.DataFrame(losses)
     run.write_table("components", components)
     run.write_table("losses", loss_table)
+    run.write_table("restarts", pd.DataFrame(restarts))
     child = components[components.quantity == "decoder_child"]
     run.write_metrics(
         {
@@ -253,7 +274,7 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
 
     model, spec = config.world.feature_model(), config.sae
     start = time.perf_counter()
-    (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], config.fit, spec)
+    (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], config.fit, spec).best
     optimum = global_optimum(model, spec, seed=config.fit.train.seed)
     result = compare(model, float(spec.l1), trained, optimum)
     return {
