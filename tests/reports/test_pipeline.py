@@ -127,7 +127,7 @@ def test_every_scale_builds_its_stages_and_plans_them(tmp_path, scale):
         assert all(p.cpu_seconds > 0 for p in plans.values()), plans
         assert "absorption on 4,096 words" in plans["llm-absorption"].work or scale == "study"
     study = {s.name: s.config for s in demo_stages(PipelineConfig(scale="study"), tmp_path)}
-    assert study["toy-scenarios"].fit.restarts == 16 and study["llm-hedging"].seeds == 3
+    assert study["toy-scenarios"].fit.restarts == 32 and study["llm-hedging"].seeds == 3
 
 
 def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
