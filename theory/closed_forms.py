@@ -24,7 +24,7 @@ def _active_rows(model: FeatureModel, active: Sequence[bool]) -> tuple[sp.Matrix
     rows = [s for s in range(model.n_states) if active[s]]
     if not rows:
         raise ValueError("the latent must fire on at least one state")
-    return X.extract(rows, list(range(model.n_features))), sp.Matrix(
+    return X.extract(rows, list(range(model.dim))), sp.Matrix(
         [model.probabilities[s] for s in rows]
     )
 
@@ -41,7 +41,7 @@ def regression_decoder(
     coef = (A.T * p * A).inv() * (A.T * p * X)  # (k[+1]) x n
     coef = sp.simplify(coef)
     k = codes.shape[1]
-    bias = coef[k, :].T if decoder_bias else sp.zeros(model.n_features, 1)
+    bias = coef[k, :].T if decoder_bias else sp.zeros(model.dim, 1)
     return coef[:k, :], bias
 
 
@@ -52,11 +52,10 @@ def tracking_decoder(
 
     Without a decoder bias, latent i's row is f_i + sum_j E[s_i m_i s_j m_j]/E[s_i^2 m_i^2] f_j for
     untracked j: it absorbs the conditional expectation of every co-occurring feature (hedging)."""
-    X = model.state_matrix()
     for i in tracked:
         if not 0 <= i < model.n_features:
             raise ValueError(f"tracked feature {i} is out of range 0..{model.n_features - 1}")
-    codes = X.extract(list(range(model.n_states)), list(tracked))
+    codes = model.code_matrix().extract(list(range(model.n_states)), list(tracked))
     return regression_decoder(model, codes, decoder_bias)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -52,7 +53,7 @@ def optimum_record(
     model: FeatureModel, spec: SAESpec, optimum: Optimum, symbolic: bool = False
 ) -> dict:
     """The JSON record of an optimum already found (keys as `derive`'s, without timing)."""
-    patterns = ["".join(map(str, pat)) for pat in model.patterns]
+    patterns = model.state_labels()
     firing_SK = codes(model.numeric(), optimum.params) > 0
     record = {
         **optimum.params.to_json(),
@@ -89,9 +90,9 @@ def closed_forms_latex(
     if not any(active[0]):
         return {"note": "the optimal latent never fires (the decoder bias alone is best)"}
     symbols = [
-        sp.Symbol(f"P_{{{''.join(map(str, pat))}}}", positive=True) for pat in model.patterns
+        sp.Symbol(f"P_{{{label}}}", positive=True) for label in model.state_labels()
     ]
-    symbolic_model = FeatureModel(model.patterns, tuple(symbols), model.magnitudes)
+    symbolic_model = dataclasses.replace(model, probabilities=tuple(symbols), noise_std=None)
     l1 = sp.Symbol("lambda", nonnegative=True) if float(spec.l1) else 0
     terms = width1_region_terms(symbolic_model, active[0], l1, spec.decoder_bias)
     forms = {
