@@ -3,7 +3,20 @@
 Every prediction is a `Prediction`: a sympy expression in named symbols, its LaTeX, and a numpy
 function of those symbols (broadcasting, so a million parameter points is one call). The
 two-feature world is parameterised by P(parent) = p, P(child | parent) = a,
-P(child | not parent) = b and the L1 coefficient l1.
+P(child | not parent) = b and the L1 coefficient l1; beyond constant orthonormal features by the
+magnitudes' means mu, standard deviations sigma and correlation rho, the cosine c between the
+parent's and the child's directions, and noise variances v along the state coordinates.
+
+How each generalisation moves hedging (each a prediction below, checked in tests/theory):
+* random magnitudes: a latent tracking the parent hedges a (mu_p mu_c + rho sigma_p sigma_c) /
+  (mu_p^2 + sigma_p^2): parent-magnitude variance dilutes it, correlated magnitudes add to it;
+* superposition: the width-1 decoder written in the features, e = alpha_p f_p + alpha_c f_c, is
+  the top eigenvector of F^T H F for the region's H in the feature basis, i.e. alpha is the top
+  eigenvector of H G (G the Gram matrix);
+* noise: the always-firing (least-squares) latent is the top eigenvector of Cov(x) + Sigma;
+  isotropic noise leaves it where it is, noise along the child turns it toward the child;
+* l1 > 0: the width-1 decoder is adj(nu I - H) w at a root nu of the secular quartic;
+* width 2: the absorption family is fully absorbing from l1 = 2 sqrt2 P01 / ((sqrt2-1) P11 - P01).
 """
 
 from __future__ import annotations
@@ -16,15 +29,24 @@ import sympy as sp
 
 from theory.closed_forms import (
     absorption_offset_loss,
+    full_absorption_l1,
+    largest_root_below,
     top_eigen_angle,
     tracking_decoder,
     width1_region_terms,
+    width1_root_ratio,
+    width1_secular_polynomial,
 )
-from theory.features import two_feature
+from theory.features import random_magnitudes, two_feature
 
 p, a, b = sp.symbols("p a b", positive=True)
 l1 = sp.Symbol("lambda", nonnegative=True)
 TWO_FEATURE_SYMBOLS = (p, a, b)
+mu_p, mu_c, sigma_p, sigma_c = sp.symbols("mu_p mu_c sigma_p sigma_c", positive=True)
+rho = sp.Symbol("rho", real=True)
+cosine = sp.Symbol("c", real=True)
+v_p, v_c = sp.symbols("v_p v_c", nonnegative=True)
+nu = sp.Symbol("nu", real=True)
 
 
 @dataclass(frozen=True)
@@ -36,14 +58,25 @@ class Prediction:
     symbols: tuple[sp.Symbol, ...]
     description: str
     numeric: Callable[..., np.ndarray] = field(repr=False, compare=False, default=None)
+    root_of: tuple[sp.Symbol, sp.Expr, str] | None = None
+    """(nu, polynomial, which root) when `expr` is written in a root nu of a polynomial in nu
+    (whose coefficients are in `symbols`); `numeric` then finds the root."""
 
     def __post_init__(self) -> None:
         if self.numeric is None:
+            if self.root_of is not None:
+                raise ValueError(f"{self.name}: a prediction defined by a root needs `numeric`")
             object.__setattr__(self, "numeric", sp.lambdify(self.symbols, self.expr, "numpy"))
 
     @property
     def latex(self) -> str:
-        return sp.latex(self.expr)
+        if self.root_of is None:
+            return sp.latex(self.expr)
+        root, polynomial, which = self.root_of
+        return (
+            f"{sp.latex(self.expr)},\quad {sp.latex(root)} = \text{{{which} of }} "
+            f"{sp.latex(polynomial)} = 0"
+        )
 
     def __call__(self, *values: float | np.ndarray) -> np.ndarray:
         if len(values) != len(self.symbols):
@@ -140,6 +173,118 @@ def absorption_slope() -> Prediction:
     )
 
 
+def tracking_hedging_coefficient_moments() -> Prediction:
+    """Child component of the decoder of a latent tracking the parent's activation exactly
+    (code s_p m_p, no decoder bias) with random magnitudes: E[s_p s_c m_p m_c] / E[s_p m_p^2]
+    = a (mu_p mu_c + rho sigma_p sigma_c) / (mu_p^2 + sigma_p^2). Derived on the exact two-point
+    expansion; it depends on the magnitude law only through these moments, so it holds for any
+    law with them (and for rho < 0: the expression is linear in rho)."""
+    model = random_magnitudes(two_feature(p, a, b, [mu_p, mu_c]), [sigma_p, sigma_c], rho)
+    decoder, _ = tracking_decoder(model, [0])
+    return Prediction(
+        "tracking_hedging_coefficient_moments",
+        sp.factor(sp.simplify(decoder[0, 1] / decoder[0, 0])),
+        (a, mu_p, mu_c, sigma_p, sigma_c, rho),
+        "child component of the decoder of a latent tracking the parent, random magnitudes",
+    )
+
+
+def width1_decoder_ratio_cosine(
+    active: Sequence[str] = ("10", "11"), decoder_bias: bool = True
+) -> Prediction:
+    """alpha_c / alpha_p of the optimal width-1 decoder e = alpha_p f_p + alpha_c f_c (l1 = 0,
+    one region) when the parent's and child's directions have cosine c.
+
+    With F = [[1, 0], [c, s]], s = sqrt(1 - c^2) (rows f_p, f_c), states are x = y F and the
+    region's matrix is F^T H F (H in the feature basis). Its top eigenvector (cos t, sin t) gives
+    alpha = F^-T e: alpha_c = sin t / s, alpha_p = cos t - c alpha_c, so the ratio is
+    tan t / (s - c tan t). At c = 0 it is width1_decoder_ratio."""
+    terms = width1_region_terms(_two_feature_model(), _region(active), 0, decoder_bias)
+    s = sp.sqrt(1 - cosine**2)
+    F = sp.Matrix([[1, 0], [cosine, s]])
+    tangent = sp.tan(top_eigen_angle(F.T * sp.Matrix(terms.H) * F))
+    return Prediction(
+        f"width1_decoder_ratio_cosine[{','.join(active)}]{'' if decoder_bias else '_no_bias'}",
+        tangent / (s - cosine * tangent),
+        (p, a, b, cosine),
+        "child/parent coefficient of the optimal width-1 decoder (l1 = 0) with feature cosine c",
+    )
+
+
+def width1_decoder_ratio_noise(decoder_bias: bool = True) -> Prediction:
+    """Child / parent component of the optimal always-firing width-1 latent (l1 = 0: least
+    squares on the noisy inputs) under additive noise of variance v_p along the parent and v_c
+    along the child: the top eigenvector of H + diag(v_p, v_c), H = Cov(x) (E[x x^T] without a
+    decoder bias). Exact: the code is affine on the whole support (see
+    theory.closed_forms.width1_region_terms). tan 2t = 2 H01 / (H00 - H11 + v_p - v_c), so
+    isotropic noise (v_p = v_c) moves nothing and noise along the child turns the decoder toward
+    the child (more hedging), along the parent away from it."""
+    model = _two_feature_model()
+    # an affine code of every state reproduces E[x x^T] (C is Z's first columns: C^T Z^+ C)
+    second, mean = model.second_moment(), model.mean()
+    H = (second - mean * mean.T if decoder_bias else second) + sp.diag(v_p, v_c)
+    return Prediction(
+        f"width1_decoder_ratio_noise{'' if decoder_bias else '_no_bias'}",
+        sp.tan(top_eigen_angle(H)),
+        (p, a, b, v_p, v_c),
+        "child/parent component of the always-firing width-1 decoder (l1 = 0) under noise",
+    )
+
+
+def width1_decoder_ratio_l1(
+    active: Sequence[str] = ("10", "11"), decoder_bias: bool = True
+) -> Prediction:
+    """Child / parent component of the optimal width-1 decoder at l1 > 0 in one region, where
+    its unconstrained stationary point is feasible: adj(nu I - H) w at nu, the largest real root
+    below lambda_max(H) of the secular quartic (theory.closed_forms.width1_secular_polynomial).
+    NaN where that root does not exist (the latent dies or sits on a region boundary)."""
+    terms = width1_region_terms(_two_feature_model(), _region(active), l1, decoder_bias)
+    H, w = sp.Matrix(terms.H), sp.Matrix(terms.w)
+    polynomial = width1_secular_polynomial(H, w, l1, nu)
+    coefficients = sp.lambdify((p, a, b, l1), sp.Poly(polynomial, nu).all_coeffs(), "numpy")
+    ratio = width1_root_ratio(H, w, nu)
+    ratio_at = sp.lambdify((p, a, b, l1, nu), ratio, "numpy")
+    matrix = sp.lambdify((p, a, b), H, "numpy")
+    symbols = (p, a, b, l1)
+
+    def numeric(*values: np.ndarray) -> np.ndarray:
+        shape = np.shape(values[0])
+        flat = [np.ravel(v).astype(float) for v in values]
+        rows = np.stack(
+            [np.broadcast_to(np.asarray(c, dtype=float), flat[0].shape) for c in coefficients(*flat)],
+            axis=1,
+        )
+        H_N22 = np.moveaxis(
+            np.array([[np.broadcast_to(np.asarray(e, float), flat[0].shape) for e in r]
+                      for r in matrix(*flat[:3])]), -1, 0
+        )
+        top = np.linalg.eigvalsh(H_N22)[:, -1]
+        root = largest_root_below(rows, top)
+        return np.reshape(ratio_at(*flat, root), shape)
+
+    return Prediction(
+        f"width1_decoder_ratio_l1[{','.join(active)}]{'' if decoder_bias else '_no_bias'}",
+        ratio,
+        symbols,
+        "child/parent component of the optimal width-1 decoder at l1 > 0 (secular root)",
+        numeric,
+        (nu, polynomial, "the largest real root below the top eigenvalue of H"),
+    )
+
+
+def full_absorption_threshold() -> Prediction:
+    """L1 from which the width-2 absorption family on a parent/child pair is fully absorbing:
+    2 sqrt2 P01 / ((sqrt2 - 1) P11 - P01) (infinite when P01 >= (sqrt2 - 1) P11; 0 for a true
+    hierarchy, P01 = 0)."""
+    p11, p01 = sp.symbols("P_11 P_01", nonnegative=True)
+    return Prediction(
+        "full_absorption_threshold",
+        full_absorption_l1(p11, p01),
+        (p11, p01),
+        "l1 from which the width-2 absorption family is fully absorbing (delta = 1)",
+    )
+
+
 def catalogue() -> list[Prediction]:
     """Every named prediction, for reports and `derive --symbolic`."""
     return [
@@ -149,4 +294,9 @@ def catalogue() -> list[Prediction]:
         width1_hedging_component(("10", "11")),
         width1_expected_loss(("10", "11")),
         absorption_slope(),
+        tracking_hedging_coefficient_moments(),
+        width1_decoder_ratio_cosine(("10", "11")),
+        width1_decoder_ratio_noise(),
+        width1_decoder_ratio_l1(("10", "11")),
+        full_absorption_threshold(),
     ]
