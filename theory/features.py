@@ -658,7 +658,8 @@ def with_noise(model: FeatureModel, std: float | Sequence[float]) -> FeatureMode
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """A small feature model named on the command line: a state table or a paper scenario."""
+    """A small feature model named on the command line: a state table or a paper scenario, with
+    optional random magnitudes, feature cosines and additive noise (module docstring)."""
 
     joint: str | None = None
     """State table, e.g. 00:0.6,10:0.2,01:0.05,11:0.15 (a pattern's i-th character is feature
@@ -671,18 +672,80 @@ class WorldConfig:
     """Scenario: P(child | parent) (default: the scenario's)."""
     p_child_given_not_parent: float | None = None
     """Scenario: P(child | not parent) (default: the scenario's)."""
+    magnitudes: tuple[float, ...] = ()
+    """Mean magnitude of each feature when it fires (default: 1 each)."""
+    magnitude_std: tuple[float, ...] = ()
+    """Std of each feature's magnitude, an exact two-point law mean +- std (0 <= std < mean;
+    default: constant magnitudes)."""
+    magnitude_correlation: float = 0.0
+    """Correlation of co-firing features' magnitudes (needs magnitude_std; -1..1 for 2
+    features, 0..1 for more)."""
+    cosines: tuple[float, ...] = ()
+    """Cosines between feature directions, pairs (0,1), (0,2), .., (1,2), .. in order (default:
+    orthonormal; fewer values leave the remaining pairs orthogonal)."""
+    noise_std: tuple[float, ...] = ()
+    """Std of additive Gaussian noise: one value (isotropic) or one per state coordinate."""
 
     def __post_init__(self) -> None:
         if self.joint is not None and self.scenario is not None:
             raise ValueError("give a state table (joint) or a scenario, not both")
         if self.scenario is not None and self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; allowed: {', '.join(SCENARIOS)}")
+        for name in ("magnitudes", "magnitude_std", "cosines", "noise_std"):
+            for value in getattr(self, name):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"each of {name} must be a number, got {value!r}")
+                if not np.isfinite(value):
+                    raise ValueError(f"each of {name} must be finite, got {value!r}")
+        for value in self.magnitudes:
+            if value <= 0:
+                raise ValueError(f"each of magnitudes must be > 0, got {value!r}")
+        for name in ("magnitude_std", "noise_std"):
+            for value in getattr(self, name):
+                if value < 0:
+                    raise ValueError(f"each of {name} must be >= 0, got {value!r}")
+        for value in self.cosines:
+            if not -1 <= value <= 1:
+                raise ValueError(f"each of cosines must be in [-1, 1], got {value!r}")
+        rho = self.magnitude_correlation
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not -1 <= rho <= 1:
+            raise ValueError(f"magnitude_correlation must be in [-1, 1], got {rho!r}")
+        if rho and not self.magnitude_std:
+            raise ValueError("magnitude_correlation needs magnitude_std (random magnitudes)")
 
     def feature_model(self) -> FeatureModel:
         if self.joint is not None:
-            return from_table(self.joint)
-        if self.scenario is None:
+            model = from_table(self.joint)
+        elif self.scenario is None:
             raise ValueError("no feature model: give a state table (joint) or a scenario")
-        return scenario(
-            self.scenario, self.p_parent, self.p_child_given_parent, self.p_child_given_not_parent
-        )
+        else:
+            model = scenario(
+                self.scenario,
+                self.p_parent,
+                self.p_child_given_parent,
+                self.p_child_given_not_parent,
+            )
+        n = model.n_features
+        for name in ("magnitudes", "magnitude_std"):
+            if getattr(self, name) and len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} values for {n} features")
+        if self.magnitudes:
+            model = dataclasses.replace(model, magnitudes=tuple(_sym(m, "m") for m in self.magnitudes))
+        if self.magnitude_std:
+            model = random_magnitudes(model, self.magnitude_std, self.magnitude_correlation)
+        pairs = list(itertools.combinations(range(n), 2))
+        if len(self.cosines) > len(pairs):
+            raise ValueError(
+                f"{len(self.cosines)} cosines given; {n} features have {len(pairs)} pairs"
+            )
+        if any(self.cosines):
+            model = with_cosines(model, dict(zip(pairs, self.cosines, strict=False)))
+        if self.noise_std:
+            if len(self.noise_std) not in (1, model.dim):
+                raise ValueError(
+                    f"noise_std has {len(self.noise_std)} values; allowed: 1 (isotropic) or "
+                    f"{model.dim} (one per state coordinate)"
+                )
+            std = self.noise_std[0] if len(self.noise_std) == 1 else self.noise_std
+            model = with_noise(model, std)
+        return model

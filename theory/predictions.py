@@ -37,7 +37,7 @@ from theory.closed_forms import (
     width1_root_ratio,
     width1_secular_polynomial,
 )
-from theory.features import random_magnitudes, two_feature
+from theory.features import FeatureModel, random_magnitudes, two_feature
 
 p, a, b = sp.symbols("p a b", positive=True)
 l1 = sp.Symbol("lambda", nonnegative=True)
@@ -300,3 +300,73 @@ def catalogue() -> list[Prediction]:
         width1_decoder_ratio_l1(("10", "11")),
         full_absorption_threshold(),
     ]
+
+
+def two_feature_parameters(model: FeatureModel) -> dict[sp.Symbol, float]:
+    """The catalogue's symbols read off a numeric two-feature model (feature 0 the parent): p,
+    a, b from its firing, mu and sigma of each magnitude law and rho from its states, the cosine
+    c and the noise variances v along the state coordinates where it has them."""
+    if model.n_features != 2 or not model.is_numeric:
+        raise ValueError("catalogue parameters are read from numeric two-feature models")
+    world = model.numeric()
+    fire_S2 = world.patterns.astype(bool)
+    prob = world.probabilities
+    parent = float(prob @ fire_S2[:, 0])
+    both = float(prob @ (fire_S2[:, 0] & fire_S2[:, 1]))
+    child = float(prob @ fire_S2[:, 1])
+    values = {p: parent, a: both / parent if parent else 0.0}
+    values[b] = (child - both) / (1 - parent) if parent < 1 else 0.0
+    spread_S2 = world.codes - world.magnitudes * fire_S2  # (m - mu) where a feature fires
+    sigma = [
+        float(np.sqrt(prob @ (spread_S2[:, i] ** 2 * fire_S2[:, i]) / max(prob @ fire_S2[:, i], 1e-300)))
+        for i in range(2)
+    ]
+    values.update({mu_p: world.magnitudes[0], mu_c: world.magnitudes[1]})
+    values.update({sigma_p: sigma[0], sigma_c: sigma[1]})
+    joint_spread = prob @ (spread_S2[:, 0] * spread_S2[:, 1] * fire_S2.all(1))
+    values[rho] = float(joint_spread / both / (sigma[0] * sigma[1])) if both and all(sigma) else 0.0
+    values[cosine] = float(model.gram()[0, 1])
+    variances = np.zeros(model.dim) if world.noise_std is None else world.noise_std**2
+    if model.dim == 2:
+        values.update({v_p: float(variances[0]), v_c: float(variances[1])})
+    values.update({sp.Symbol("P_11", nonnegative=True): both})
+    values.update({sp.Symbol("P_01", nonnegative=True): child - both})
+    return values
+
+
+def applicable(model: FeatureModel, l1_value: float, decoder_bias: bool) -> list[Prediction]:
+    """The catalogue's predictions that describe this two-feature world (the conditions each
+    was derived under: constant magnitudes, orthonormal directions, no noise, the sign of l1)."""
+    constant = model.state_magnitudes is None
+    orthonormal = model.directions is None
+    noiseless = not model.has_additive_noise
+    found = [tracking_hedging_coefficient_moments()]  # any magnitudes, cosines, noise
+    if constant and orthonormal and noiseless:
+        found.append(full_absorption_threshold())
+        if l1_value == 0:
+            found.append(width1_decoder_ratio(("10", "11"), decoder_bias))
+        else:
+            found.append(width1_decoder_ratio_l1(("10", "11"), decoder_bias))
+    if constant and noiseless and l1_value == 0:
+        found.append(width1_decoder_ratio_cosine(("10", "11"), decoder_bias))
+    if constant and orthonormal and l1_value == 0:
+        found.append(width1_decoder_ratio_noise(decoder_bias))
+    return found
+
+
+def evaluate_catalogue(model: FeatureModel, l1_value: float, decoder_bias: bool) -> dict:
+    """{name: {"value", "latex", "description"}} of every applicable prediction on this
+    two-feature world (empty for other worlds)."""
+    if model.n_features != 2 or not model.is_numeric:
+        return {}
+    values = {**two_feature_parameters(model), l1: l1_value}
+    record = {}
+    for prediction in applicable(model, l1_value, decoder_bias):
+        with np.errstate(all="ignore"):
+            value = float(prediction(*(values[s] for s in prediction.symbols)))
+        record[prediction.name] = {
+            "value": value if np.isfinite(value) else None,
+            "latex": prediction.latex,
+            "description": prediction.description,
+        }
+    return record
