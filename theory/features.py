@@ -604,8 +604,9 @@ def random_magnitudes(
 
 
 def gram_factor(gram: sp.Matrix) -> sp.Matrix:
-    """Rows f_i (n x d) with F F^T = gram: the Cholesky factor when gram is definite (exact,
-    symbols allowed), else the eigen-factor of a numeric semi-definite gram (d = its rank)."""
+    """Rows f_i (n x d) with F F^T = gram: the Cholesky factor (exact with symbols; in floats for
+    numbers) when gram is definite, else the eigen-factor of a semi-definite gram (d = its
+    rank)."""
     n = gram.rows
     if gram.shape != (n, n) or gram != gram.T:
         raise ValueError(f"the cosine (Gram) matrix must be square and symmetric, got {gram}")
@@ -616,9 +617,7 @@ def gram_factor(gram: sp.Matrix) -> sp.Matrix:
         c = gram[i, j]
         if _is_true(c >= -1) is False or _is_true(c <= 1) is False:
             raise ValueError(f"cosine({i},{j}) = {c}; allowed: -1 <= cosine <= 1")
-    numeric = not gram.free_symbols
-    # leading minors > 0 <=> definite; symbolic cosines are taken to give a definite matrix
-    if not numeric or all(gram[:k, :k].det() > 0 for k in range(1, n + 1)):
+    if gram.free_symbols:  # symbolic cosines are taken to give a definite matrix
         return sp.simplify(gram.cholesky(hermitian=False))
     values, vectors = np.linalg.eigh(np.array(gram.evalf(), dtype=float))
     if values.min() < -1e-9:
@@ -626,8 +625,11 @@ def gram_factor(gram: sp.Matrix) -> sp.Matrix:
             f"the cosines are not those of real unit vectors: their Gram matrix has eigenvalue "
             f"{values.min():.4g} < 0"
         )
-    keep = values > 1e-9
-    factor = vectors[:, keep] * np.sqrt(values[keep])
+    if values.min() > 1e-9:
+        factor = np.linalg.cholesky(np.array(gram.evalf(), dtype=float))
+    else:
+        keep = values > 1e-9
+        factor = vectors[:, keep] * np.sqrt(values[keep])
     return sp.Matrix(factor.shape[0], factor.shape[1], lambda i, j: sp.Float(factor[i, j]))
 
 

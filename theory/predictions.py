@@ -21,6 +21,7 @@ How each generalisation moves hedging (each a prediction below, checked in tests
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -74,7 +75,7 @@ class Prediction:
             return sp.latex(self.expr)
         root, polynomial, which = self.root_of
         return (
-            f"{sp.latex(self.expr)},\quad {sp.latex(root)} = \text{{{which} of }} "
+            rf"{sp.latex(self.expr)},\quad {sp.latex(root)} = \text{{{which} of }} "
             f"{sp.latex(polynomial)} = 0"
         )
 
@@ -90,6 +91,7 @@ def _two_feature_model() -> object:
     return two_feature(p, a, b)
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def tracking_hedging_coefficient(decoder_bias: bool = False) -> Prediction:
     """Decoder component on the child of a latent that fires exactly when the parent fires.
 
@@ -113,6 +115,7 @@ def _region(patterns: Sequence[str]) -> tuple[bool, ...]:
     return tuple("".join(map(str, pat)) in patterns for pat in model.patterns)
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def width1_decoder_ratio(
     active: Sequence[str] = ("10", "11"), decoder_bias: bool = True
 ) -> Prediction:
@@ -130,6 +133,7 @@ def width1_decoder_ratio(
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def width1_hedging_component(
     active: Sequence[str] = ("10", "11"), decoder_bias: bool = True
 ) -> Prediction:
@@ -144,6 +148,7 @@ def width1_hedging_component(
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def width1_expected_loss(
     active: Sequence[str] = ("10", "11"), decoder_bias: bool = True
 ) -> Prediction:
@@ -160,6 +165,7 @@ def width1_expected_loss(
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def absorption_slope() -> Prediction:
     """Slope of the width-2 absorption family's loss at delta = 0: -l1 P(parent and child).
     Negative whenever l1 > 0, so sparsity always starts absorption in a wide SAE."""
@@ -173,6 +179,7 @@ def absorption_slope() -> Prediction:
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def tracking_hedging_coefficient_moments() -> Prediction:
     """Child component of the decoder of a latent tracking the parent's activation exactly
     (code s_p m_p, no decoder bias) with random magnitudes: E[s_p s_c m_p m_c] / E[s_p m_p^2]
@@ -189,6 +196,7 @@ def tracking_hedging_coefficient_moments() -> Prediction:
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def width1_decoder_ratio_cosine(
     active: Sequence[str] = ("10", "11"), decoder_bias: bool = True
 ) -> Prediction:
@@ -211,6 +219,7 @@ def width1_decoder_ratio_cosine(
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def width1_decoder_ratio_noise(decoder_bias: bool = True) -> Prediction:
     """Child / parent component of the optimal always-firing width-1 latent (l1 = 0: least
     squares on the noisy inputs) under additive noise of variance v_p along the parent and v_c
@@ -231,6 +240,7 @@ def width1_decoder_ratio_noise(decoder_bias: bool = True) -> Prediction:
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def width1_decoder_ratio_l1(
     active: Sequence[str] = ("10", "11"), decoder_bias: bool = True
 ) -> Prediction:
@@ -272,6 +282,7 @@ def width1_decoder_ratio_l1(
     )
 
 
+@functools.cache  # pure: building one runs sympy for a second or more
 def full_absorption_threshold() -> Prediction:
     """L1 from which the width-2 absorption family on a parent/child pair is fully absorbing:
     2 sqrt2 P01 / ((sqrt2 - 1) P11 - P01) (infinite when P01 >= (sqrt2 - 1) P11; 0 for a true
