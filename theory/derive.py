@@ -135,9 +135,7 @@ def closed_forms_latex(
         }
     if not any(active[0]):
         return {"note": "the optimal latent never fires (the decoder bias alone is best)"}
-    symbols = [
-        sp.Symbol(f"P_{{{label}}}", positive=True) for label in model.state_labels()
-    ]
+    symbols = [sp.Symbol(f"P_{{{label}}}", positive=True) for label in model.state_labels()]
     symbolic_model = dataclasses.replace(model, probabilities=tuple(symbols), noise_std=None)
     l1 = sp.Symbol("lambda", nonnegative=True) if float(spec.l1) else 0
     terms = width1_region_terms(symbolic_model, active[0], l1, spec.decoder_bias)

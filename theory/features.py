@@ -303,7 +303,10 @@ class FeatureModel:
 
         record = {
             "n_features": self.n_features,
-            "states": {label: val(q) for label, q in zip(self.state_labels(), self.probabilities)},
+            "states": {
+                label: val(q)
+                for label, q in zip(self.state_labels(), self.probabilities, strict=True)
+            },
             "magnitudes": [val(m) for m in self.magnitudes],
             "magnitude_std": list(self.magnitude_std) if self.magnitude_std else None,
         }
@@ -642,7 +645,9 @@ def with_cosines(model: FeatureModel, cosines: Mapping[tuple[int, int], Scalar])
     gram = sp.eye(n)
     for (i, j), c in cosines.items():
         if not (0 <= i < n and 0 <= j < n) or i == j:
-            raise ValueError(f"cosine pair ({i},{j}) must name two different features of 0..{n - 1}")
+            raise ValueError(
+                f"cosine pair ({i},{j}) must name two different features of 0..{n - 1}"
+            )
         gram[i, j] = gram[j, i] = _sym(c, f"cosine({i},{j})")
     factor = gram_factor(gram)
     return dataclasses.replace(model, directions=tuple(tuple(row) for row in factor.tolist()))
@@ -732,7 +737,9 @@ class WorldConfig:
             if getattr(self, name) and len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} values for {n} features")
         if self.magnitudes:
-            model = dataclasses.replace(model, magnitudes=tuple(_sym(m, "m") for m in self.magnitudes))
+            model = dataclasses.replace(
+                model, magnitudes=tuple(_sym(m, "m") for m in self.magnitudes)
+            )
         if self.magnitude_std:
             model = random_magnitudes(model, self.magnitude_std, self.magnitude_correlation)
         pairs = list(itertools.combinations(range(n), 2))

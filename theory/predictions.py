@@ -261,12 +261,21 @@ def width1_decoder_ratio_l1(
         shape = np.shape(values[0])
         flat = [np.ravel(v).astype(float) for v in values]
         rows = np.stack(
-            [np.broadcast_to(np.asarray(c, dtype=float), flat[0].shape) for c in coefficients(*flat)],
+            [
+                np.broadcast_to(np.asarray(c, dtype=float), flat[0].shape)
+                for c in coefficients(*flat)
+            ],
             axis=1,
         )
         H_N22 = np.moveaxis(
-            np.array([[np.broadcast_to(np.asarray(e, float), flat[0].shape) for e in r]
-                      for r in matrix(*flat[:3])]), -1, 0
+            np.array(
+                [
+                    [np.broadcast_to(np.asarray(e, float), flat[0].shape) for e in r]
+                    for r in matrix(*flat[:3])
+                ]
+            ),
+            -1,
+            0,
         )
         top = np.linalg.eigvalsh(H_N22)[:, -1]
         root = largest_root_below(rows, top)
@@ -329,7 +338,11 @@ def two_feature_parameters(model: FeatureModel) -> dict[sp.Symbol, float]:
     values[b] = (child - both) / (1 - parent) if parent < 1 else 0.0
     spread_S2 = world.codes - world.magnitudes * fire_S2  # (m - mu) where a feature fires
     sigma = [
-        float(np.sqrt(prob @ (spread_S2[:, i] ** 2 * fire_S2[:, i]) / max(prob @ fire_S2[:, i], 1e-300)))
+        float(
+            np.sqrt(
+                prob @ (spread_S2[:, i] ** 2 * fire_S2[:, i]) / max(prob @ fire_S2[:, i], 1e-300)
+            )
+        )
         for i in range(2)
     ]
     values.update({mu_p: world.magnitudes[0], mu_c: world.magnitudes[1]})

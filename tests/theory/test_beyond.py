@@ -77,9 +77,7 @@ def test_two_point_law_has_the_asked_moments(law):
 @given(magnitude_laws())
 def test_tracking_coefficient_in_moments_is_the_least_squares_decoder(law):
     p, a, b, mu_p, mu_c, sigma_p, sigma_c, rho = law
-    world = random_magnitudes(
-        two_feature(p, a, b, [mu_p, mu_c]), [sigma_p, sigma_c], rho
-    ).numeric()
+    world = random_magnitudes(two_feature(p, a, b, [mu_p, mu_c]), [sigma_p, sigma_c], rho).numeric()
     code = world.codes[:, 0]  # the latent tracks the parent's activation exactly
     decoder = (world.probabilities * code) @ world.states / (world.probabilities @ code**2)
     predicted = tracking_hedging_coefficient_moments()(a, mu_p, mu_c, sigma_p, sigma_c, rho)
@@ -166,7 +164,11 @@ def test_cosine_ratio_is_the_orthonormal_ratio_at_zero_cosine():
 # --- additive noise ----------------------------------------------------------------------------
 @FAST
 @given(
-    p=twentieths, a=twentieths, b=twentieths, v=st.tuples(twentieths, twentieths), bias=st.booleans()
+    p=twentieths,
+    a=twentieths,
+    b=twentieths,
+    v=st.tuples(twentieths, twentieths),
+    bias=st.booleans(),
 )
 def test_noise_ratio_is_least_squares_on_the_noisy_second_moment(p, a, b, v, bias):
     """Independent computation: the top eigenvector of the noisy inputs' (centred) second moment,
