@@ -271,7 +271,11 @@ def full_absorption_l1(p_both: Scalar, p_child_only: Scalar) -> sp.Expr:
         2 P01 + l1 (P11 (1/sqrt2 - 1) + P01 / sqrt2) <= 0
         <=>  l1 >= 2 sqrt2 P01 / ((sqrt2 - 1) P11 - P01)       (P01 < (sqrt2 - 1) P11),
     and never when P01 >= (sqrt2 - 1) P11. A true hierarchy (P01 = 0) absorbs fully at every
-    l1 > 0."""
+    l1 > 0, and so does the exact width-2 optimum (tests/theory/test_beyond.py). With P01 > 0
+    the exact optimum, whose codes shrink with l1 and whose encoder is free, jumps to full
+    absorption far earlier than the family: at P11 = 0.05, P01 = 0.0075 (family 1.61) between
+    l1 = 0.2186 and 0.2190 (0.2238-0.2242 without a decoder bias); at P01 = 0.015 (family 7.43)
+    between 0.3815 and 0.3823 (bisection of theory.optimum.global_optimum)."""
     p11, p01 = _sym(p_both, "P11"), _sym(p_child_only, "P01")
     root2 = sp.sqrt(2)
     denominator = (root2 - 1) * p11 - p01

@@ -3,6 +3,8 @@
 Because feature directions are orthonormal, an SAE's behaviour on a feature model is captured by
 its parameters in the feature basis: encoder (k x n), encoder bias (k), decoder rows (k x n) and
 decoder bias (n). Components orthogonal to the features only add loss, so the optimum has none.
+With feature cosines (theory.features.with_cosines) the same holds in the d coordinates of the
+state vectors (n is then d).
 
     h = ReLU(W_enc (x - b_dec) + b_enc)        (decoder bias applied to the input, as in SAELens)
     x_hat = W_dec^T h + b_dec
