@@ -14,7 +14,9 @@ How each generalisation moves hedging (each a prediction below, checked in tests
   the top eigenvector of F^T H F for the region's H in the feature basis, i.e. alpha is the top
   eigenvector of H G (G the Gram matrix);
 * noise: the always-firing (least-squares) latent is the top eigenvector of Cov(x) + Sigma;
-  isotropic noise leaves it where it is, noise along the child turns it toward the child;
+  isotropic noise leaves it where it is, noise along the child turns it toward the child; a
+  latent whose code follows the clean parent keeps its decoder (E[x a] does not see zero-mean
+  noise) and the loss grows by tr Sigma;
 * l1 > 0: the width-1 decoder is adj(nu I - H) w at a root nu of the secular quartic;
 * width 2: the absorption family is fully absorbing from l1 = 2 sqrt2 P01 / ((sqrt2-1) P11 - P01).
 """

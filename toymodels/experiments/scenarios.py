@@ -284,7 +284,7 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
     return {
         **result["params"].to_json(),
         "expected_loss": result["expected_loss"],
-        "theory": optimum_record(clean, spec, optimum),
+        "theory": {**optimum_record(clean, spec, optimum), "model": model.describe()},
         "difference": {
             "decoder_cosine_distance": result["decoder_cosine_distance"],
             "decoder_child_components": result["decoder_child_components"],
