@@ -128,6 +128,15 @@ def run_theory_summary(config: TheorySummaryConfig, out: Path) -> Run:
         "P_10": 0.2,
         "P_11": 0.05,
         "P_01": 0.075,
+        # beyond constant orthonormal features: the values at which each reduces to the above
+        "mu_p": 1.0,
+        "mu_c": 1.0,
+        "sigma_p": 0.0,
+        "sigma_c": 0.0,
+        "rho": 0.0,
+        "c": 0.0,
+        "v_p": 0.0,
+        "v_c": 0.0,
     }
     run.write_table(
         "predictions",

@@ -162,7 +162,7 @@ def numeric_optimum(
     `model`. The returned parameters are folded; the loss is recomputed with expected_loss."""
     start_time = time.perf_counter()
     world, l1 = _validated(model, spec, n_starts, tol)
-    layout = _Layout(spec.width, model.n_features, spec.tied, spec.decoder_bias)
+    layout = _Layout(spec.width, model.dim, spec.tied, spec.decoder_bias)
     rng = np.random.default_rng(seed)
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
@@ -195,6 +195,11 @@ def _validated(
         raise ValueError(
             f"the exact loss needs constant magnitudes; this model has magnitude_std "
             f"{model.magnitude_std}"
+        )
+    if model.has_additive_noise:
+        raise ValueError(
+            "the exact loss integrates over finitely many states; this model has additive noise "
+            "(model.noiseless() drops it)"
         )
     world = model.numeric()  # refuses free symbols with a message naming them
     l1 = sp.sympify(spec.l1)

@@ -274,13 +274,17 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
 
     model, spec = config.world.feature_model(), config.sae
     start = time.perf_counter()
+    # the SAE trains on the world as sampled (noise included); theory's optimum and the exact
+    # losses are of its noiseless states (the state coordinates: the feature basis unless the
+    # world has cosines)
     (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], config.fit, spec).best
-    optimum = global_optimum(model, spec, seed=config.fit.train.seed)
-    result = compare(model, float(spec.l1), trained, optimum)
+    clean = model.noiseless()
+    optimum = global_optimum(clean, spec, seed=config.fit.train.seed)
+    result = compare(clean, float(spec.l1), trained, optimum)
     return {
         **result["params"].to_json(),
         "expected_loss": result["expected_loss"],
-        "theory": optimum_record(model, spec, optimum),
+        "theory": {**optimum_record(clean, spec, optimum), "model": model.describe()},
         "difference": {
             "decoder_cosine_distance": result["decoder_cosine_distance"],
             "decoder_child_components": result["decoder_child_components"],
