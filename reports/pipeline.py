@@ -287,7 +287,7 @@ def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
             AbsorptionSweepConfig(
                 cache=cache, widths=(1024, 4096) if study else (256, 1024), ks=(8, 32),
                 train=batches(tokens, 1024 if study else 512),
-                n_words=16_384 if study else 4_096,
+                n_words=16_384 if study else 4_096, n_icl_check=256 if study else 64,
             ),
             run_absorption_sweep,
         ),
@@ -306,9 +306,9 @@ KNOWN_D_MODEL = {"gemma3-270m": 640, "smollm2-135m": 576, "google/gemma-2-2b": 2
                  "meta-llama/Llama-3.2-1B": 2048}  # fmt: skip
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # The absorption study per word of its vocabulary sample (Gemma 3 270M, d_model 640): the per-hook
-# setup (prompts through the truncated model, probe) and each SAE's codes, k-sparse probing and
-# scores (benchmarks/bench_absorption.py).
-CPU_ABSORPTION_SETUP_S_PER_WORD = 133.0 / 16_384
+# setup (prompts through the truncated model: per layer it runs, measured at layer 3) and each
+# SAE's codes, k-sparse probing and scores (benchmarks/bench_absorption.py).
+CPU_ABSORPTION_SETUP_S_PER_WORD_LAYER = 133.0 / 16_384 / 4
 CPU_ABSORPTION_SAE_S_PER_WORD = 23.0 / 16_384
 # Toy stages: samples x stack members per second, per experiment (the demo's own runs; the
 # scenarios' at 50 dimensions).
@@ -369,12 +369,12 @@ def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
     from llm.hedging import LLMHedgingConfig
     from llm.jobs import SAETrainConfig
 
-    plans, d_model = [], None  # the cache's d_model, once its extraction is planned
+    plans, d_model, layer = [], None, 0  # the cache's, once its extraction is planned
     for stage in demo_stages(config, Path(out)):
         job, disk, seconds = stage.config, None, None
         kind = type(job).__name__
         if isinstance(job, ExtractConfig):
-            d_model = KNOWN_D_MODEL.get(job.model)
+            d_model, layer = KNOWN_D_MODEL.get(job.model), job.layer
             if d_model is not None:
                 disk = job.tokens * d_model * DTYPE_BYTES[job.dtype]
             rate = CPU_EXTRACT_TOKENS_PER_S.get(job.model)
@@ -396,7 +396,10 @@ def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
             saes = len(job.widths) * len(job.ks)
             train = _sae_seconds(job.train.samples * sum(job.widths) * len(job.ks), d_model)
             words = job.n_words or ALPHABETIC_VOCABULARY
-            per_word = CPU_ABSORPTION_SETUP_S_PER_WORD + saes * CPU_ABSORPTION_SAE_S_PER_WORD
+            per_word = (
+                CPU_ABSORPTION_SETUP_S_PER_WORD_LAYER * (layer + 1)
+                + saes * CPU_ABSORPTION_SAE_S_PER_WORD
+            )
             if train is not None and d_model == KNOWN_D_MODEL["gemma3-270m"]:
                 seconds = train + words * per_word
             work = (
