@@ -29,6 +29,8 @@ Width <= k never binds the budget: BatchTopK is then the ReLU SAE at l1 = 0.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from theory.features import FeatureModel, NumericFeatureModel
@@ -209,11 +211,12 @@ def _binding(
     fraction = (k - mass) / p[s_star]
     cell_p = np.append(p, fraction * p[s_star])
     cell_p[s_star] *= 1 - fraction
-    cells = NumericFeatureModel(
-        np.vstack([world.patterns, world.patterns[s_star]]),
-        cell_p,
-        world.magnitudes,
-        world.magnitude_std,
+    split = np.append(np.arange(S), s_star)
+    cells = dataclasses.replace(
+        world,
+        patterns=world.patterns[split],
+        probabilities=cell_p,
+        state_magnitudes=None if world.state_magnitudes is None else world.state_magnitudes[split],
     )
     width = len(active)
     cell_active = np.hstack([active, active[:, s_star : s_star + 1]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ from theory.architectures import architecture_codes
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
 from theory.features import FeatureModel, WorldConfig
 from theory.optimum import Optimum, global_optimum
+from theory.predictions import evaluate_catalogue
 from theory.sae import SAESpec
 
 
@@ -41,12 +43,53 @@ def run_derive(config: DeriveConfig) -> dict:
 
 
 def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:
-    """Optimum parameters in the feature basis (untied: decoder rows unit norm; tied: encoder =
-    decoder), its exact expected loss, the states each latent fires on (strictly positive code)
-    and, with `symbolic`, the closed forms of its region."""
+    """Optimum parameters in the state coordinates (the feature basis unless the features have
+    cosines; untied: decoder rows unit norm; tied: encoder = decoder), its exact expected loss,
+    the states each latent fires on (strictly positive code), the catalogue's predictions for a
+    two-feature world and, with `symbolic`, the closed forms of its region.
+
+    With additive noise the optimum is that of the noiseless states (the exact search needs
+    finitely many) and "noise" adds what is exact or small-noise about the noisy world."""
     start = time.perf_counter()
-    record = optimum_record(model, spec, global_optimum(model, spec, seed=seed), symbolic)
+    clean = model.noiseless()
+    optimum = global_optimum(clean, spec, seed=seed)
+    record = optimum_record(clean, spec, optimum, symbolic)
+    record["model"] = model.describe()
+    record["predictions"] = evaluate_catalogue(model, float(spec.l1), spec.decoder_bias)
+    if model.has_additive_noise:
+        record["noise"] = noise_record(model, spec, optimum)
     record["seconds"] = time.perf_counter() - start
+    return record
+
+
+def noise_record(model: FeatureModel, spec: SAESpec, optimum: Optimum) -> dict:
+    """What additive noise (covariance Sigma) does to the noiseless optimum: every SAE pays at
+    least tr Sigma times the fraction of it outside what its codes follow; for a width-1 untied
+    SAE at l1 = 0 the optimum of the noiseless optimum's activation region under noise, from
+    width1_region_terms(noise=Sigma) (exact when that region is every state, the small-noise
+    limit otherwise)."""
+    Sigma = np.diag(np.asarray(model.noise_std, dtype=float) ** 2)
+    record = {
+        "note": "the optimum above is of the noiseless states",
+        "noise_variance_total": float(np.trace(Sigma)),
+    }
+    if spec.width != 1 or spec.tied or float(spec.l1) != 0 or not any(optimum.active[0]):
+        return record
+    world = model.numeric()
+    region = optimum.active[0]
+    terms = width1_region_terms(world, region, 0, spec.decoder_bias, Sigma)
+    if terms is None:
+        return record
+    values, vectors = np.linalg.eigh(terms.H)
+    direction = vectors[:, -1] * np.sign(vectors[:, -1] @ optimum.params.decoder[0] or 1.0)
+    record.update(
+        {
+            "region": [lab for lab, on in zip(model.state_labels(), region, strict=True) if on],
+            "exact": bool(all(region)),
+            "decoder": direction.tolist(),
+            "expected_loss": float(terms.constant - values[-1]),
+        }
+    )
     return record
 
 
@@ -56,7 +99,7 @@ def optimum_record(
     """The JSON record of an optimum already found (keys as `derive`'s, without timing).
     Two-feature models add "hedging": see `hedging_components`; BatchTopK adds
     "kept_fraction" [latent][state], the share of a state's samples keeping the code."""
-    patterns = ["".join(map(str, pat)) for pat in model.patterns]
+    patterns = model.state_labels()
     firing_SK = architecture_codes(model.numeric(), optimum.params, spec) > 0
     record = {
         **optimum.params.to_json(),
@@ -76,8 +119,13 @@ def optimum_record(
         "model": model.describe(),
         "regions_tried": optimum.regions_tried,
     }
+    decoder_in_features = optimum.params.decoder
+    if model.directions is not None:  # decoder rows as combinations of the feature directions
+        F = np.array(model.numeric().directions)
+        decoder_in_features = optimum.params.decoder @ np.linalg.pinv(F)
+        record["decoder_in_features"] = decoder_in_features.tolist()
     if model.n_features == 2:
-        record["hedging"] = hedging_components(optimum.params.decoder)
+        record["hedging"] = hedging_components(decoder_in_features)
     if spec.architecture == "batchtopk":  # the state on the threshold keeps a fraction
         from theory.batchtopk import kept_fractions
 
@@ -119,10 +167,8 @@ def closed_forms_latex(
         }
     if not any(active[0]):
         return {"note": "the optimal latent never fires (the decoder bias alone is best)"}
-    symbols = [
-        sp.Symbol(f"P_{{{''.join(map(str, pat))}}}", positive=True) for pat in model.patterns
-    ]
-    symbolic_model = FeatureModel(model.patterns, tuple(symbols), model.magnitudes)
+    symbols = [sp.Symbol(f"P_{{{label}}}", positive=True) for label in model.state_labels()]
+    symbolic_model = dataclasses.replace(model, probabilities=tuple(symbols), noise_std=None)
     l1 = sp.Symbol("lambda", nonnegative=True) if float(spec.l1) else 0
     terms = width1_region_terms(symbolic_model, active[0], l1, spec.decoder_bias)
     forms = {

@@ -19,6 +19,7 @@ whose minimisers are then polished the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -175,7 +176,7 @@ def numeric_optimum(
     `model`. The returned parameters are folded; the loss is recomputed with expected_loss."""
     start_time = time.perf_counter()
     world, l1 = _validated(model, spec, n_starts, tol)
-    layout = _Layout(spec.width, model.n_features, spec.tied, spec.decoder_bias)
+    layout = _Layout(spec.width, model.dim, spec.tied, spec.decoder_bias)
     rng = np.random.default_rng(seed)
     if spec.architecture != "relu-l1":
         params = _gated_numeric(world, layout, spec, _initial_points(world, layout, n_starts, rng))
@@ -212,6 +213,11 @@ def _validated(
         raise ValueError(
             f"the exact loss needs constant magnitudes; this model has magnitude_std "
             f"{model.magnitude_std}"
+        )
+    if model.has_additive_noise:
+        raise ValueError(
+            "the exact loss integrates over finitely many states; this model has additive noise "
+            "(model.noiseless() drops it)"
         )
     world = model.numeric()  # refuses free symbols with a message naming them
     l1 = sp.sympify(spec.l1)
@@ -414,7 +420,7 @@ def _gate_cells(
 
 
 def _reweighted(world: NumericFeatureModel, weights: np.ndarray) -> NumericFeatureModel:
-    return NumericFeatureModel(world.patterns, weights, world.magnitudes, world.magnitude_std)
+    return dataclasses.replace(world, probabilities=weights)
 
 
 def _best_thresholds(

@@ -3,6 +3,8 @@
 Because feature directions are orthonormal, an SAE's behaviour on a feature model is captured by
 its parameters in the feature basis: encoder (k x n), encoder bias (k), decoder rows (k x n) and
 decoder bias (n). Components orthogonal to the features only add loss, so the optimum has none.
+With feature cosines (theory.features.with_cosines) the same holds in the d coordinates of the
+state vectors (n is then d).
 
     h = ReLU(W_enc (x - b_dec) + b_enc)        (decoder bias applied to the input, as in SAELens)
     x_hat = W_dec^T h + b_dec
@@ -142,9 +144,10 @@ def expected_loss(world: NumericFeatureModel, params: SAEParams, l1: float) -> n
     return (sq_err + l1 * sparsity[..., 0]) @ world.probabilities
 
 
-def symbolic_parameters(spec: SAESpec, n_features: int, prefix: str = "") -> dict[str, sp.Matrix]:
-    """Real sympy symbols for every free parameter of `spec` (tied: the encoder is the decoder)."""
-    k, n = spec.width, n_features
+def symbolic_parameters(spec: SAESpec, dim: int, prefix: str = "") -> dict[str, sp.Matrix]:
+    """Real sympy symbols for every free parameter of `spec` on states of dimension `dim`
+    (tied: the encoder is the decoder)."""
+    k, n = spec.width, dim
     dec = sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}d_{i}{j}", real=True))
     enc = (
         dec
@@ -174,10 +177,15 @@ def expected_loss_expr(
     """
     if model.has_magnitude_noise:
         raise ValueError("the exact loss needs constant magnitudes; this model has magnitude noise")
-    p = params or symbolic_parameters(spec, model.n_features)
+    if model.has_additive_noise:
+        raise ValueError(
+            "the exact loss integrates over finitely many states; this model has additive noise "
+            "(model.noiseless() drops it)"
+        )
+    p = params or symbolic_parameters(spec, model.dim)
     W, c, D, b = p["encoder"], p["encoder_bias"], p["decoder"], p["decoder_bias"]
     l1 = _sym(spec.l1, "l1")
-    norms = [sp.sqrt(sum(D[i, j] ** 2 for j in range(model.n_features))) for i in range(spec.width)]
+    norms = [sp.sqrt(sum(D[i, j] ** 2 for j in range(model.dim))) for i in range(spec.width)]
     X = model.state_matrix()
     total = sp.Integer(0)
     for s, prob in enumerate(model.probabilities):

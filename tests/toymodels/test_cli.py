@@ -72,6 +72,24 @@ def test_train_trains_the_architecture_theory_solves(capsys, argv):
     )
 
 
+def test_train_on_a_generalised_world_reaches_its_optimum(capsys):
+    """Cosine 0.3, two-point magnitudes and a little noise: the trained decoder (in the state
+    coordinates) lands on derive's optimum of the same world (noiseless states)."""
+    status, out, _ = run_cli(
+        capsys,
+        *("toy", "train", "--joint", "00:0.6,10:0.2,01:0.05,11:0.15", "--cosines", "0.3"),
+        *("--magnitude-std", "0.2", "0.2", "--noise-std", "0.02", "--width", "1"),
+        *("--l1", "0.02", "--samples", "200000", "--restarts", "4", "--json"),
+    )
+    assert status == 0
+    record = json.loads(out)
+    theory = record["theory"]
+    assert theory["model"]["gram"] == [[1.0, 0.3], [0.3, 1.0]]
+    assert theory["decoder_in_features"][0][1] > 0.3  # it hedges
+    assert record["difference"]["decoder_cosine_distance"][0] < 1e-3
+    assert abs(record["difference"]["loss_gap"]) < 1e-3
+
+
 def test_train_scenario_tied_without_decoder_bias(capsys):
     status, out, _ = run_cli(
         capsys,
@@ -118,6 +136,8 @@ def test_train_scenario_tied_without_decoder_bias(capsys):
         (["--scenario", "hierarchical", "--architecture", "topk", "--tied"], "tied topk"),
         (["--scenario", "hierarchical", "--architecture", "jumprelu", "--l0", "-1"], "l0 must"),
         (["--scenario", "hierarchical", "--architecture", "topk", "--l1", "0.1"], "relu-l1 only"),
+        (["--scenario", "hierarchical", "--cosines", "-2"], "cosines must be in [-1, 1]"),
+        (["--scenario", "hierarchical", "--magnitude-std", "2", "0"], "0 <= std < mean"),
     ],
 )
 def test_bad_train_input_is_one_line_with_status_two(capsys, argv, message):

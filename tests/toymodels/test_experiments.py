@@ -80,7 +80,12 @@ def test_scenarios_run_at_a_tiny_size(tmp_path):
         "encoder_child",
         "encoder_bias",
     }
-    assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(run["tables"]["losses"])
+    losses = run["tables"]["losses"]
+    assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(losses)
+    restarts = run["tables"]["restarts"]
+    assert list(restarts.restart) == [0, 1] and (restarts.loss_gap >= -1e-9).all()
+    # the configuration's fit is one of its restarts (the best on held-out samples)
+    assert losses.measured_loss.iloc[0] in set(restarts.expected_loss)
     with pytest.raises(ValueError, match="unknown scenario"):
         ScenariosConfig(scenarios=("sideways",))
 
@@ -181,7 +186,7 @@ def test_width_one_gated_saes_land_on_theorys_optimum_in_every_scenario(spec):
     # the best held-out restart of each scenario is compared with the architecture's optimum.
     worlds = [scenario(name) for name in SCENARIOS]
     fit = FitConfig(restarts=8)
-    trained = train_saes(worlds, [(w, 0.0, 1) for w in range(len(worlds))], fit, spec)
+    trained = train_saes(worlds, [(w, 0.0, 1) for w in range(len(worlds))], fit, spec).best
     for name, world, params in zip(SCENARIOS, worlds, trained, strict=True):
         optimum = global_optimum(world, spec)
         result = compare(world, spec, params, optimum)

@@ -4,7 +4,9 @@ Every (scenario, L1, width) configuration is trained `restarts` times from the f
 tied initialisation (decoder rows of norm 0.1), all in ONE stack; the restart with the lowest
 held-out loss stands for the configuration (a single latent has local minima: tracking the child,
 the parent's complement, or dying). Its folded parameters in the feature basis are set next to
-theory's global optimum.
+theory's global optimum (tables components and losses); table restarts holds every restart's exact
+expected loss and its gap to the optimum, so how often gradient descent reaches the optimum is a
+measurement too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 import torch
@@ -28,7 +31,7 @@ from theory.config import (
 from theory.features import PAPER_L1, SCENARIOS, FeatureModel, WorldConfig, scenario
 from theory.optimum import Optimum, global_optimum
 from theory.predictions import catalogue
-from theory.sae import SAEParams, SAESpec
+from theory.sae import SAEParams, SAESpec, expected_loss
 from toymodels.experiments.common import (
     EmbeddedWorlds,
     best_of_restarts,
@@ -70,16 +73,24 @@ class FitConfig:
             require_positive_int(name, getattr(self, name))
 
 
+class Fits(NamedTuple):
+    """Per config: the best restart's parameters and every restart's, in the feature basis (not
+    folded)."""
+
+    best: list[SAEParams]
+    restarts: list[list[SAEParams]]
+
+
 def train_saes(
     worlds: Sequence[FeatureModel],
     configs: Sequence[tuple[int, float, int]],
     fit: FitConfig,
     spec: SAESpec | None = None,
-) -> list[SAEParams]:
+) -> Fits:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
-    restart's parameters in the feature basis (not folded). `spec` gives the variant
-    (architecture with its k or l0, tied, decoder bias); its width and l1 are the configs'
-    (l1 is 0 for every architecture but relu-l1)."""
+    restart (lowest held-out loss) and all restarts. `spec` gives the variant (architecture
+    with its k or l0, tied, decoder bias); its width and l1 are the configs' (l1 is 0 for every
+    architecture but relu-l1)."""
     spec = spec or SAESpec()
     members = [c for _ in range(fit.restarts) for c in configs]
     seed = fit.train.seed
@@ -108,7 +119,11 @@ def train_saes(
     train(sae, data, fit.train)
     losses = held_out_loss(sae, held_out, fit.held_out_samples, seed=seed + 1)
     params = to_feature_basis(sae, data.directions_ND)
-    return [params[m] for m in best_of_restarts(losses, len(configs))]
+    n = len(configs)  # members are restart-major
+    return Fits(
+        [params[m] for m in best_of_restarts(losses, n)],
+        [params[c::n] for c in range(n)],
+    )
 
 
 def _sparsity(spec: SAESpec, l1_per_member: list[float]) -> dict:
@@ -196,12 +211,17 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
         seeds={"sae_init_and_data": seed, "held_out": seed + 1},
         kind="toy-scenarios",
     )
-    trained = train_saes(worlds, configs, config.fit)
-    rows, losses = [], []
-    for (w, l1, width), params in zip(configs, trained, strict=True):
+    fits = train_saes(worlds, configs, config.fit)
+    rows, losses, restarts = [], [], []
+    for (w, l1, width), params, tries in zip(configs, fits.best, fits.restarts, strict=True):
         optimum = global_optimum(worlds[w], SAESpec(width, l1))
         result = compare(worlds[w], SAESpec(width, l1), params, optimum)
         key = {"scenario": config.scenarios[w], "l1": l1, "width": width}
+        numeric = worlds[w].numeric()
+        restarts += [
+            {**key, "restart": r, "expected_loss": loss, "loss_gap": loss - optimum.loss}
+            for r, loss in enumerate(float(expected_loss(numeric, t, l1)) for t in tries)
+        ]
         for latent in range(width):
             for quantity, (field_name, feature) in QUANTITIES.items():
                 predicted = getattr(optimum.params, field_name)[latent]
@@ -230,6 +250,7 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
     components, loss_table = pd.DataFrame(rows), pd.DataFrame(losses)
     run.write_table("components", components)
     run.write_table("losses", loss_table)
+    run.write_table("restarts", pd.DataFrame(restarts))
     child = components[components.quantity == "decoder_child"]
     run.write_metrics(
         {
@@ -269,13 +290,17 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
 
     model, spec = config.world.feature_model(), config.sae
     start = time.perf_counter()
-    (trained,) = train_saes([model], [(0, float(spec.l1), spec.width)], config.fit, spec)
-    optimum = global_optimum(model, spec, seed=config.fit.train.seed)
-    result = compare(model, spec, trained, optimum)
+    # the SAE trains on the world as sampled (noise included); theory's optimum and the exact
+    # losses are of its noiseless states (the state coordinates: the feature basis unless the
+    # world has cosines)
+    (trained,) = train_saes([model], [(0, float(spec.l1), spec.width)], config.fit, spec).best
+    clean = model.noiseless()
+    optimum = global_optimum(clean, spec, seed=config.fit.train.seed)
+    result = compare(clean, spec, trained, optimum)
     return {
         **result["params"].to_json(),
         "expected_loss": result["expected_loss"],
-        "theory": optimum_record(model, spec, optimum),
+        "theory": {**optimum_record(clean, spec, optimum), "model": model.describe()},
         "difference": {
             "decoder_cosine_distance": result["decoder_cosine_distance"],
             "decoder_child_components": result["decoder_child_components"],
