@@ -12,7 +12,7 @@ split count from each, and the per-letter figures side by side with their agreem
 letters both score (probe F1 > 0.6 on both sides).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_absorption_saebench.py --sae DIR \
-        [--n-words 3000] [--layer 3] [--threads 1] [--out DIR]
+        [--n-words 2000] [--layer 3] [--threads 1] [--out DIR]
 
 Prints one JSON object (also written to OUT/comparison.json) and the per-letter table.
 """
@@ -145,10 +145,16 @@ def main() -> None:
     parser.add_argument("--sae", required=True, help="SAE folder (SAELens layout) at the layer")
     parser.add_argument("--model", default="gemma3-270m")
     parser.add_argument("--layer", type=int, default=3)
-    parser.add_argument("--n-words", type=int, default=3000)
+    parser.add_argument("--n-words", type=int, default=2000, help="SAEBench: ~8 min here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=64, help="prompts per forward, both")
-    parser.add_argument("--min-letters", type=int, default=20, help="both tools' minimum")
+    parser.add_argument(
+        "--min-letters",
+        type=int,
+        default=1,
+        help="fewest letters with probe F1 > 0.6 for a score, both tools (their default 20 voids "
+        "small vocabularies)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--forward",
@@ -156,7 +162,7 @@ def main() -> None:
         default="truncated",
         help="SAEBench's forward: stopped after the layer, or as published",
     )
-    parser.add_argument("--calibrate", type=int, default=8, help="prompts SAEBench times both ways")
+    parser.add_argument("--calibrate", type=int, default=4, help="prompts SAEBench times both ways")
     parser.add_argument("--peer-json", help="SAEBench's result, if already run")
     parser.add_argument("--out", help="working folder, kept (default: a new temporary one)")
     args = parser.parse_args()

@@ -94,6 +94,7 @@ def measure(args: argparse.Namespace) -> dict:
     padding = {}
 
     common.get_alpha_tokens = lambda tokenizer: list(words)
+    gen_and_save = common.gen_and_save_df_acts_probing
 
     def activations_with_padding_count(model, train_dataset, test_dataset, **kwargs):
         result = clock.wrap("probe_activations", gen_and_save)(
@@ -105,7 +106,6 @@ def measure(args: argparse.Namespace) -> dict:
             padding[f"{name}_prompts"] = len(prompts)
         return result
 
-    gen_and_save = common.gen_and_save_df_acts_probing
     common.gen_and_save_df_acts_probing = activations_with_padding_count
     common.train_linear_probe_for_task = clock.wrap(
         "probe_training", common.train_linear_probe_for_task
@@ -300,7 +300,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="working folder (artifacts, results)")
     parser.add_argument("--layer", type=int, default=3)
     parser.add_argument("--forward", choices=("truncated", "full"), default="truncated")
-    parser.add_argument("--calibrate", type=int, default=8, help="prompts timed both ways")
+    parser.add_argument("--calibrate", type=int, default=4, help="prompts timed both ways")
     parser.add_argument("--llm-batch-size", type=int, default=64)
     parser.add_argument("--min-letters", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
