@@ -491,12 +491,16 @@ def _inner_solve(
     directions: np.ndarray,
     active: np.ndarray,
     l1: float,
+    pre_constraints: np.ndarray | None = None,
     faces: tuple[_Face | None, ...] | None = None,
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
     the closure of the region. A tied latent with a face is taken in its limit of unbounded
-    gain: an affine code constrained on the face's states only."""
-    return _region_solver(world, spec, active, l1, faces)(directions)
+    gain: an affine code constrained on the face's states only.
+
+    `pre_constraints` (m, S, k), untied only, replaces the ReLU region's constraints by
+    sum_si C[r, s, i] pre_si >= 0 (other architectures' regions, e.g. TopK's ordering)."""
+    return _region_solver(world, spec, active, l1, pre_constraints, faces)(directions)
 
 
 def _region_solver(  # noqa: ANN202 (the solver closure)
@@ -504,6 +508,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     spec: SAESpec,
     active: np.ndarray,
     l1: float,
+    pre_constraints: np.ndarray | None = None,
     faces: tuple[_Face | None, ...] | None = None,
 ):
     """`_inner_solve` for one region as a function of the directions alone, with every moment
@@ -541,6 +546,10 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
             C[first_row[i] : first_row[i] + len(signed[i]), q[i] : q[i + 1]] = signed[i]
         else:
             C[first_row[i + 1] - 1, q[i]] = 1.0  # kappa >= 0
+    if pre_constraints is not None:  # untied: pre_si = z_s . psi_i, as the codes
+        C = np.zeros((len(pre_constraints), n_psi))
+        for i in range(k):
+            C[:, q[i] : q[i + 1]] = pre_constraints[:, :, i] @ Z
     G = np.zeros((n_psi, n_psi))
     rhs = np.zeros(n_psi)
     if spec.decoder_bias:
@@ -782,13 +791,14 @@ def _reduced(  # noqa: ANN202 (a closure for scipy)
     spec: SAESpec,
     active: np.ndarray,
     l1: float,
+    pre_constraints: np.ndarray | None = None,
     faces: tuple[_Face | None, ...] | None = None,
 ):
     """The region's loss as a function of the search coordinates (decoder rows, k * n flat,
     without limit latents) and its gradient."""
     k, n = len(active), world.states.shape[1]
     faces = faces or (None,) * k
-    solve = _region_solver(world, spec, active, l1, faces)
+    solve = _region_solver(world, spec, active, l1, pre_constraints, faces)
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if not np.isfinite(y).all():  # a runaway line-search step: reject it
@@ -830,6 +840,7 @@ def _search_region(
     l1: float,
     starts: list[np.ndarray],
     to_beat: float,
+    pre_constraints: np.ndarray | None = None,
     faces: tuple[_Face | None, ...] | None = None,
 ) -> list[tuple[np.ndarray, _Inner]]:
     """Local optima over unit decoder directions of a region's closure, from the best
@@ -837,12 +848,13 @@ def _search_region(
     `to_beat` ends the region's search. With `faces`, the tied latents that have one are
     taken in their limit of unbounded gain."""
     faces = faces or (None,) * len(active)
-    closed = _reduced(world, spec, active, l1, faces)
+    closed = _reduced(world, spec, active, l1, pre_constraints, faces)
     values = [closed(_coordinates(start, faces))[0] for start in starts]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
         directions = _minimise(closed, starts[j], faces)
-        found.append((directions, _inner_solve(world, spec, directions, active, l1, faces)))
+        inner = _inner_solve(world, spec, directions, active, l1, pre_constraints, faces)
+        found.append((directions, inner))
         if found[-1][1].loss > to_beat - 1e-12:
             break
     return found
@@ -946,8 +958,12 @@ def global_optimum(
     Width 1 untied uses the closed form per region; other variants search decoder directions
     with every other parameter solved exactly on the region's closure. Untied parameters come
     back folded (unit decoder rows), tied ones tied; latents that never fire have zero
-    parameters.
+    parameters. Other architectures (`spec.architecture`) go to theory.architectures.
     """
+    if spec.architecture != "relu-l1":  # TopK, BatchTopK, JumpReLU: theory.gated's regions
+        from theory.architectures import architecture_optimum
+
+        return architecture_optimum(model, spec, seed)
     world = model.numeric() if isinstance(model, FeatureModel) else model
     l1 = float(spec.l1)
     S, n = world.states.shape
@@ -984,7 +1000,7 @@ def global_optimum(
         starts = _direction_starts(world, active, rng)
         for faces in _limit_variants(world, spec, active):
             for directions, inner in _search_region(
-                world, spec, active, l1, starts, best.loss, faces
+                world, spec, active, l1, starts, best.loss, faces=faces
             ):
                 best = _candidate(world, spec, directions, inner, best, faces)
     return Optimum(best.params, best.loss, best.active, tried)
