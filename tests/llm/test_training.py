@@ -132,6 +132,21 @@ def test_training_on_the_cache_learns_to_reconstruct(cache):
     assert quality["l0"] == pytest.approx(4.0)
 
 
+def test_bf16_training_on_the_cache_matches_fp32(cache):
+    split = split_cache(cache, held_out_tokens=500)
+    held_out = held_out_activations(split)
+    schedule = TrainConfig(samples=64 * 60, batch_size=64, lr=1e-2, device="cpu", progress=False)
+    quality = {}
+    for precision in ("fp32", "bf16"):
+        trained = train_on_cache(_topk(), split, schedule.replace(precision=precision))
+        assert trained.sae.W_enc.dtype == torch.float32
+        quality[precision] = reconstruction_metrics(trained.sae, held_out * trained.input_scale)[0]
+    assert quality["fp32"]["explained_variance"] > 0.6
+    assert quality["bf16"]["explained_variance"] == pytest.approx(
+        quality["fp32"]["explained_variance"], abs=0.01
+    )
+
+
 @pytest.mark.parametrize("with_dead", [False, True])
 def test_sparse_topk_loss_equals_the_generic_path(with_dead):
     """TopKSAE.loss on a shared batch (the path LLM training takes) against SAE.loss."""

@@ -134,9 +134,11 @@ class TopKSAE(SAE):
         return SAELensExtras({}, {"k": self.config.k[0], "rescale_acts_by_decoder_norm": False}, {})
 
     def _chosen_pre(self, x_BD: Tensor, pre_MBF: Tensor, index_MBK: Tensor) -> Tensor:
-        """pre-activations (M, B, K) of the chosen latents, with gradients."""
+        """pre-activations (M, B, K) of the chosen latents, with gradients, in the parameters'
+        dtype (under bf16 autocast the dense pre-activations are bf16; the sparse ops after them
+        run in fp32)."""
         return _ChosenPre.apply(
-            pre_MBF.gather(-1, index_MBK),
+            pre_MBF.gather(-1, index_MBK).to(self.W_enc.dtype),
             _flat(index_MBK, self.n_latents),
             x_BD,
             self.W_enc,
