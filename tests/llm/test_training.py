@@ -166,6 +166,8 @@ def test_sparse_topk_loss_equals_the_generic_path(with_dead):
     with torch.no_grad():
         sae.b_enc.copy_(torch.randn(3, 40, generator=generator) * 0.1)
         sae.b_dec.copy_(torch.randn(3, 16, generator=generator) * 0.1)
+        if with_dead:  # a zero decoder row scores 0: its pre-activation is not its score / norm
+            sae.W_dec[1, 7] = 0
     x = torch.randn(128, 16, generator=generator)
     results = {}
     for name, loss in (("sparse", type(sae).loss), ("generic", type(sae).__mro__[1].loss)):
