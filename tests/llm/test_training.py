@@ -11,6 +11,7 @@ from llm.evaluate import reconstruction_metrics
 from llm.training import (
     CacheData,
     held_out_activations,
+    held_out_batches,
     normalisation_scale,
     split_cache,
     train_on_cache,
@@ -48,6 +49,9 @@ def test_split_holds_out_the_last_shards(cache, tmp_path):
     held_out = held_out_activations(split)
     assert torch.equal(_sorted_rows(held_out), _sorted_rows(_all_rows(cache, (3,))))
     assert len(held_out_activations(split, 100)) == 100
+    batches = list(held_out_batches(split, 450, batch_size=100, scale=2.0))
+    assert [len(b) for b in batches] == [100, 100, 100, 100, 50]
+    assert torch.equal(torch.cat(batches), 2.0 * held_out_activations(split, 450))
     with pytest.raises(ValueError, match="not an activation cache"):
         split_cache(tmp_path)
 
