@@ -204,10 +204,13 @@ def _inner_solve(
     directions: np.ndarray,
     active: np.ndarray,
     l1: float,
+    pre_constraints: np.ndarray | None = None,
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
     the closure of the region.
 
+    `pre_constraints` (m, S, k), untied only, replaces the ReLU region's constraints by
+    sum_si C[r, s, i] pre_si >= 0 (other architectures' regions, e.g. TopK's ordering).
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
     their multipliers."""
@@ -236,6 +239,10 @@ def _inner_solve(
         rows.append(block)
         if spec.tied:  # kappa >= 0
             rows.append(np.eye(n_psi)[q[i]][None])
+    if pre_constraints is not None:  # untied: pre_si = z_s . psi_i, as the codes
+        rows = [np.zeros((len(pre_constraints), n_psi))]
+        for i, basis in enumerate(bases):
+            rows[0][:, q[i] : q[i + 1]] = pre_constraints[:, :, i] @ basis
     psi, lam = _least_distance(G, rhs, np.vstack(rows))
     residual = X - np.einsum("sai,i->sa", J, psi)
     loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
@@ -348,7 +355,13 @@ def _separator(
     return w / max(np.linalg.norm(w), 1e-300)
 
 
-def _reduced(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float):  # noqa: ANN202 (a closure for scipy)
+def _reduced(  # noqa: ANN202 (a closure for scipy)
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    active: np.ndarray,
+    l1: float,
+    pre_constraints: np.ndarray | None = None,
+):
     """The region's loss as a function of the decoder rows (k * n flat) and its gradient."""
     k, n = len(active), world.states.shape[1]
 
@@ -358,7 +371,7 @@ def _reduced(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: 
         rows = y.reshape(k, n)
         norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         e = rows / norms
-        inner = _inner_solve(world, spec, e, active, l1)
+        inner = _inner_solve(world, spec, e, active, l1, pre_constraints)
         g = inner.grad
         return inner.loss, ((g - (g * e).sum(1, keepdims=True) * e) / norms).ravel()
 
@@ -381,16 +394,19 @@ def _search_region(
     l1: float,
     starts: list[np.ndarray],
     to_beat: float,
+    pre_constraints: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, _Inner]]:
     """Local optima over unit decoder directions of a region's closure, from the best
     STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
     `to_beat` ends the region's search."""
-    closed = _reduced(world, spec, active, l1)
+    closed = _reduced(world, spec, active, l1, pre_constraints)
     values = [closed(start.ravel())[0] for start in starts]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
         directions = _minimise(closed, starts[j])
-        found.append((directions, _inner_solve(world, spec, directions, active, l1)))
+        found.append(
+            (directions, _inner_solve(world, spec, directions, active, l1, pre_constraints))
+        )
         if found[-1][1].loss > to_beat - 1e-12:
             break
     return found
@@ -494,8 +510,12 @@ def global_optimum(
     Width 1 untied uses the closed form per region; other variants search decoder directions
     with every other parameter solved exactly on the region's closure. Untied parameters come
     back folded (unit decoder rows), tied ones tied; latents that never fire have zero
-    parameters.
+    parameters. Other architectures (`spec.architecture`) go to theory.architectures.
     """
+    if spec.architecture != "relu-l1":  # TopK, BatchTopK, JumpReLU: theory.gated's regions
+        from theory.architectures import architecture_optimum
+
+        return architecture_optimum(model, spec, seed)
     world = model.numeric() if isinstance(model, FeatureModel) else model
     l1 = float(spec.l1)
     S, n = world.states.shape

@@ -3,10 +3,16 @@
 Because feature directions are orthonormal, an SAE's behaviour on a feature model is captured by
 its parameters in the feature basis: encoder (k x n), encoder bias (k), decoder rows (k x n) and
 decoder bias (n). Components orthogonal to the features only add loss, so the optimum has none.
+With feature cosines (theory.features.with_cosines) the same holds in the d coordinates of the
+state vectors (n is then d).
 
     h = ReLU(W_enc (x - b_dec) + b_enc)        (decoder bias applied to the input, as in SAELens)
     x_hat = W_dec^T h + b_dec
     loss = E ||x - x_hat||^2 + l1 * E sum_i h_i ||W_dec[i]||
+
+That is the ReLU-L1 SAE; `SAESpec.architecture` names the others, whose codes and losses live in
+one module each (theory.topk, theory.batchtopk, theory.jumprelu; theory.architectures
+dispatches).
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import sympy as sp
 from theory.features import FeatureModel, NumericFeatureModel, _sym
 
 MAX_L1 = 1e100  # far beyond any useful value (every latent is dead); l1^2 must stay finite
+ARCHITECTURES = ("relu-l1", "topk", "batchtopk", "jumprelu")
 
 
 @dataclass(frozen=True)
 class SAESpec:
-    """Which SAE: width k, L1 coefficient, tied or untied, with or without a decoder bias."""
+    """Which SAE: architecture and its hyperparameter, width, tied or untied, with or without a
+    decoder bias."""
 
     width: int = 1
     """Latents of the SAE."""
@@ -34,10 +42,39 @@ class SAESpec:
     """Encoder = decoder transpose."""
     decoder_bias: bool = True
     """Learn a decoder bias."""
+    architecture: str = "relu-l1"
+    """relu-l1 (L1 penalty), topk (each sample keeps its k largest codes), batchtopk (expected
+    loss of keeping the batch's k * B largest codes: one shared threshold, E[L0] = k) or jumprelu
+    (a learned threshold per latent and an L0 penalty)."""
+    k: int = 1
+    """Codes kept per sample (topk; batchtopk on average)."""
+    l0: float = 0.0
+    """L0 penalty coefficient of jumprelu: l0 * E[number of firing latents]."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.width, int) or self.width < 1:
             raise ValueError(f"width must be a positive integer, got {self.width!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; allowed: {', '.join(ARCHITECTURES)}"
+            )
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
+        if self.k != 1 and self.architecture not in ("topk", "batchtopk"):
+            raise ValueError(f"k = {self.k} applies to topk and batchtopk only")
+        if not isinstance(self.l0, int | float) or not 0 <= self.l0 <= MAX_L1:
+            raise ValueError(f"l0 must be a number in [0, {MAX_L1:g}], got {self.l0!r}")
+        if self.l0 != 0 and self.architecture != "jumprelu":
+            raise ValueError(f"l0 = {self.l0} applies to jumprelu only")
+        if self.architecture != "relu-l1":
+            if self.tied:
+                raise ValueError(
+                    f"tied {self.architecture} SAEs are not supported; allowed: tied relu-l1"
+                )
+            if not (_sym(self.l1, "l1").is_number and _sym(self.l1, "l1") == 0):
+                raise ValueError(
+                    f"l1 = {self.l1} applies to relu-l1 only; {self.architecture} has none"
+                )
         l1 = _sym(self.l1, "l1")
         if l1.is_number and l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {self.l1}")
@@ -56,9 +93,11 @@ class SAEParams:
     encoder_bias: np.ndarray  # (..., k)
     decoder: np.ndarray  # (..., k, n)  row i = latent i's decoder direction
     decoder_bias: np.ndarray  # (..., n)
+    threshold: np.ndarray | None = None  # (..., k) jumprelu / batchtopk: fires when pre > it
 
     def folded(self) -> SAEParams:
-        """Same function with unit-norm decoder rows (encoder rows and bias scaled to match).
+        """Same function with unit-norm decoder rows (encoder rows, biases and thresholds scaled
+        to match).
 
         Dead latents (zero decoder) are left as they are."""
         norms = np.linalg.norm(self.decoder, axis=-1)
@@ -68,15 +107,19 @@ class SAEParams:
             self.encoder_bias * scale,
             self.decoder / scale[..., None],
             self.decoder_bias,
+            None if self.threshold is None else self.threshold * scale,
         )
 
     def to_json(self) -> dict:
-        return {
+        record = {
             "encoder": self.encoder.tolist(),
             "encoder_bias": self.encoder_bias.tolist(),
             "decoder": self.decoder.tolist(),
             "decoder_bias": self.decoder_bias.tolist(),
         }
+        if self.threshold is not None:
+            record["threshold"] = self.threshold.tolist()
+        return record
 
 
 def unit_rows(rows: np.ndarray) -> np.ndarray:
@@ -101,9 +144,10 @@ def expected_loss(world: NumericFeatureModel, params: SAEParams, l1: float) -> n
     return (sq_err + l1 * sparsity[..., 0]) @ world.probabilities
 
 
-def symbolic_parameters(spec: SAESpec, n_features: int, prefix: str = "") -> dict[str, sp.Matrix]:
-    """Real sympy symbols for every free parameter of `spec` (tied: the encoder is the decoder)."""
-    k, n = spec.width, n_features
+def symbolic_parameters(spec: SAESpec, dim: int, prefix: str = "") -> dict[str, sp.Matrix]:
+    """Real sympy symbols for every free parameter of `spec` on states of dimension `dim`
+    (tied: the encoder is the decoder)."""
+    k, n = spec.width, dim
     dec = sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}d_{i}{j}", real=True))
     enc = (
         dec
@@ -133,10 +177,15 @@ def expected_loss_expr(
     """
     if model.has_magnitude_noise:
         raise ValueError("the exact loss needs constant magnitudes; this model has magnitude noise")
-    p = params or symbolic_parameters(spec, model.n_features)
+    if model.has_additive_noise:
+        raise ValueError(
+            "the exact loss integrates over finitely many states; this model has additive noise "
+            "(model.noiseless() drops it)"
+        )
+    p = params or symbolic_parameters(spec, model.dim)
     W, c, D, b = p["encoder"], p["encoder_bias"], p["decoder"], p["decoder_bias"]
     l1 = _sym(spec.l1, "l1")
-    norms = [sp.sqrt(sum(D[i, j] ** 2 for j in range(model.n_features))) for i in range(spec.width)]
+    norms = [sp.sqrt(sum(D[i, j] ** 2 for j in range(model.dim))) for i in range(spec.width)]
     X = model.state_matrix()
     total = sp.Integer(0)
     for s, prob in enumerate(model.probabilities):
