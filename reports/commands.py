@@ -55,7 +55,10 @@ def run_command(args: argparse.Namespace) -> int:
     if not args.config.dry_run:
         print(run_pipeline(args.config, args.out))
         return 0
-    total = 0.0
+    from reports.pipeline import ASSUMED_GPU_FLOPS
+
+    gpus = args.config.gpus
+    total, gpu_total = 0.0, 0.0
     for plan in plan_pipeline(args.config, args.out):
         disk = "" if plan.disk_bytes is None else f", cache {plan.disk_bytes / 2**30:.2f} GiB"
         time = (
@@ -63,10 +66,19 @@ def run_command(args: argparse.Namespace) -> int:
             if plan.cpu_seconds is None
             else (f"~{plan.cpu_seconds / 60:.1f} min on this CPU")
         )
+        if plan.flops is not None:
+            gpu_seconds = plan.flops / (ASSUMED_GPU_FLOPS * gpus)
+            gpu_total += gpu_seconds
+            time += f", ~{gpu_seconds / 3600:.2g} h on {gpus} GPU(s)"
         total += plan.cpu_seconds or 0.0
         print(f"{plan.name}: {plan.work}{disk}; {time}")
-    print(f"expected CPU time of the stages with a measured rate: ~{total / 60:.0f} min "
-          "(GPU rates: none measured yet)")  # fmt: skip
+    print(f"expected CPU time of the stages with a measured rate: ~{total / 60:.0f} min")
+    print(
+        f"expected GPU time of the language-model stages on {gpus} GPU(s): "
+        f"~{gpu_total / 3600:.2g} h of compute (estimated from their floating-point work at an "
+        f"assumed {ASSUMED_GPU_FLOPS:.0e} FLOP/s per GPU, no GPU rate measured yet; every "
+        "pass over the cache also reads it from disk)"
+    )
     return 0
 
 

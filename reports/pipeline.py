@@ -74,12 +74,16 @@ class PipelineConfig:
     seeds and tokens) | paper (the hedging paper's settings: its models, widths, seeds and 250M
     tokens per stage, for GPUs; model and layer are the paper's, tokens is ignored)."""
     dry_run: bool = False
-    """Print every stage with its work, cache size and expected CPU time, and run nothing."""
+    """Print every stage with its work, cache size and expected CPU time (and, for the language
+    model's stages, GPU time on `gpus` GPUs), and run nothing."""
+    gpus: int = 1
+    """GPUs the dry run's GPU-time estimate divides the work over."""
 
     def __post_init__(self) -> None:
         require_nonnegative_int("layer", self.layer)
         require_positive_int("tokens", self.tokens)
         require_choice("scale", self.scale, SCALES)
+        require_positive_int("gpus", self.gpus)
 
 
 @dataclass(frozen=True)
@@ -309,6 +313,15 @@ RATE_D_MODEL = 640
 KNOWN_D_MODEL = {"gemma3-270m": 640, "smollm2-135m": 576, "google/gemma-2-2b": 2304,
                  "meta-llama/Llama-3.2-1B": 2048}  # fmt: skip
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# GPU time is estimated from floating-point work, not measured (no GPU was lent yet): a forward
+# pass costs 2 FLOPs per non-embedding parameter per token, through the hooked layer only; an SAE
+# training step 12 d_model x width per token (encoder and decoder, forward and backward). The
+# sustained rate is an assumption: about a third of an H100's dense bf16 peak.
+ASSUMED_GPU_FLOPS = 1e14
+KNOWN_BODY_PARAMS = {  # (non-embedding parameters, decoder layers)
+    "gemma3-270m": (1.0e8, 18), "smollm2-135m": (1.07e8, 30),
+    "google/gemma-2-2b": (2.0e9, 26), "meta-llama/Llama-3.2-1B": (9.7e8, 16),
+}  # fmt: skip
 # The absorption study per word of its vocabulary sample (Gemma 3 270M, d_model 640): the per-hook
 # setup (prompts through the truncated model: per layer it runs, measured at layer 3) and each
 # SAE's codes, k-sparse probing and scores (benchmarks/bench_absorption.py).
@@ -332,12 +345,18 @@ class StagePlan(NamedTuple):
     work: str
     disk_bytes: int | None
     cpu_seconds: float | None
+    flops: float | None = None
+    """Floating-point work of the language model's stages (None: not estimated)."""
 
 
 def _sae_seconds(latent_tokens: float, d_model: int | None) -> float | None:
     if d_model is None:
         return None
     return latent_tokens * d_model / RATE_D_MODEL / CPU_SAE_LATENT_TOKENS_PER_S
+
+
+def _sae_flops(latent_tokens: float, d_model: int | None) -> float | None:
+    return None if d_model is None else 12.0 * latent_tokens * d_model
 
 
 def _toy_work(job: Any) -> tuple[str, float] | None:
@@ -377,8 +396,12 @@ def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
     for stage in demo_stages(config, Path(out)):
         job, disk, seconds = stage.config, None, None
         kind = type(job).__name__
+        flops = None
         if isinstance(job, ExtractConfig):
             d_model, layer = KNOWN_D_MODEL.get(job.model), job.layer
+            if job.model in KNOWN_BODY_PARAMS:
+                params, n_layers = KNOWN_BODY_PARAMS[job.model]
+                flops = 2 * params * (job.layer + 1) / n_layers * job.tokens
             if d_model is not None:
                 disk = job.tokens * d_model * DTYPE_BYTES[job.dtype]
             rate = CPU_EXTRACT_TOKENS_PER_S.get(job.model)
@@ -386,12 +409,14 @@ def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
             work = f"{job.tokens:,} tokens of {job.model} layer {job.layer}"
         elif isinstance(job, SAETrainConfig):
             seconds = _sae_seconds(job.train.samples * job.width, d_model)
+            flops = _sae_flops(job.train.samples * job.width, d_model)
             work = f"{job.architecture} width {job.width} on {job.train.samples:,} tokens"
         elif isinstance(job, LLMHedgingConfig):
             n_stacks = len(job.architectures) + (1 if job.mus else 0)
             members = job.seeds * len(job.widths)
             per_stage = job.train.samples * members * max(job.widths)
             seconds = _sae_seconds(3 * n_stacks * per_stage, d_model)
+            flops = _sae_flops(3 * n_stacks * per_stage, d_model)
             work = (
                 f"{n_stacks} stacks x {members} SAEs (widths {list(job.widths)}), "
                 f"3 stages of {job.train.samples:,} tokens"
@@ -415,7 +440,7 @@ def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
             seconds = member_samples / CPU_TOY_MEMBER_SAMPLES_PER_S[kind]
         else:
             work, seconds = kind, CPU_FIXED_SECONDS.get(kind)
-        plans.append(StagePlan(stage.name, work, disk, seconds))
+        plans.append(StagePlan(stage.name, work, disk, seconds, flops))
     return plans
 
 

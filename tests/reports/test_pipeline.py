@@ -135,3 +135,22 @@ def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "llm-hedging:" in out and "min on this CPU" in out and "cache 0.86 GiB" in out
     assert not (tmp_path / "p").exists()
+
+
+def test_the_paper_dry_run_estimates_gpu_time_from_the_work_for_a_gpu_count(tmp_path, capsys):
+    plans = {p.name: p for p in plan_pipeline(PipelineConfig(scale="paper"), tmp_path)}
+    tokens = 250_278_528  # gemma-2-2b's forward through layer 12 of 26, 2 FLOPs per parameter
+    assert plans["llm-activations"].flops == pytest.approx(2 * 2.0e9 * 13 / 26 * tokens)
+    # hedging at width 65,536: 2 stacks x 4 seeds, 3 stages, 12 d_model x width per token
+    expected = 12 * 3 * 2 * 4 * 250_000_000 * 65_536 * 2304
+    assert plans["llm-hedging-w65536"].flops == pytest.approx(expected)
+    hours = {}
+    for gpus in (1, 8):
+        argv = ["run", "--scale", "paper", "--dry-run", "true", "--gpus", str(gpus)]
+        assert main([*argv, "--out", str(tmp_path / "p")]) == 0
+        last = capsys.readouterr().out.splitlines()[-1]
+        hours[gpus] = float(last.split("~")[1].split(" h")[0])
+        assert f"on {gpus} GPU(s)" in last and "no GPU rate measured" in last
+    assert hours[1] / hours[8] == pytest.approx(8, rel=0.05)
+    with pytest.raises(ValueError, match="gpus"):
+        PipelineConfig(gpus=0)
