@@ -149,7 +149,7 @@ def test_the_paper_dry_run_estimates_gpu_time_from_the_work_for_a_gpu_count(tmp_
         argv = ["run", "--scale", "paper", "--dry-run", "true", "--gpus", str(gpus)]
         assert main([*argv, "--out", str(tmp_path / "p")]) == 0
         last = capsys.readouterr().out.splitlines()[-1]
-        hours[gpus] = float(last.split("~")[1].split(" h")[0])
+        hours[gpus] = float(last.split("~")[1].split(" h ")[0])
         assert f"on {gpus} GPU(s)" in last and "no GPU rate measured" in last
     assert hours[1] / hours[8] == pytest.approx(8, rel=0.05)
     with pytest.raises(ValueError, match="gpus"):
