@@ -69,13 +69,13 @@ def run_command(args: argparse.Namespace) -> int:
         if plan.flops is not None:
             gpu_seconds = plan.flops / (ASSUMED_GPU_FLOPS * gpus)
             gpu_total += gpu_seconds
-            time += f", ~{_duration(gpu_seconds)} on {gpus} GPU(s)"
+            time += f", {_duration(gpu_seconds)} on {gpus} GPU(s)"
         total += plan.cpu_seconds or 0.0
         print(f"{plan.name}: {plan.work}{disk}; {time}")
     print(f"expected CPU time of the stages with a measured rate: ~{total / 60:.0f} min")
     print(
         f"expected GPU time of the language-model stages on {gpus} GPU(s): "
-        f"~{_duration(gpu_total)} of compute (estimated from their floating-point work at an "
+        f"{_duration(gpu_total)} of compute (estimated from their floating-point work at an "
         f"assumed {ASSUMED_GPU_FLOPS:.0e} FLOP/s per GPU, no GPU rate measured yet; every "
         "pass over the cache also reads it from disk)"
     )
@@ -83,12 +83,12 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _duration(seconds: float) -> str:
-    """A rough duration: '< 1 s', '42 s', '3.1 min' or '5.2 h'."""
+    """A rough duration: 'under 1 s', '~42 s', '~3.1 min' or '~5.2 h'."""
     if seconds < 1:
-        return "< 1 s"
+        return "under 1 s"
     if seconds < 90:
-        return f"{seconds:.0f} s"
-    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.2g} h"
+        return f"~{seconds:.0f} s"
+    return f"~{seconds / 60:.1f} min" if seconds < 5400 else f"~{seconds / 3600:.2g} h"
 
 
 def report_command(args: argparse.Namespace) -> int:

@@ -281,9 +281,9 @@ def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
         Stage(
             "llm-hedging",
             LLMHedgingConfig(
-                cache=cache, widths=(128, 256, 512, 1024) if study else (128, 256, 512),
+                cache=cache, widths=(128, 256, 512),
                 n_new=32, seeds=3 if study else 1,
-                train=batches(100_000 if study else tokens // 2, 1024 if study else 512),
+                train=batches(50_000 if study else tokens // 2, 1024 if study else 512),
             ),
             run_llm_hedging,
         ),
