@@ -206,7 +206,9 @@ def _inner_solve(
     l1: float,
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
-    the closure of the region.
+    the closure of the region. A matryoshka loss (spec.loss_levels) is a weighted sum of
+    level quadratics, each the full one with the code columns of latents outside the level
+    zeroed: G = sum_j beta_j G o (keep_j keep_j^T), rhs = sum_j beta_j rhs o keep_j.
 
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
@@ -224,10 +226,13 @@ def _inner_solve(
         J[:, :, q[i] : q[i + 1]] = directions[i][None, :, None] * basis[:, None, :]
     if spec.decoder_bias:
         J[:, :, q[-1] :] = np.eye(n)[None]
-    linear = np.zeros(n_psi)  # d(sum_s p_s sum_i g_si) / d psi
-    linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p
-    G = np.einsum("s,sai,saj->ij", p, J, J)
-    rhs = np.einsum("s,sai,sa->i", p, J, X) - 0.5 * l1 * linear
+    levels = spec.loss_levels()
+    owner = np.repeat(np.arange(k), np.diff(q))  # the latent of each code parameter
+    keep_JP = np.hstack([levels.prefix_JK[:, owner], np.ones((len(levels.weight_J), n_psi - q[-1]))])
+    linear = np.zeros(n_psi)  # d(sum_s p_s sum_i w_i g_si) / d psi
+    linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p * levels.l1_weight_K[owner]
+    G = np.einsum("s,sai,saj->ij", p, J, J) * ((keep_JP.T * levels.weight_J) @ keep_JP)
+    rhs = np.einsum("s,sai,sa->i", p, J, X) * (levels.weight_J @ keep_JP) - 0.5 * l1 * linear
     side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
     rows = []
     for i, basis in enumerate(bases):
@@ -237,17 +242,20 @@ def _inner_solve(
         if spec.tied:  # kappa >= 0
             rows.append(np.eye(n_psi)[q[i]][None])
     psi, lam = _least_distance(G, rhs, np.vstack(rows))
-    residual = X - np.einsum("sai,i->sa", J, psi)
-    loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
+    residual_JSN = X - np.einsum("sai,ji->jsa", J, psi * keep_JP)
+    loss = float(levels.weight_J @ (residual_JSN**2).sum(2) @ p + l1 * linear @ psi)
     code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
     codes_SK = np.stack([masked[i] @ code_params[i] for i in range(k)], axis=1)
     bias = psi[q[-1] :] if spec.decoder_bias else np.zeros(n)
-    grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
+    # d loss / d g_si through the reconstructions: -2 sum_j beta_j [i in level j] r_js
+    pull_SKN = np.einsum("j,jk,jsa->ska", levels.weight_J, levels.prefix_JK, residual_JSN)
+    grad = -2.0 * np.einsum("sk,s,ska->ka", codes_SK, p, pull_SKN)
     if spec.tied:  # the code itself depends on e through kappa * e.x ...
         stride = S + 1
         for i in range(k):
             kappa = psi[q[i]]
-            weight = p * active[i] * (l1 - 2.0 * residual @ directions[i])
+            pull = levels.l1_weight_K[i] * l1 - 2.0 * pull_SKN[:, i] @ directions[i]
+            weight = p * active[i] * pull
             weight = weight - lam[i * stride : i * stride + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X
     return _Inner(loss, codes_SK, bias, grad, code_params)
@@ -508,7 +516,8 @@ def global_optimum(
     silent = _inner_solve(world, spec, nobody, np.zeros((k, S)), l1)
     best = _candidate(world, spec, nobody, silent, None)
     full = 2**S - 1
-    regions = _regions(residual_MD, masks, k, full, best.loss)
+    group_K = spec.loss_levels().prefix_JK.sum(0)  # latents of one level are interchangeable
+    regions = _regions(residual_MD, masks, group_K, full, best.loss)
     bounds = [float(_region_bound(residual_MD, list(masks[list(r)]), 0, full)) for r in regions]
     regions = [regions[i] for i in np.argsort(bounds, kind="stable")]
 
@@ -531,12 +540,13 @@ def global_optimum(
 
 
 def _regions(
-    residual_MD: np.ndarray, masks: np.ndarray, k: int, full: int, to_beat: float
+    residual_MD: np.ndarray, masks: np.ndarray, group_K: np.ndarray, full: int, to_beat: float
 ) -> list[tuple[int, ...]]:
-    """Every tuple of k separable sets (indices into `masks`, never increasing: latents are
-    interchangeable, and dead latents come last) whose subspace-fit bound is below `to_beat`,
-    except the all-dead one."""
+    """Every tuple of k separable sets (indices into `masks`, never increasing among latents of
+    one group `group_K`: those are interchangeable, and dead latents come last) whose
+    subspace-fit bound is below `to_beat`, except the all-dead one."""
     found = []
+    k = len(group_K)
 
     def grow(chosen: list[int]) -> None:
         if len(chosen) == k:
@@ -549,7 +559,8 @@ def _regions(
                 "model and width are too large for the exact optimum (theory.numeric."
                 "numeric_optimum searches it without a guarantee)"
             )
-        options = np.arange((chosen[-1] if chosen else len(masks) - 1) + 1)
+        same = chosen and group_K[len(chosen)] == group_K[len(chosen) - 1]
+        options = np.arange((chosen[-1] if same else len(masks) - 1) + 1)
         bounds = _region_bound(
             residual_MD, [masks[c] for c in chosen] + [masks[options]], k - len(chosen) - 1, full
         )
@@ -569,7 +580,7 @@ def _candidate(
 ) -> Optimum:
     """`best`, or the SAE realising this inner solution if it is better."""
     params = _realise(world, spec, directions, inner)
-    loss = float(expected_loss(world, params, float(spec.l1)))
+    loss = float(expected_loss(world, params, float(spec.l1), spec.loss_levels()))
     fired = codes(world, params) > 0
     return (
         Optimum(params, loss, _fired(fired.T), 0) if _better(loss, fired.T, best, world) else best

@@ -7,24 +7,41 @@ decoder bias (n). Components orthogonal to the features only add loss, so the op
     h = ReLU(W_enc (x - b_dec) + b_enc)        (decoder bias applied to the input, as in SAELens)
     x_hat = W_dec^T h + b_dec
     loss = E ||x - x_hat||^2 + l1 * E sum_i h_i ||W_dec[i]||
+
+A matryoshka SAE sums this over nested levels (theory.matryoshka): level j reconstructs with its
+prefix of latents and weighs beta_j, and latent i's L1 is multiplied by w_i. `Levels` holds that
+structure; a plain SAE is one level of weight 1 holding every latent, with w = 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import sympy as sp
 
+from theory.config import require_choice, require_number, require_positive_ints
 from theory.features import FeatureModel, NumericFeatureModel, _sym
 
 MAX_L1 = 1e100  # far beyond any useful value (every latent is dead); l1^2 must stay finite
+ARCHITECTURES = ("relu-l1", "matryoshka")
+
+
+class Levels(NamedTuple):
+    """The reconstructions a loss sums: level j weighs weight_J[j] and reconstructs with the
+    latents in prefix_JK[j]; latent i's L1 is multiplied by l1_weight_K[i]."""
+
+    weight_J: np.ndarray
+    prefix_JK: np.ndarray
+    l1_weight_K: np.ndarray
 
 
 @dataclass(frozen=True)
 class SAESpec:
-    """Which SAE: width k, L1 coefficient, tied or untied, with or without a decoder bias."""
+    """Which SAE: width k, L1 coefficient, tied or untied, with or without a decoder bias, and
+    its architecture (a matryoshka SAE adds nested prefix losses, theory.matryoshka)."""
 
     width: int = 1
     """Latents of the SAE."""
@@ -34,8 +51,42 @@ class SAESpec:
     """Encoder = decoder transpose."""
     decoder_bias: bool = True
     """Learn a decoder bias."""
+    architecture: str = "relu-l1"
+    """relu-l1 | matryoshka (ReLU-L1 latents whose loss sums nested prefix losses)."""
+    levels: tuple[int, ...] = ()
+    """Matryoshka prefix sizes m_1 < ... < m_n = width (empty: one level, the plain SAE)."""
+    mu: float = 1.0
+    """Matryoshka balance: level j weighs mu^(n-j), so the outer level weighs 1 (0 = plain SAE,
+    1 = standard matryoshka)."""
+    level_sparsity: bool = True
+    """Matryoshka: the L1 applies per level weighted like its reconstruction, so a latent pays the
+    sum of the weights of the levels it is in (the hedging paper's toy); false: the L1 once."""
 
     def __post_init__(self) -> None:
+        require_choice("architecture", self.architecture, ARCHITECTURES)
+        levels = tuple(self.levels)
+        if levels:
+            require_positive_ints("levels", levels)
+            if self.architecture != "matryoshka":
+                raise ValueError(f"levels {list(levels)} need architecture matryoshka")
+            if list(levels) != sorted(set(levels)) or levels[-1] != self.width:
+                raise ValueError(
+                    f"levels must increase strictly to the width {self.width}, got {list(levels)}"
+                )
+        object.__setattr__(self, "levels", levels)
+        require_number("mu", self.mu, 0)
+
+    def loss_levels(self) -> Levels:
+        """The level structure of this SAE's loss: beta_j = mu^(n-j) (0^0 = 1: the outer level
+        always weighs 1) and, with level_sparsity, w_i = the sum of the betas of i's levels."""
+        k = self.width
+        matryoshka = self.architecture == "matryoshka"
+        sizes = np.array(self.levels if matryoshka and self.levels else (k,))
+        exponents = len(sizes) - 1 - np.arange(len(sizes))
+        weight_J = np.array([float(self.mu) ** int(e) for e in exponents])
+        prefix_JK = np.arange(k)[None, :] < sizes[:, None]
+        l1_weight_K = weight_J @ prefix_JK if matryoshka and self.level_sparsity else np.ones(k)
+        return Levels(weight_J, prefix_JK, l1_weight_K)
         if not isinstance(self.width, int) or self.width < 1:
             raise ValueError(f"width must be a positive integer, got {self.width!r}")
         l1 = _sym(self.l1, "l1")
@@ -92,12 +143,23 @@ def codes(world: NumericFeatureModel, params: SAEParams) -> np.ndarray:
     return np.maximum(pre, 0.0)
 
 
-def expected_loss(world: NumericFeatureModel, params: SAEParams, l1: float) -> np.ndarray:
-    """Exact expected loss (MSE + decoder-norm-weighted L1), vectorised over leading axes."""
+def expected_loss(
+    world: NumericFeatureModel, params: SAEParams, l1: float, levels: Levels | None = None
+) -> np.ndarray:
+    """Exact expected loss (MSE + decoder-norm-weighted L1), vectorised over leading axes; with
+    `levels` (SAESpec.loss_levels) the weighted sum of its levels' losses."""
     h = codes(world, params)
-    x_hat = h @ params.decoder + params.decoder_bias[..., None, :]
-    sq_err = ((world.states - x_hat) ** 2).sum(-1)
-    sparsity = h @ np.linalg.norm(params.decoder, axis=-1)[..., :, None]
+    norms = np.linalg.norm(params.decoder, axis=-1)
+    if levels is None:
+        x_hat = h @ params.decoder + params.decoder_bias[..., None, :]
+        sq_err = ((world.states - x_hat) ** 2).sum(-1)
+    else:
+        sq_err = 0.0
+        for weight, prefix_K in zip(levels.weight_J, levels.prefix_JK, strict=True):
+            x_hat = (h * prefix_K) @ params.decoder + params.decoder_bias[..., None, :]
+            sq_err = sq_err + weight * ((world.states - x_hat) ** 2).sum(-1)
+        norms = norms * levels.l1_weight_K
+    sparsity = h @ norms[..., :, None]
     return (sq_err + l1 * sparsity[..., 0]) @ world.probabilities
 
 
