@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import sympy as sp
 
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
 from theory.features import FeatureModel, WorldConfig
+from theory.matryoshka import balancing_mu, matryoshka_optimum
 from theory.optimum import Optimum, global_optimum
 from theory.sae import SAESpec, codes
 
@@ -23,6 +24,9 @@ class DeriveConfig:
     """Include the optimum's closed forms in LaTeX."""
     seed: int = 0
     """Seed of the direction search's starting points."""
+    balance: bool = False
+    """Matryoshka with a one-latent inner level: also the balancing mu in [0, 1] (the parent is
+    feature 0, the read-out children features 1..width-1; theory.matryoshka.balancing_mu)."""
 
 
 def run_derive(config: DeriveConfig) -> dict:
@@ -35,15 +39,37 @@ def run_derive(config: DeriveConfig) -> dict:
             f"width {config.sae.width} exceeds the {n_states} states of the feature model; "
             f"allowed: 1..{n_states}"
         )
-    return derive(model, config.sae, config.symbolic, config.seed)
+    if config.balance and config.sae.architecture != "matryoshka":
+        raise ValueError(f"balance needs architecture matryoshka, got {config.sae.architecture!r}")
+    record = derive(model, config.sae, config.symbolic, config.seed)
+    if config.balance:
+        start = time.perf_counter()
+        read_out = tuple(range(1, config.sae.width))
+        balance = balancing_mu(model, config.sae, 0, read_out)
+        record["balance"] = {
+            "mu": balance.mu,
+            "bracket": list(balance.bracket),
+            "read_out_features": list(read_out),
+            "read_out_at_mu": asdict(balance.read_out),
+            "balanced": "the inner latent's mean encoder component on the read-out children "
+            "crosses 0: absorption (negative) below mu, hedging (positive) above",
+        }
+        record["seconds"] += time.perf_counter() - start
+    return record
 
 
 def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:
     """Optimum parameters in the feature basis (untied: decoder rows unit norm; tied: encoder =
     decoder), its exact expected loss, the states each latent fires on (strictly positive code)
-    and, with `symbolic`, the closed forms of its region."""
+    and, with `symbolic`, the closed forms of its region. A matryoshka SAE on more than 16
+    states gets the optimum of the basin that starts at the true features
+    (theory.matryoshka.matryoshka_optimum)."""
     start = time.perf_counter()
-    record = optimum_record(model, spec, global_optimum(model, spec, seed=seed), symbolic)
+    if spec.architecture == "matryoshka":
+        optimum = matryoshka_optimum(model, spec, 0, tuple(range(1, spec.width)), seed)
+    else:
+        optimum = global_optimum(model, spec, seed=seed)
+    record = optimum_record(model, spec, optimum, symbolic)
     record["seconds"] = time.perf_counter() - start
     return record
 
@@ -65,6 +91,12 @@ def optimum_record(
             "l1": float(spec.l1),
             "tied": spec.tied,
             "decoder_bias": spec.decoder_bias,
+            "architecture": spec.architecture,
+            **(
+                {"levels": list(spec.levels), "mu": spec.mu, "level_sparsity": spec.level_sparsity}
+                if spec.architecture == "matryoshka"
+                else {}
+            ),
         },
         "model": model.describe(),
         "regions_tried": optimum.regions_tried,
@@ -81,7 +113,7 @@ def closed_forms_latex(
 
     Available for width-1 untied SAEs (the region's quadratic form on the sphere; at l1 = 0 the
     decoder angle and hedging ratio of a 2-feature model)."""
-    if spec.width != 1 or spec.tied:
+    if spec.width != 1 or spec.tied or len(spec.loss_levels().weight_J) > 1:
         return {
             "note": "closed forms are given for width-1 untied SAEs; this optimum comes "
             "from the reduced direction search of its activation region"

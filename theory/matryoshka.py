@@ -83,7 +83,8 @@ class Balance:
 def _check(spec: SAESpec, read_out: Sequence[int], n_features: int) -> None:
     if spec.architecture != "matryoshka" or not spec.levels or spec.levels[0] != 1:
         raise ValueError(
-            f"the balance needs a matryoshka spec whose first level is one latent, got "
+            f"the basin (one inner latent for the parent) needs a matryoshka spec whose first "
+            f"level is one latent, got "
             f"architecture {spec.architecture!r} levels {list(spec.levels)}"
         )
     if not read_out or any(not 0 <= f < n_features for f in read_out):
@@ -139,7 +140,9 @@ def basin_optimum(
     best, tried = None, 0
     for active in basin_regions(world, parent, read_out):
         starts = [*_direction_starts(world, active, rng), features]
-        for directions, inner in _search_region(world, spec, active, float(spec.l1), starts, np.inf):
+        for directions, inner in _search_region(
+            world, spec, active, float(spec.l1), starts, np.inf
+        ):
             best = _candidate(world, spec, directions, inner, best)
         tried += 1
     return Optimum(best.params, best.loss, best.active, tried)

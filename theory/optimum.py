@@ -228,7 +228,9 @@ def _inner_solve(
         J[:, :, q[-1] :] = np.eye(n)[None]
     levels = spec.loss_levels()
     owner = np.repeat(np.arange(k), np.diff(q))  # the latent of each code parameter
-    keep_JP = np.hstack([levels.prefix_JK[:, owner], np.ones((len(levels.weight_J), n_psi - q[-1]))])
+    keep_JP = np.hstack(
+        [levels.prefix_JK[:, owner], np.ones((len(levels.weight_J), n_psi - q[-1]))]
+    )
     linear = np.zeros(n_psi)  # d(sum_s p_s sum_i w_i g_si) / d psi
     linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p * levels.l1_weight_K[owner]
     G = np.einsum("s,sai,saj->ij", p, J, J) * ((keep_JP.T * levels.weight_J) @ keep_JP)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -77,8 +78,16 @@ def train_relu_l1(
 ) -> list[SAEParams]:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
     restart's parameters in the feature basis (not folded). `spec` gives the variant (tied,
-    decoder bias); its width and l1 are the configs'."""
+    decoder bias, matryoshka levels and mu); its width and l1 are the configs'."""
     spec = spec or SAESpec()
+    nested = {}  # a matryoshka spec trains the toolkit's matryoshka SAE with ReLU-L1 latents
+    if spec.architecture == "matryoshka":
+        nested = {
+            "inner": "relu-l1",
+            "levels": list(spec.levels or (spec.width,)),
+            "mu": spec.mu,
+            "level_sparsity": spec.level_sparsity,
+        }
     members = [c for _ in range(fit.restarts) for c in configs]
     seed = fit.train.seed
     # Each restart draws its own data stream: restarts sharing one stream were measured to fall
@@ -93,7 +102,7 @@ def train_relu_l1(
     )
     held_out = EmbeddedWorlds(worlds, [w for w, _, _ in members], fit.d_in, seed)
     sae = make_sae(
-        "relu-l1",
+        spec.architecture,
         d_in=fit.d_in,
         n_latents=max(width for _, _, width in members),
         n_members=len(members),
@@ -102,6 +111,7 @@ def train_relu_l1(
         tied=spec.tied,
         decoder_bias=spec.decoder_bias,
         generator=torch.Generator().manual_seed(seed),
+        **nested,
     )
     train(sae, data, fit.train)
     losses = held_out_loss(sae, held_out, fit.held_out_samples, seed=seed + 1)
@@ -109,17 +119,37 @@ def train_relu_l1(
     return [params[m] for m in best_of_restarts(losses, len(configs))]
 
 
-def compare(world: FeatureModel, l1: float, trained: SAEParams, optimum: Optimum) -> dict:
-    """Trained (folded, latents matched to the optimum's) against theory's optimum."""
+def compare(
+    world: FeatureModel,
+    l1: float,
+    trained: SAEParams,
+    optimum: Optimum,
+    spec: SAESpec | None = None,
+) -> dict:
+    """Trained (folded, latents matched to the optimum's) against theory's optimum; `spec` names
+    a matryoshka loss (whose latents are matched within their levels)."""
     folded = trained.folded()
+    levels = spec.loss_levels() if spec is not None else None
     order = match_latents(folded.decoder, optimum.params.decoder)
+    if levels is not None:  # latents of different levels are not interchangeable
+        group_K = levels.prefix_JK.sum(0)
+        order = np.concatenate(
+            [
+                np.flatnonzero(group_K == g)[
+                    match_latents(
+                        folded.decoder[group_K == g], optimum.params.decoder[group_K == g]
+                    )
+                ]
+                for g in sorted(set(group_K), reverse=True)
+            ]
+        )
     matched = SAEParams(
         folded.encoder[order],
         folded.encoder_bias[order],
         folded.decoder[order],
         folded.decoder_bias,
     )
-    measured_loss = float(expected_loss(world.numeric(), trained, l1))
+    measured_loss = float(expected_loss(world.numeric(), trained, l1, levels))
     return {
         "params": matched,
         "decoder_cosine_distance": [
@@ -255,7 +285,7 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
     start = time.perf_counter()
     (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], config.fit, spec)
     optimum = global_optimum(model, spec, seed=config.fit.train.seed)
-    result = compare(model, float(spec.l1), trained, optimum)
+    result = compare(model, float(spec.l1), trained, optimum, spec)
     return {
         **result["params"].to_json(),
         "expected_loss": result["expected_loss"],
@@ -265,6 +295,6 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
             "decoder_child_components": result["decoder_child_components"],
             "loss_gap": result["loss_gap"],
         },
-        "training": {**config_to_json(config.fit), "architecture": "relu-l1"},
+        "training": {**config_to_json(config.fit), "architecture": spec.architecture},
         "seconds": time.perf_counter() - start,
     }
