@@ -63,6 +63,16 @@ class SAESpec:
     sum of the weights of the levels it is in (the hedging paper's toy); false: the L1 once."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.width, int) or self.width < 1:
+            raise ValueError(f"width must be a positive integer, got {self.width!r}")
+        l1 = _sym(self.l1, "l1")
+        if l1.is_number and l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {self.l1}")
+        if l1.is_number and l1 > MAX_L1:
+            raise ValueError(
+                f"l1 = {self.l1} is too large: allowed values are 0 <= l1 <= {MAX_L1:g} (far "
+                "above any useful value every latent is dead, and the loss would overflow)"
+            )
         require_choice("architecture", self.architecture, ARCHITECTURES)
         levels = tuple(self.levels)
         if levels:
@@ -87,16 +97,6 @@ class SAESpec:
         prefix_JK = np.arange(k)[None, :] < sizes[:, None]
         l1_weight_K = weight_J @ prefix_JK if matryoshka and self.level_sparsity else np.ones(k)
         return Levels(weight_J, prefix_JK, l1_weight_K)
-        if not isinstance(self.width, int) or self.width < 1:
-            raise ValueError(f"width must be a positive integer, got {self.width!r}")
-        l1 = _sym(self.l1, "l1")
-        if l1.is_number and l1 < 0:
-            raise ValueError(f"l1 must be >= 0, got {self.l1}")
-        if l1.is_number and l1 > MAX_L1:
-            raise ValueError(
-                f"l1 = {self.l1} is too large: allowed values are 0 <= l1 <= {MAX_L1:g} (far "
-                "above any useful value every latent is dead, and the loss would overflow)"
-            )
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,13 @@ def test_variants_select_the_sae(capsys):
         capsys, "--scenario", "hierarchical", "--tied", "--decoder-bias", "false", "--json"
     )
     record = json.loads(out)
-    assert record["spec"] == {"width": 1, "l1": 0.0, "tied": True, "decoder_bias": False}
+    assert record["spec"] == {
+        "width": 1,
+        "l1": 0.0,
+        "tied": True,
+        "decoder_bias": False,
+        "architecture": "relu-l1",
+    }
     assert record["decoder_bias"] == [0.0, 0.0]
     assert np.allclose(record["encoder"], np.abs(record["encoder"]))
 
@@ -88,6 +94,9 @@ def test_fires_on_lists_exactly_the_states_with_a_positive_code(capsys):
         (["--scenario", "correlated", "--width", "two"], "invalid int value: 'two'"),
         ([], "give a state table (joint) or a scenario"),
         (["--joint", "00:1", "--scenario", "correlated"], "not both"),
+        (["--scenario", "correlated", "--architecture", "gated"], "unknown architecture 'gated'"),
+        (["--scenario", "correlated", "--levels", "1"], "need architecture matryoshka"),
+        (["--scenario", "correlated", "--balance", "true"], "balance needs architecture"),
     ],
 )
 def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
@@ -95,3 +104,24 @@ def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_matryoshka_optimum_and_balance(capsys):
+    """`derive --architecture matryoshka`: the exact optimum of the level loss, and with
+    --balance the mu where the inner latent's encoder turns from absorbing to hedging."""
+    args = ["--scenario", "hierarchical", "--width", "2", "--l1", "0.02"]
+    nested = ["--architecture", "matryoshka", "--levels", "1", "2", "--mu", "0.5"]
+    code, out, _ = _derive(capsys, *args, *nested, "--balance", "true", "--json")
+    assert code == 0
+    record = json.loads(out)
+    assert record["spec"]["levels"] == [1, 2] and record["spec"]["mu"] == 0.5
+    spec = SAESpec(2, 0.02, architecture="matryoshka", levels=(1, 2), mu=0.5)
+    from theory.features import scenario
+
+    assert record["expected_loss"] == pytest.approx(
+        global_optimum(scenario("hierarchical"), spec).loss
+    )
+    assert 0 < record["balance"]["mu"] < 0.5
+    assert abs(record["balance"]["read_out_at_mu"]["encoder"]) < 1e-4
+    code, out, _ = _derive(capsys, *args, *nested, "--balance", "true")
+    assert "balancing mu" in out
