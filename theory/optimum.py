@@ -227,14 +227,20 @@ def _inner_solve(
     if spec.decoder_bias:
         J[:, :, q[-1] :] = np.eye(n)[None]
     levels = spec.loss_levels()
-    owner = np.repeat(np.arange(k), np.diff(q))  # the latent of each code parameter
-    keep_JP = np.hstack(
-        [levels.prefix_JK[:, owner], np.ones((len(levels.weight_J), n_psi - q[-1]))]
-    )
+    nested = len(levels.weight_J) > 1  # one level is the plain loss (weight 1, w = 1)
     linear = np.zeros(n_psi)  # d(sum_s p_s sum_i w_i g_si) / d psi
-    linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p * levels.l1_weight_K[owner]
-    G = np.einsum("s,sai,saj->ij", p, J, J) * ((keep_JP.T * levels.weight_J) @ keep_JP)
-    rhs = np.einsum("s,sai,sa->i", p, J, X) * (levels.weight_J @ keep_JP) - 0.5 * l1 * linear
+    linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p
+    G = np.einsum("s,sai,saj->ij", p, J, J)
+    rhs = np.einsum("s,sai,sa->i", p, J, X)
+    if nested:
+        owner = np.repeat(np.arange(k), np.diff(q))  # the latent of each code parameter
+        keep_JP = np.hstack(
+            [levels.prefix_JK[:, owner], np.ones((len(levels.weight_J), n_psi - q[-1]))]
+        )
+        linear[: q[-1]] *= levels.l1_weight_K[owner]
+        G = G * ((keep_JP.T * levels.weight_J) @ keep_JP)
+        rhs = rhs * (levels.weight_J @ keep_JP)
+    rhs = rhs - 0.5 * l1 * linear
     side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
     rows = []
     for i, basis in enumerate(bases):
@@ -244,19 +250,25 @@ def _inner_solve(
         if spec.tied:  # kappa >= 0
             rows.append(np.eye(n_psi)[q[i]][None])
     psi, lam = _least_distance(G, rhs, np.vstack(rows))
-    residual_JSN = X - np.einsum("sai,ji->jsa", J, psi * keep_JP)
-    loss = float(levels.weight_J @ (residual_JSN**2).sum(2) @ p + l1 * linear @ psi)
     code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
     codes_SK = np.stack([masked[i] @ code_params[i] for i in range(k)], axis=1)
     bias = psi[q[-1] :] if spec.decoder_bias else np.zeros(n)
-    # d loss / d g_si through the reconstructions: -2 sum_j beta_j [i in level j] r_js
-    pull_SKN = np.einsum("j,jk,jsa->ska", levels.weight_J, levels.prefix_JK, residual_JSN)
-    grad = -2.0 * np.einsum("sk,s,ska->ka", codes_SK, p, pull_SKN)
+    if nested:
+        residual_JSN = X - np.einsum("sai,ji->jsa", J, psi * keep_JP)
+        loss = float(levels.weight_J @ (residual_JSN**2).sum(2) @ p + l1 * linear @ psi)
+        # d loss / d g_si through the reconstructions: -2 sum_j beta_j [i in level j] r_js
+        pull_SKN = np.einsum("j,jk,jsa->ska", levels.weight_J, levels.prefix_JK, residual_JSN)
+        grad = -2.0 * np.einsum("sk,s,ska->ka", codes_SK, p, pull_SKN)
+    else:
+        residual = X - np.einsum("sai,i->sa", J, psi)
+        loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
+        grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
     if spec.tied:  # the code itself depends on e through kappa * e.x ...
         stride = S + 1
         for i in range(k):
             kappa = psi[q[i]]
-            pull = levels.l1_weight_K[i] * l1 - 2.0 * pull_SKN[:, i] @ directions[i]
+            pulled = pull_SKN[:, i] if nested else residual
+            pull = levels.l1_weight_K[i] * l1 - 2.0 * pulled @ directions[i]
             weight = p * active[i] * pull
             weight = weight - lam[i * stride : i * stride + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -89,14 +90,9 @@ class SAESpec:
     def loss_levels(self) -> Levels:
         """The level structure of this SAE's loss: beta_j = mu^(n-j) (0^0 = 1: the outer level
         always weighs 1) and, with level_sparsity, w_i = the sum of the betas of i's levels."""
-        k = self.width
         matryoshka = self.architecture == "matryoshka"
-        sizes = np.array(self.levels if matryoshka and self.levels else (k,))
-        exponents = len(sizes) - 1 - np.arange(len(sizes))
-        weight_J = np.array([float(self.mu) ** int(e) for e in exponents])
-        prefix_JK = np.arange(k)[None, :] < sizes[:, None]
-        l1_weight_K = weight_J @ prefix_JK if matryoshka and self.level_sparsity else np.ones(k)
-        return Levels(weight_J, prefix_JK, l1_weight_K)
+        sizes = self.levels if matryoshka and self.levels else (self.width,)
+        return _levels(sizes, float(self.mu), matryoshka and self.level_sparsity)
 
 
 @dataclass(frozen=True)
@@ -130,6 +126,19 @@ class SAEParams:
         }
 
 
+@lru_cache(maxsize=256)
+def _levels(sizes: tuple[int, ...], mu: float, level_sparsity: bool) -> Levels:
+    """Cached: the exact optimum asks for it in every inner solve."""
+    k = sizes[-1]
+    exponents = len(sizes) - 1 - np.arange(len(sizes))
+    weight_J = np.array([mu ** int(e) for e in exponents])
+    prefix_JK = np.arange(k)[None, :] < np.array(sizes)[:, None]
+    l1_weight_K = weight_J @ prefix_JK if level_sparsity else np.ones(k)
+    for array in (weight_J, prefix_JK, l1_weight_K):
+        array.flags.writeable = False  # shared between callers
+    return Levels(weight_J, prefix_JK, l1_weight_K)
+
+
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm along the last axis; all-zero rows stay zero."""
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
@@ -150,7 +159,7 @@ def expected_loss(
     `levels` (SAESpec.loss_levels) the weighted sum of its levels' losses."""
     h = codes(world, params)
     norms = np.linalg.norm(params.decoder, axis=-1)
-    if levels is None:
+    if levels is None or len(levels.weight_J) == 1:  # one level: weight 1 and w = 1
         x_hat = h @ params.decoder + params.decoder_bias[..., None, :]
         sq_err = ((world.states - x_hat) ** 2).sum(-1)
     else:
