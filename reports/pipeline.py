@@ -10,6 +10,7 @@ SAE). The report is rebuilt from the run folders alone.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class TheorySummaryConfig:
 
 
 SCALES = ("demo", "study", "paper")
+ALPHABETIC_VOCABULARY = 139_533  # Gemma 3's alphabetic tokens, the absorption study's n_words=0
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,15 @@ def run_theory_summary(config: TheorySummaryConfig, out: Path) -> Run:
         "P_10": 0.2,
         "P_11": 0.05,
         "P_01": 0.075,
+        # beyond constant orthonormal features: the values at which each reduces to the above
+        "mu_p": 1.0,
+        "mu_c": 1.0,
+        "sigma_p": 0.0,
+        "sigma_c": 0.0,
+        "rho": 0.0,
+        "c": 0.0,
+        "v_p": 0.0,
+        "v_c": 0.0,
     }
     run.write_table(
         "predictions",
@@ -163,22 +174,42 @@ def demo_stages(config: PipelineConfig, out: Path) -> list[Stage]:
     from toymodels.experiments.absorption import ToyAbsorptionConfig, run_absorption
     from toymodels.experiments.hedging_width import HedgingWidthConfig, run_hedging_width
     from toymodels.experiments.matryoshka import ToyMatryoshkaConfig, run_matryoshka
-    from toymodels.experiments.scenarios import ScenariosConfig, run_scenarios
+    from toymodels.experiments.scenarios import FitConfig, ScenariosConfig, run_scenarios
     from toymodels.train import TrainConfig
 
     if config.scale == "demo":
         # 16 restarts (the library default): each lands on theory's optimum with probability
         # >= 3/8 (measured), so a configuration misses with probability <= (5/8)^16 = 5e-4 and
         # one of the 24 misses about 1% of the time (8 restarts: about 40%).
+        # The two features live in 8 dimensions instead of the library's 50: theory does not
+        # depend on the embedding, and the stage runs 7x faster with all 12 width-1
+        # configurations still on the optimum (measured; width 2 at L1 0.001, where the loss is
+        # flat, lands a few per cent off in both).
         toy = [
-            Stage("toy-scenarios", ScenariosConfig(), run_scenarios),
+            Stage("toy-scenarios", ScenariosConfig(fit=FitConfig(d_in=8)), run_scenarios),
             Stage("toy-hedging-width", HedgingWidthConfig(), run_hedging_width),
             Stage("toy-absorption", ToyAbsorptionConfig(), run_absorption),
             Stage("toy-matryoshka", ToyMatryoshkaConfig(), run_matryoshka),
         ]
-    else:  # study and paper: the library's 16 restarts, more seeds, stages long enough for the
-        # paper protocol's 1,000-step dead-latent window
-        protocol = "paper" if config.scale == "paper" else "toolkit"
+    elif config.scale == "study":  # more seeds and longer stages, the toolkit's protocol
+        long_stage = TrainConfig(
+            samples=500 * 1024, batch_size=1024, lr=2e-3, device="cpu", progress=False
+        )
+        toy = [
+            Stage(
+                "toy-scenarios",
+                ScenariosConfig(fit=FitConfig(d_in=8, restarts=32)),
+                run_scenarios,
+            ),
+            Stage(
+                "toy-hedging-width",
+                HedgingWidthConfig(seeds=4, train=long_stage),
+                run_hedging_width,
+            ),
+            Stage("toy-absorption", ToyAbsorptionConfig(seeds=4), run_absorption),
+            Stage("toy-matryoshka", ToyMatryoshkaConfig(seeds=4), run_matryoshka),
+        ]
+    else:  # paper: stages long enough for the paper protocol's 1,000-step dead-latent window
         long_stage = TrainConfig(
             samples=2_000 * 1024, batch_size=1024, lr=2e-3, device="cpu", progress=False
         )
@@ -186,13 +217,11 @@ def demo_stages(config: PipelineConfig, out: Path) -> list[Stage]:
             Stage("toy-scenarios", ScenariosConfig(), run_scenarios),
             Stage(
                 "toy-hedging-width",
-                HedgingWidthConfig(seeds=4, protocol=protocol, train=long_stage),
+                HedgingWidthConfig(seeds=4, protocol="paper", train=long_stage),
                 run_hedging_width,
             ),
             Stage("toy-absorption", ToyAbsorptionConfig(seeds=4), run_absorption),
-            Stage(
-                "toy-matryoshka", ToyMatryoshkaConfig(seeds=4, protocol=protocol), run_matryoshka
-            ),
+            Stage("toy-matryoshka", ToyMatryoshkaConfig(seeds=4, protocol="paper"), run_matryoshka),
         ]
     stages = [Stage("theory", TheorySummaryConfig(), run_theory_summary), *toy]
     if not config.llm:
@@ -201,6 +230,7 @@ def demo_stages(config: PipelineConfig, out: Path) -> list[Stage]:
 
 
 def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
+    from llm.absorption.sweep import AbsorptionSweepConfig, run_absorption_sweep
     from llm.cache import ExtractConfig
     from llm.hedging import LLMHedgingConfig, run_llm_hedging
     from llm.jobs import EvalConfig, SAETrainConfig, run_eval, run_extract, run_train
@@ -233,7 +263,7 @@ def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
         Stage(
             "llm-train",
             SAETrainConfig(
-                cache=cache, architecture="topk", width=4096 if study else 1024, k=32,
+                cache=cache, architecture="topk", width=2048 if study else 1024, k=32,
                 train=batches(2 * tokens, 1024 if study else 512),
             ),
             run_train,
@@ -245,15 +275,28 @@ def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
             LLMHedgingConfig(
                 cache=cache, widths=(128, 256, 512, 1024) if study else (128, 256, 512),
                 n_new=32, seeds=3 if study else 1,
-                train=batches(tokens // 2, 1024 if study else 512),
+                train=batches(150_000 if study else tokens // 2, 1024 if study else 512),
             ),
             run_llm_hedging,
+        ),
+        # First-letter absorption of TopK SAEs of two widths x two k on the same cache: the
+        # study trains each on one pass over its tokens and samples 16,384 words (11.7% of
+        # Gemma 3's alphabetic vocabulary), the demo a quarter of both.
+        Stage(
+            "llm-absorption",
+            AbsorptionSweepConfig(
+                cache=cache, widths=(1024, 4096) if study else (256, 1024), ks=(8, 32),
+                train=batches(tokens, 1024 if study else 512),
+                n_words=16_384 if study else 4_096, n_icl_check=256 if study else 64,
+            ),
+            run_absorption_sweep,
         ),
     ]  # fmt: skip
 
 
 # Rates measured on this project's 2-core CPU (benchmarks/RESULTS.md; the demo's own runs), used
-# to estimate a stage's CPU time in the dry run. Nothing is known for GPUs: none was lent yet.
+# to estimate a stage's CPU time in the dry run and the progress lines. Nothing is known for GPUs:
+# none was lent yet.
 CPU_EXTRACT_TOKENS_PER_S = {"gemma3-270m": 1_284.0}  # fp32, layer 8, quiet machine
 # TopK, batch 512: the demo's llm-train (1024 latents, d_model 640); the cost scales with
 # latents x d_model
@@ -262,10 +305,24 @@ RATE_D_MODEL = 640
 KNOWN_D_MODEL = {"gemma3-270m": 640, "smollm2-135m": 576, "google/gemma-2-2b": 2304,
                  "meta-llama/Llama-3.2-1B": 2048}  # fmt: skip
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+# The absorption study per word of its vocabulary sample (Gemma 3 270M, d_model 640): the per-hook
+# setup (prompts through the truncated model: per layer it runs, measured at layer 3) and each
+# SAE's codes, k-sparse probing and scores (benchmarks/bench_absorption.py).
+CPU_ABSORPTION_SETUP_S_PER_WORD_LAYER = 133.0 / 16_384 / 4
+CPU_ABSORPTION_SAE_S_PER_WORD = 23.0 / 16_384
+# Toy stages: samples x stack members per second, per experiment (the demo's own runs; the
+# scenarios' at 50 dimensions).
+CPU_TOY_MEMBER_SAMPLES_PER_S = {
+    "ScenariosConfig": 6.1e5,
+    "HedgingWidthConfig": 2.1e5,
+    "ToyAbsorptionConfig": 6.7e5,
+    "ToyMatryoshkaConfig": 2.4e6,
+}
+CPU_FIXED_SECONDS = {"TheorySummaryConfig": 3.0, "EvalConfig": 40.0}  # the demo's stages
 
 
 class StagePlan(NamedTuple):
-    """What one stage will do, for the dry run."""
+    """What one stage will do, for the dry run and the progress lines."""
 
     name: str
     work: str
@@ -279,18 +336,45 @@ def _sae_seconds(latent_tokens: float, d_model: int | None) -> float | None:
     return latent_tokens * d_model / RATE_D_MODEL / CPU_SAE_LATENT_TOKENS_PER_S
 
 
+def _toy_work(job: Any) -> tuple[str, float] | None:
+    """What a toy experiment trains and its member-samples (stack members x samples each; the
+    scenarios' in 50-dimensional units: their cost scales with the embedding dimension)."""
+    name = type(job).__name__
+    if name == "ScenariosConfig":
+        configs = len(job.scenarios) * len(job.l1_values) * len(job.widths)
+        return (
+            f"{configs} configurations x {job.fit.restarts} restarts in {job.fit.d_in} dimensions",
+            configs * job.fit.restarts * job.fit.train.samples * job.fit.d_in / 50,
+        )
+    if name == "HedgingWidthConfig":
+        members = len(job.widths) * job.seeds
+        return (
+            f"{members} SAEs x 3 stages ({job.protocol} protocol)",
+            3 * members * job.train.samples,
+        )
+    if name == "ToyAbsorptionConfig":
+        members = len(job.leaks) * job.seeds
+        return f"{len(job.leaks)} leaks x {job.seeds} seeds", members * job.train.samples
+    if name == "ToyMatryoshkaConfig":
+        members = len(job.mu_values) * job.seeds
+        return f"{len(job.mu_values)} mu x {job.seeds} seeds", members * job.train.samples
+    return None
+
+
 def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
     """Every stage with its work, the cache's size on disk and an expected CPU time where this
     machine has measured the rate (None otherwise)."""
+    from llm.absorption.sweep import AbsorptionSweepConfig
     from llm.cache import ExtractConfig
     from llm.hedging import LLMHedgingConfig
     from llm.jobs import SAETrainConfig
 
-    plans, d_model = [], None  # the cache's d_model, once its extraction is planned
+    plans, d_model, layer = [], None, 0  # the cache's, once its extraction is planned
     for stage in demo_stages(config, Path(out)):
         job, disk, seconds = stage.config, None, None
+        kind = type(job).__name__
         if isinstance(job, ExtractConfig):
-            d_model = KNOWN_D_MODEL.get(job.model)
+            d_model, layer = KNOWN_D_MODEL.get(job.model), job.layer
             if d_model is not None:
                 disk = job.tokens * d_model * DTYPE_BYTES[job.dtype]
             rate = CPU_EXTRACT_TOKENS_PER_S.get(job.model)
@@ -308,8 +392,25 @@ def plan_pipeline(config: PipelineConfig, out: str | Path) -> list[StagePlan]:
                 f"{n_stacks} stacks x {members} SAEs (widths {list(job.widths)}), "
                 f"3 stages of {job.train.samples:,} tokens"
             )
+        elif isinstance(job, AbsorptionSweepConfig):
+            saes = len(job.widths) * len(job.ks)
+            train = _sae_seconds(job.train.samples * sum(job.widths) * len(job.ks), d_model)
+            words = job.n_words or ALPHABETIC_VOCABULARY
+            per_word = (
+                CPU_ABSORPTION_SETUP_S_PER_WORD_LAYER * (layer + 1)
+                + saes * CPU_ABSORPTION_SAE_S_PER_WORD
+            )
+            if train is not None and d_model == KNOWN_D_MODEL["gemma3-270m"]:
+                seconds = train + words * per_word
+            work = (
+                f"{saes} TopK SAEs (widths {list(job.widths)} x k {list(job.ks)}) on "
+                f"{job.train.samples:,} tokens each, absorption on {words:,} words"
+            )
+        elif (toy := _toy_work(job)) is not None:
+            work, member_samples = toy
+            seconds = member_samples / CPU_TOY_MEMBER_SAMPLES_PER_S[kind]
         else:
-            work = type(job).__name__
+            work, seconds = kind, CPU_FIXED_SECONDS.get(kind)
         plans.append(StagePlan(stage.name, work, disk, seconds))
     return plans
 
@@ -331,21 +432,51 @@ def run_pipeline(config: PipelineConfig, out: str | Path) -> Path:
                 f"layer {config.layer} is out of range for {config.model}; "
                 f"allowed: 0..{n_layers - 1}"
             )
-    return run_stages(stages, out, config.title)
+    return run_stages(stages, out, config.title, plan_pipeline(config, out))
 
 
-def run_stages(stages: list[Stage], out: Path, title: str) -> Path:
-    """Run the stages that have not finished yet, then rebuild the report from every run."""
+def run_stages(
+    stages: list[Stage], out: Path, title: str, plans: list[StagePlan] | None = None
+) -> Path:
+    """Run the stages that have not finished yet, then rebuild the report from every run.
+    One line as each stage starts (its work and expected CPU time, where `plans` has them) and
+    one as it ends (its time, the time so far and the expected time left)."""
     from reports.pdf import build_report
 
     out.mkdir(parents=True, exist_ok=True)
-    folders = []
-    for stage in stages:
+    expected = {plan.name: plan for plan in plans or []}
+    folders, started = [], time.monotonic()
+    for number, stage in enumerate(stages, 1):
         folder = out / stage.name
+        tag = f"[run {number}/{len(stages)}] {stage.name}"
+        plan = expected.get(stage.name)
         if (folder / "metrics.json").is_file():
-            print(f"[run] {stage.name}: already done ({folder})")
+            print(f"{tag}: already done ({folder})", flush=True)
         else:
-            print(f"[run] {stage.name} ...", flush=True)
+            what = "" if plan is None else f": {plan.work}"
+            print(f"{tag}{what}{_minutes(plan and plan.cpu_seconds, ' (expected ~{})')} ...",
+                  flush=True)  # fmt: skip
+            begun = time.monotonic()
             stage.job(stage.config, folder).close()
+            left = sum(
+                expected[s.name].cpu_seconds or 0.0
+                for s in stages[number:]
+                if s.name in expected and not (out / s.name / "metrics.json").is_file()
+            )
+            print(
+                f"{tag}: done in {_minutes(time.monotonic() - begun)}; "
+                f"{_minutes(time.monotonic() - started)} so far"
+                + _minutes(left or None, ", ~{} expected for the rest"),
+                flush=True,
+            )
         folders.append(folder)
+    print(f"[run] report from {len(folders)} run folders ...", flush=True)
     return build_report(folders, out / "report.pdf", title=title)
+
+
+def _minutes(seconds: float | None, template: str = "{}") -> str:
+    """'42 s' or '3.1 min' in `template`; '' when the time is unknown."""
+    if seconds is None:
+        return ""
+    text = f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+    return template.format(text)

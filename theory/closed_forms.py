@@ -24,7 +24,7 @@ def _active_rows(model: FeatureModel, active: Sequence[bool]) -> tuple[sp.Matrix
     rows = [s for s in range(model.n_states) if active[s]]
     if not rows:
         raise ValueError("the latent must fire on at least one state")
-    return X.extract(rows, list(range(model.n_features))), sp.Matrix(
+    return X.extract(rows, list(range(model.dim))), sp.Matrix(
         [model.probabilities[s] for s in rows]
     )
 
@@ -41,7 +41,7 @@ def regression_decoder(
     coef = (A.T * p * A).inv() * (A.T * p * X)  # (k[+1]) x n
     coef = sp.simplify(coef)
     k = codes.shape[1]
-    bias = coef[k, :].T if decoder_bias else sp.zeros(model.n_features, 1)
+    bias = coef[k, :].T if decoder_bias else sp.zeros(model.dim, 1)
     return coef[:k, :], bias
 
 
@@ -52,11 +52,10 @@ def tracking_decoder(
 
     Without a decoder bias, latent i's row is f_i + sum_j E[s_i m_i s_j m_j]/E[s_i^2 m_i^2] f_j for
     untracked j: it absorbs the conditional expectation of every co-occurring feature (hedging)."""
-    X = model.state_matrix()
     for i in tracked:
         if not 0 <= i < model.n_features:
             raise ValueError(f"tracked feature {i} is out of range 0..{model.n_features - 1}")
-    codes = X.extract(list(range(model.n_states)), list(tracked))
+    codes = model.code_matrix().extract(list(range(model.n_states)), list(tracked))
     return regression_decoder(model, codes, decoder_bias)
 
 
@@ -82,6 +81,7 @@ def width1_region_terms(
     active: Sequence[bool],
     l1: Scalar = 0,
     decoder_bias: bool = True,
+    noise: sp.Matrix | np.ndarray | None = None,
 ) -> Width1Terms | None:
     """Reduction of a width-1 untied SAE whose latent fires on `active` states to a quadratic
     form on the unit sphere of decoder directions (derivation in theory.optimum).
@@ -96,6 +96,14 @@ def width1_region_terms(
     When every state is active (P = 1) with a decoder bias the latent duplicates the bias:
     H = M - mu mu^T, w = 0 at l1 = 0, and None (no stationary point) for l1 > 0.
 
+    Additive noise x + eps, eps ~ (0, Sigma) independent of the state (`noise` = Sigma, d x d),
+    only changes the moments the reduction is made of: C += P [Sigma; 0], Z += P diag(Sigma, 0)
+    and E||x||^2 += tr Sigma. This is exact when the latent's code is an affine function of the
+    noisy input on the whole support, i.e. when it fires on every state (then M = E[x x^T] +
+    Sigma and H = Cov(x) + Sigma: isotropic noise moves no direction, it only adds its variance
+    to every eigenvalue); for a latent that fires on some states only it is the small-noise limit
+    in which noise never carries an input across the latent's threshold.
+
     A FeatureModel gives exact sympy expressions (symbols allowed), a NumericFeatureModel the
     same quantities as floats, fast enough to run on every region of a search."""
     symbolic = isinstance(model, FeatureModel)
@@ -105,12 +113,18 @@ def width1_region_terms(
         l1 = _sym(l1, "l1")
         Za = Xa.row_join(sp.ones(Xa.rows, 1))
         Pa = sp.diag(*pa)
-        if Za.rank() == Za.rows:  # affinely independent active states: codes free per state
+        P = sum(pa, sp.Integer(0))
+        second = sum((p[s] * (X[s, :] * X[s, :].T)[0] for s in range(X.rows)), sp.Integer(0))
+        if noise is not None:
+            Sigma = sp.Matrix(noise)
+            C = Za.T * Pa * Xa + P * Sigma.col_join(sp.zeros(1, Sigma.cols))
+            Z = Za.T * Pa * Za + P * sp.diag(Sigma, 0)
+            M = C.T * Z.inv() * C
+            second += Sigma.trace()
+        elif Za.rank() == Za.rows:  # affinely independent active states: codes free per state
             M = Xa.T * Pa * Xa
         else:
             M = (Za.T * Pa * Xa).T * (Za.T * Pa * Za).pinv() * (Za.T * Pa * Xa)
-        P = sum(pa, sp.Integer(0))
-        second = sum((p[s] * (X[s, :] * X[s, :].T)[0] for s in range(X.rows)), sp.Integer(0))
         everything = sp.simplify(P - 1) == 0
     else:
         X, p = model.states, model.probabilities[:, None]
@@ -120,9 +134,15 @@ def width1_region_terms(
         Xa, pa = X[on], p[on]
         Za = np.hstack([Xa, np.ones((len(Xa), 1))])
         C = Za.T @ (pa * Xa)
-        M = C.T @ np.linalg.pinv(Za.T @ (pa * Za)) @ C
         P = float(pa.sum())
+        Z = Za.T @ (pa * Za)
         second = float(p[:, 0] @ (X**2).sum(1))
+        if noise is not None:
+            Sigma = np.asarray(noise, dtype=float)
+            C = C + P * np.vstack([Sigma, np.zeros((1, len(Sigma)))])
+            Z = Z + P * np.pad(Sigma, ((0, 1), (0, 1)))
+            second += float(np.trace(Sigma))
+        M = C.T @ np.linalg.pinv(Z) @ C
         everything = P > 1 - 1e-12
     mu, mu_A = X.T @ p, Xa.T @ pa  # columns (n x 1)
     if not decoder_bias:
@@ -200,3 +220,63 @@ def absorption_offset(p_parent_only: float, p_both: float, p_child_only: float, 
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if grad(mid) < 0 else (lo, mid)
     return (lo + hi) / 2
+
+
+def width1_secular_polynomial(H: sp.Matrix, w: sp.Matrix, l1: Scalar, nu: sp.Symbol) -> sp.Expr:
+    """The secular polynomial of a width-1 region at l1 > 0 (2 x 2 H): stationary unit decoders
+    of c - e^T H e + l1 w.e solve (nu I - H) e = -(l1/2) w, and ||e|| = 1 multiplied by
+    det(nu I - H)^2 is
+        P(nu) = det(nu I - H)^2 - (l1/2)^2 ||adj(nu I - H) w||^2,
+    a quartic in nu (the eigenbasis form is in theory.optimum.sphere_stationary_points). The
+    feasible optimum (codes >= 0 where the latent fires, so w.e > 0) is its largest real root
+    below lambda_max(H): roots above lambda_max give w.e < 0 (the sphere's global minimum, with
+    negative codes); as l1 grows the two roots between H's eigenvalues meet and vanish, and with
+    them the firing latent."""
+    if H.shape != (2, 2):
+        raise ValueError(f"the secular polynomial is given for 2 x 2 H, got {H.shape}")
+    shifted = nu * sp.eye(2) - H
+    adj_w = shifted.adjugate() * sp.Matrix(w)
+    return sp.expand(shifted.det() ** 2 - (_sym(l1, "l1") / 2) ** 2 * (adj_w.T * adj_w)[0])
+
+
+def width1_root_ratio(H: sp.Matrix, w: sp.Matrix, nu: sp.Symbol) -> sp.Expr:
+    """Child / parent component of the stationary decoder e ~ adj(nu I - H) w at the root nu."""
+    adj_w = (nu * sp.eye(2) - H).adjugate() * sp.Matrix(w)
+    return adj_w[1] / adj_w[0]
+
+
+def largest_root_below(coefficients: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """Largest real root below `bound` of polynomials with rows of coefficients (highest power
+    first), batched: (N, degree + 1) and (N,) -> (N,), NaN where there is none."""
+    coefficients = np.atleast_2d(np.asarray(coefficients, dtype=float))
+    lead = coefficients[:, :1]
+    degree = coefficients.shape[1] - 1
+    companion = np.zeros((len(coefficients), degree, degree))
+    companion[:, 0, :] = -coefficients[:, 1:] / lead
+    companion[:, np.arange(1, degree), np.arange(degree - 1)] = 1.0
+    roots = np.linalg.eigvals(companion)
+    scale = np.maximum(1.0, np.abs(roots))
+    real = np.abs(roots.imag) <= 1e-7 * scale
+    below = real & (roots.real < np.asarray(bound, dtype=float)[:, None] - 1e-12)
+    candidates = np.where(below, roots.real, -np.inf)
+    best = candidates.max(axis=1)
+    return np.where(np.isfinite(best), best, np.nan)
+
+
+def full_absorption_l1(p_both: Scalar, p_child_only: Scalar) -> sp.Expr:
+    """L1 from which the width-2 absorption family (see `absorption_offset_loss`) is fully
+    absorbing (delta = 1: the parent latent no longer fires when the child does).
+
+    The family's loss is convex in delta, so delta* = 1 exactly when its slope at 1 is <= 0:
+        2 P01 + l1 (P11 (1/sqrt2 - 1) + P01 / sqrt2) <= 0
+        <=>  l1 >= 2 sqrt2 P01 / ((sqrt2 - 1) P11 - P01)       (P01 < (sqrt2 - 1) P11),
+    and never when P01 >= (sqrt2 - 1) P11. A true hierarchy (P01 = 0) absorbs fully at every
+    l1 > 0, and so does the exact width-2 optimum (tests/theory/test_beyond.py). With P01 > 0
+    the exact optimum, whose codes shrink with l1 and whose encoder is free, jumps to full
+    absorption far earlier than the family: at P11 = 0.05, P01 = 0.0075 (family 1.61) between
+    l1 = 0.2186 and 0.2190 (0.2238-0.2242 without a decoder bias); at P01 = 0.015 (family 7.43)
+    between 0.3815 and 0.3823 (bisection of theory.optimum.global_optimum)."""
+    p11, p01 = _sym(p_both, "P11"), _sym(p_child_only, "P01")
+    root2 = sp.sqrt(2)
+    denominator = (root2 - 1) * p11 - p01
+    return sp.Piecewise((2 * root2 * p01 / denominator, denominator > 0), (sp.oo, True))

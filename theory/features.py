@@ -1,13 +1,40 @@
-"""Feature models: n orthonormal features whose firing is a table of explicit states.
+"""Feature models: n features whose firing is a table of explicit states.
 
 A feature model is the one definition of a toy world shared by the whole toolkit: theory integrates
 over its states exactly, toymodels samples from the very same object. Feature i has unit direction
-e_i (the feature basis), fires with pattern bit s_i and magnitude m_i, so x = sum_i s_i m_i e_i.
-Probabilities and magnitudes may be numbers or sympy expressions (symbols allowed everywhere).
+f_i, fires with pattern bit s_i and magnitude m_i, so x = sum_i s_i m_i f_i. Probabilities and
+magnitudes may be numbers or sympy expressions (symbols allowed everywhere).
+
+Three generalisations of constant magnitudes on orthonormal features keep the state table exact:
+
+* Random magnitudes (`random_magnitudes`): each firing feature's magnitude is the two-point law
+  m_i = mu_i + sigma_i u_i, u_i = +-1 with probability 1/2, so E[m_i] = mu_i, Var m_i = sigma_i^2,
+  and the signs of co-firing features have correlation rho: with probability |rho| they are one
+  shared sign (rho < 0, two features only: opposite signs), otherwise independent. A state with
+  firing set F splits into 2^|F| states of probability
+      P(s) (|rho| [u_F shared] / 2 + (1 - |rho|) 2^-|F|),
+  each with its own magnitudes (`state_magnitudes`). Everything theory computes on the expanded
+  table (exact loss, exact optimum) is exact for THIS law. For a continuous law with the same
+  first and second moments and correlation only what depends on second moments agrees: at
+  l1 = 0 a latent whose code is a fixed affine function of x on its states (tracking, or every
+  latent always firing) has the least-squares decoder D = E[x a^T] E[a a^T]^-1, made of
+  E[s_i s_j] (mu_i mu_j + rho_ij sigma_i sigma_j) and E[s_i] (mu_i^2 + sigma_i^2)
+  (theory.closed_forms.tracking_decoder); optima where codes are thresholded depend on more.
+* Superposition (`with_cosines`): unit directions with a given Gram matrix G_ij = f_i . f_j.
+  States live in d = rank G coordinates, x_s = sum_i s_i m_i f_i, the rows f_i of a factor
+  G = F F^T (Cholesky when G is definite, so f_0 = e_0 and feature 1 lies in the first plane;
+  eigen-factor otherwise, d < n). Theory's SAE parameters are then in these d coordinates (the
+  feature basis when G = I); the exact machinery is unchanged because it only sees the state
+  vectors.
+* Additive noise (`with_noise`): x = x_s + eps, eps ~ N(0, diag(sigma_1^2..sigma_d^2)) in the
+  state coordinates (isotropic: all equal). The exact optimum enumerates finitely many states, so
+  it is computed for the noiseless states; noise enters exactly wherever codes are affine on the
+  support (theory.closed_forms.width1_region_terms(noise=...)) and is drawn when sampling.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,16 +70,24 @@ def _check_probability(value: sp.Expr, what: str) -> None:
 
 @dataclass(frozen=True)
 class FeatureModel:
-    """Firing states (binary pattern -> probability) of n features plus constant magnitudes.
+    """Firing states (binary pattern -> probability) of n features, their magnitudes and
+    directions (see the module docstring for the three generalisations).
 
     `magnitude_std` adds Gaussian noise to each magnitude (clipped at zero) when sampling; the exact
-    theory needs constant magnitudes and refuses models with noise.
+    theory needs a finite state table and refuses models with it (random magnitudes it can
+    integrate exactly are `state_magnitudes`, from `random_magnitudes`).
     """
 
     patterns: tuple[tuple[int, ...], ...]
     probabilities: tuple[sp.Expr, ...]
     magnitudes: tuple[sp.Expr, ...]
     magnitude_std: tuple[float, ...] | None = None
+    state_magnitudes: tuple[tuple[sp.Expr, ...], ...] | None = None
+    """Per-state magnitudes (S x n) where magnitudes are random; `magnitudes` are then means."""
+    directions: tuple[tuple[sp.Expr, ...], ...] | None = None
+    """Feature directions (n x d) in the state coordinates; None: orthonormal (the identity)."""
+    noise_std: tuple[float, ...] | None = None
+    """Std of additive Gaussian noise per state coordinate (d values); None: no noise."""
 
     def __post_init__(self) -> None:
         if not self.patterns:
@@ -69,20 +104,45 @@ class FeatureModel:
                 raise ValueError(
                     f"pattern {_pattern_text(pattern)!r} must have {n} bits, each 0 or 1"
                 )
-        for pattern in set(self.patterns):
-            if self.patterns.count(pattern) > 1:
-                raise ValueError(f"pattern {_pattern_text(pattern)!r} appears more than once")
-        for pattern, p in zip(self.patterns, self.probabilities, strict=True):
-            _check_probability(p, f"P({_pattern_text(pattern)})")
+        if self.state_magnitudes is not None and (
+            len(self.state_magnitudes) != len(self.patterns)
+            or any(len(row) != n for row in self.state_magnitudes)
+        ):
+            raise ValueError(f"state_magnitudes must be {len(self.patterns)} rows of {n} values")
+        keys = self._state_keys()
+        for key in set(keys):
+            if keys.count(key) > 1:
+                what = "state" if self.state_magnitudes else "pattern"
+                raise ValueError(f"{what} {self._label(key)!r} appears more than once")
+        for label, p in zip(self.state_labels(), self.probabilities, strict=True):
+            _check_probability(p, f"P({label})")
         total = sp.nsimplify(sum(self.probabilities, sp.Integer(0)))
         if total.is_number and abs(float(total) - 1.0) > 1e-9:
             raise ValueError(f"state probabilities sum to {float(total):.6g}; they must sum to 1")
         for i, m in enumerate(self.magnitudes):
             if _is_true(m > 0) is False:
                 raise ValueError(f"magnitude of feature {i} is {m}; magnitudes must be > 0")
+        for pattern, row in zip(self.patterns, self.state_magnitudes or (), strict=False):
+            for i, m in enumerate(row):
+                if pattern[i] and _is_true(m > 0) is False:
+                    raise ValueError(
+                        f"magnitude of feature {i} in state {_pattern_text(pattern)} is {m}; "
+                        "magnitudes must be > 0"
+                    )
         if self.magnitude_std is not None:
             if len(self.magnitude_std) != n or any(s < 0 for s in self.magnitude_std):
                 raise ValueError(f"magnitude_std must be {n} values >= 0, got {self.magnitude_std}")
+        if self.directions is not None:
+            if len(self.directions) != n or len({len(row) for row in self.directions}) != 1:
+                raise ValueError(f"directions must be {n} rows of equal length")
+        if self.noise_std is not None:
+            if len(self.noise_std) != self.dim or any(
+                not np.isfinite(s) or s < 0 for s in self.noise_std
+            ):
+                raise ValueError(
+                    f"noise_std must be {self.dim} finite values >= 0 (one per state "
+                    f"coordinate), got {self.noise_std}"
+                )
 
     # --- shape and symbols -------------------------------------------------------------------
     @property
@@ -94,8 +154,18 @@ class FeatureModel:
         return len(self.patterns)
 
     @property
+    def dim(self) -> int:
+        """Dimension d of the state vectors (n unless the directions are in superposition)."""
+        return self.n_features if self.directions is None else len(self.directions[0])
+
+    @property
     def free_symbols(self) -> set[sp.Symbol]:
-        exprs = (*self.probabilities, *self.magnitudes)
+        exprs = (
+            *self.probabilities,
+            *self.magnitudes,
+            *itertools.chain(*(self.state_magnitudes or ())),
+            *itertools.chain(*(self.directions or ())),
+        )
         return set().union(*(sp.sympify(e).free_symbols for e in exprs))
 
     @property
@@ -106,25 +176,54 @@ class FeatureModel:
     def has_magnitude_noise(self) -> bool:
         return self.magnitude_std is not None and any(s > 0 for s in self.magnitude_std)
 
+    @property
+    def has_additive_noise(self) -> bool:
+        return self.noise_std is not None and any(s > 0 for s in self.noise_std)
+
+    def noiseless(self) -> FeatureModel:
+        """The same states without additive noise (what the exact optimum integrates over)."""
+        return dataclasses.replace(self, noise_std=None)
+
     def subs(self, values: Mapping[sp.Symbol, Scalar]) -> FeatureModel:
         """The same model with symbols replaced (values are checked like any other input)."""
         values = {k: _sym(v, str(k)) for k, v in values.items()}
-        return FeatureModel(
-            self.patterns,
-            tuple(sp.sympify(p).subs(values) for p in self.probabilities),
-            tuple(sp.sympify(m).subs(values) for m in self.magnitudes),
-            self.magnitude_std,
+
+        def put(rows: tuple[tuple[sp.Expr, ...], ...] | None) -> tuple | None:
+            if rows is None:
+                return None
+            return tuple(tuple(sp.sympify(e).subs(values) for e in row) for row in rows)
+
+        return dataclasses.replace(
+            self,
+            probabilities=tuple(sp.sympify(p).subs(values) for p in self.probabilities),
+            magnitudes=tuple(sp.sympify(m).subs(values) for m in self.magnitudes),
+            state_magnitudes=put(self.state_magnitudes),
+            directions=put(self.directions),
         )
 
     # --- exact moments (sympy) -------------------------------------------------------------------
-    def state_matrix(self) -> sp.Matrix:
-        """S x n matrix whose row s is the activation x_s of state s in the feature basis."""
+    def code_matrix(self) -> sp.Matrix:
+        """S x n matrix whose row s holds the features' activations s_i m_i in state s."""
+        rows = self.state_magnitudes or (self.magnitudes,) * self.n_states
         return sp.Matrix(
             [
-                [bit * m for bit, m in zip(pat, self.magnitudes, strict=True)]
-                for pat in self.patterns
+                [bit * m for bit, m in zip(pat, mags, strict=True)]
+                for pat, mags in zip(self.patterns, rows, strict=True)
             ]
         )
+
+    def state_matrix(self) -> sp.Matrix:
+        """S x d matrix whose row s is the state vector x_s = sum_i s_i m_i f_i (in the feature
+        basis when the directions are orthonormal)."""
+        codes = self.code_matrix()
+        return codes if self.directions is None else codes * sp.Matrix(self.directions)
+
+    def gram(self) -> sp.Matrix:
+        """n x n matrix of the feature directions' inner products (cosines)."""
+        if self.directions is None:
+            return sp.eye(self.n_features)
+        F = sp.Matrix(self.directions)
+        return sp.simplify(F * F.T)
 
     def marginal(self, i: int) -> sp.Expr:
         """P(feature i fires)."""
@@ -135,14 +234,31 @@ class FeatureModel:
         return sp.simplify(sum((p for pat, p in self._items() if pat[i] and pat[j]), sp.Integer(0)))
 
     def mean(self) -> sp.Matrix:
-        """E[x] as an n x 1 column."""
+        """E[x] as a d x 1 column."""
         X = self.state_matrix()
         return sp.simplify(X.T * sp.Matrix(self.probabilities))
 
     def second_moment(self) -> sp.Matrix:
-        """Uncentred second moment E[x x^T] (n x n)."""
+        """Uncentred second moment E[x x^T] (d x d) of the noiseless states."""
         X = self.state_matrix()
         return sp.simplify(X.T * sp.diag(*self.probabilities) * X)
+
+    def state_labels(self) -> list[str]:
+        """One label per state: its pattern, plus its magnitudes where they are random."""
+        return [self._label(key) for key in self._state_keys()]
+
+    def _state_keys(self) -> list[tuple]:
+        if self.state_magnitudes is None:
+            return [(pat,) for pat in self.patterns]
+        return list(zip(self.patterns, self.state_magnitudes, strict=True))
+
+    @staticmethod
+    def _label(key: tuple) -> str:
+        if len(key) == 1:
+            return _pattern_text(key[0])
+        pattern, mags = key
+        values = ",".join(_short(m) for bit, m in zip(pattern, mags, strict=True) if bit)
+        return f"{_pattern_text(pattern)}@{values}" if values else _pattern_text(pattern)
 
     def _items(self) -> Iterable[tuple[tuple[int, ...], sp.Expr]]:
         return zip(self.patterns, self.probabilities, strict=True)
@@ -163,35 +279,77 @@ class FeatureModel:
             if self.magnitude_std is None
             else np.array(self.magnitude_std, dtype=float)
         )
-        return NumericFeatureModel(patterns, probabilities, magnitudes, std)
+
+        def floats(rows: tuple | None) -> np.ndarray | None:
+            return None if rows is None else np.array([[float(e) for e in r] for r in rows])
+
+        noise = None if self.noise_std is None else np.array(self.noise_std, dtype=float)
+        return NumericFeatureModel(
+            patterns,
+            probabilities,
+            magnitudes,
+            std,
+            floats(self.state_magnitudes),
+            floats(self.directions),
+            noise,
+        )
 
     def describe(self) -> dict:
-        """JSON-friendly description (patterns as strings, values as strings or floats)."""
+        """JSON-friendly description (states as labels, values as strings or floats)."""
 
         def val(e: sp.Expr) -> float | str:
+            e = sp.sympify(e)
             return float(e) if e.is_number else str(e)
 
-        return {
+        record = {
             "n_features": self.n_features,
-            "states": {_pattern_text(p): val(q) for p, q in self._items()},
+            "states": {
+                label: val(q)
+                for label, q in zip(self.state_labels(), self.probabilities, strict=True)
+            },
             "magnitudes": [val(m) for m in self.magnitudes],
             "magnitude_std": list(self.magnitude_std) if self.magnitude_std else None,
         }
+        if self.directions is not None:
+            record["dim"] = self.dim
+            record["gram"] = [[val(e) for e in row] for row in self.gram().tolist()]
+        if self.noise_std is not None:
+            record["noise_std"] = list(self.noise_std)
+        return record
 
 
 @dataclass(frozen=True)
 class NumericFeatureModel:
-    """Float view of a FeatureModel: S patterns, their probabilities, n magnitudes and noise std."""
+    """Float view of a FeatureModel: S patterns, their probabilities, n magnitudes and noise std,
+    and where present per-state magnitudes (S, n), directions (n, d) and additive noise std (d)."""
 
     patterns: np.ndarray  # (S, n) int
     probabilities: np.ndarray  # (S,)
     magnitudes: np.ndarray  # (n,)
     magnitude_std: np.ndarray  # (n,)
+    state_magnitudes: np.ndarray | None = None  # (S, n)
+    directions: np.ndarray | None = None  # (n, d)
+    noise_std: np.ndarray | None = None  # (d,)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """(S, n) features' activations s_i m_i in each state."""
+        mags = self.magnitudes if self.state_magnitudes is None else self.state_magnitudes
+        return self.patterns * mags
 
     @property
     def states(self) -> np.ndarray:
-        """(S, n) activations of each state in the feature basis."""
-        return self.patterns * self.magnitudes
+        """(S, d) state vectors in the state coordinates (the feature basis when orthonormal)."""
+        return self.codes if self.directions is None else self.codes @ self.directions
+
+    @property
+    def dim(self) -> int:
+        return self.patterns.shape[1] if self.directions is None else self.directions.shape[1]
+
+
+def _short(value: sp.Expr) -> str:
+    value = sp.sympify(value)
+    return f"{float(value):.4g}" if value.is_number else str(value)
 
 
 def _pattern_text(pattern: Sequence[int]) -> str:
@@ -377,6 +535,12 @@ def product(*models: FeatureModel) -> FeatureModel:
     """Independent blocks side by side: the features of each model, in order."""
     if not models:
         raise ValueError("product() needs at least one feature model")
+    for model in models:
+        if model.state_magnitudes or model.directions or model.noise_std:
+            raise ValueError(
+                "product() combines constant-magnitude orthonormal models; apply "
+                "random_magnitudes, with_cosines and with_noise to the product"
+            )
     table: dict[tuple[int, ...], sp.Expr] = {(): sp.Integer(1)}
     for model in models:
         table = {pat + other: p * q for pat, p in table.items() for other, q in model._items()}
@@ -389,9 +553,120 @@ def product(*models: FeatureModel) -> FeatureModel:
     return _model(table, len(mags), mags, stds)
 
 
+def random_magnitudes(
+    model: FeatureModel,
+    std: Sequence[Scalar],
+    correlation: Scalar = 0,
+) -> FeatureModel:
+    """Two-point random magnitudes: feature i's magnitude is its mean +- std[i], the signs of
+    co-firing features correlated by `correlation` (module docstring). Every state splits into
+    one state per sign pattern of its firing features; the means stay `magnitudes`."""
+    if model.state_magnitudes is not None or model.directions or model.noise_std:
+        raise ValueError("random_magnitudes needs a model with constant magnitudes")
+    n = model.n_features
+    sigmas = tuple(_sym(s, f"magnitude std {i}") for i, s in enumerate(std))
+    if len(sigmas) != n:
+        raise ValueError(f"{len(sigmas)} magnitude stds given for {n} features")
+    rho = _sym(correlation, "magnitude correlation")
+    for i, (mu, sigma) in enumerate(zip(model.magnitudes, sigmas, strict=True)):
+        if _is_true(sigma >= 0) is False or _is_true(sigma < mu) is False:
+            raise ValueError(
+                f"magnitude std of feature {i} is {sigma}: a two-point magnitude law with mean "
+                f"{mu} stays positive for 0 <= std < mean"
+            )
+    low = -1 if n == 2 else 0
+    if _is_true(rho >= low) is False or _is_true(rho <= 1) is False:
+        raise ValueError(
+            f"magnitude correlation is {rho}; allowed: {low} <= correlation <= 1 (a negative "
+            "common correlation of two-point magnitudes exists for 2 features only)"
+        )
+    # a symbolic correlation is taken to be >= 0 (the share of samples with one common sign)
+    opposite = rho.is_number and rho < 0
+    share = -rho if opposite else rho
+    table: dict[tuple, sp.Expr] = {}  # (pattern, magnitudes) -> probability; std 0 merges
+    for pattern, p in model._items():
+        firing = [i for i in range(n) if pattern[i]]
+        for signs in itertools.product((1, -1), repeat=len(firing)):
+            weight = sp.Rational(1, 2 ** len(firing))
+            if len(firing) >= 2:
+                linked = signs[0] != signs[1] if opposite else len(set(signs)) == 1
+                weight = (1 - share) * weight + (share / 2 if linked else 0)
+            row = list(model.magnitudes)
+            for i, s in zip(firing, signs, strict=True):
+                row[i] = model.magnitudes[i] + s * sigmas[i]
+            key = (pattern, tuple(row))
+            table[key] = table.get(key, sp.Integer(0)) + p * weight
+    items = [(k, sp.simplify(q)) for k, q in table.items()]
+    items = [(k, q) for k, q in items if not (q.is_number and q == 0)]
+    return dataclasses.replace(
+        model,
+        patterns=tuple(k[0] for k, _ in items),
+        probabilities=tuple(q for _, q in items),
+        state_magnitudes=tuple(k[1] for k, _ in items),
+    )
+
+
+def gram_factor(gram: sp.Matrix) -> sp.Matrix:
+    """Rows f_i (n x d) with F F^T = gram: the Cholesky factor (exact with symbols; in floats for
+    numbers) when gram is definite, else the eigen-factor of a semi-definite gram (d = its
+    rank)."""
+    n = gram.rows
+    if gram.shape != (n, n) or gram != gram.T:
+        raise ValueError(f"the cosine (Gram) matrix must be square and symmetric, got {gram}")
+    for i in range(n):
+        if sp.simplify(gram[i, i] - 1) != 0:
+            raise ValueError(f"feature directions are unit vectors: cosine({i},{i}) must be 1")
+    for i, j in itertools.combinations(range(n), 2):
+        c = gram[i, j]
+        if _is_true(c >= -1) is False or _is_true(c <= 1) is False:
+            raise ValueError(f"cosine({i},{j}) = {c}; allowed: -1 <= cosine <= 1")
+    if gram.free_symbols:  # symbolic cosines are taken to give a definite matrix
+        return sp.simplify(gram.cholesky(hermitian=False))
+    values, vectors = np.linalg.eigh(np.array(gram.evalf(), dtype=float))
+    if values.min() < -1e-9:
+        raise ValueError(
+            f"the cosines are not those of real unit vectors: their Gram matrix has eigenvalue "
+            f"{values.min():.4g} < 0"
+        )
+    if values.min() > 1e-9:
+        factor = np.linalg.cholesky(np.array(gram.evalf(), dtype=float))
+    else:
+        keep = values > 1e-9
+        factor = vectors[:, keep] * np.sqrt(values[keep])
+    return sp.Matrix(factor.shape[0], factor.shape[1], lambda i, j: sp.Float(factor[i, j]))
+
+
+def with_cosines(model: FeatureModel, cosines: Mapping[tuple[int, int], Scalar]) -> FeatureModel:
+    """Feature directions in superposition: cosines {(i, j): cos(f_i, f_j)} for i < j (missing
+    pairs are orthogonal). States then live in d = rank(Gram) coordinates (module docstring)."""
+    if model.directions is not None or model.noise_std:
+        raise ValueError("with_cosines needs a model with orthonormal directions and no noise")
+    n = model.n_features
+    gram = sp.eye(n)
+    for (i, j), c in cosines.items():
+        if not (0 <= i < n and 0 <= j < n) or i == j:
+            raise ValueError(
+                f"cosine pair ({i},{j}) must name two different features of 0..{n - 1}"
+            )
+        gram[i, j] = gram[j, i] = _sym(c, f"cosine({i},{j})")
+    factor = gram_factor(gram)
+    return dataclasses.replace(model, directions=tuple(tuple(row) for row in factor.tolist()))
+
+
+def with_noise(model: FeatureModel, std: float | Sequence[float]) -> FeatureModel:
+    """Additive Gaussian noise in the state coordinates: one std (isotropic) or one per
+    coordinate (model.dim values)."""
+    stds = [std] * model.dim if isinstance(std, int | float) else list(std)
+    for s in stds:
+        if isinstance(s, bool) or not isinstance(s, int | float) or not np.isfinite(s) or s < 0:
+            raise ValueError(f"noise std must be finite numbers >= 0, got {std!r}")
+    return dataclasses.replace(model, noise_std=tuple(float(s) for s in stds))
+
+
 @dataclass(frozen=True)
 class WorldConfig:
-    """A small feature model named on the command line: a state table or a paper scenario."""
+    """A small feature model named on the command line: a state table or a paper scenario, with
+    optional random magnitudes, feature cosines and additive noise (module docstring)."""
 
     joint: str | None = None
     """State table, e.g. 00:0.6,10:0.2,01:0.05,11:0.15 (a pattern's i-th character is feature
@@ -404,18 +679,82 @@ class WorldConfig:
     """Scenario: P(child | parent) (default: the scenario's)."""
     p_child_given_not_parent: float | None = None
     """Scenario: P(child | not parent) (default: the scenario's)."""
+    magnitudes: tuple[float, ...] = ()
+    """Mean magnitude of each feature when it fires (default: 1 each)."""
+    magnitude_std: tuple[float, ...] = ()
+    """Std of each feature's magnitude, an exact two-point law mean +- std (0 <= std < mean;
+    default: constant magnitudes)."""
+    magnitude_correlation: float = 0.0
+    """Correlation of co-firing features' magnitudes (needs magnitude_std; -1..1 for 2
+    features, 0..1 for more)."""
+    cosines: tuple[float, ...] = ()
+    """Cosines between feature directions, pairs (0,1), (0,2), .., (1,2), .. in order (default:
+    orthonormal; fewer values leave the remaining pairs orthogonal)."""
+    noise_std: tuple[float, ...] = ()
+    """Std of additive Gaussian noise: one value (isotropic) or one per state coordinate."""
 
     def __post_init__(self) -> None:
         if self.joint is not None and self.scenario is not None:
             raise ValueError("give a state table (joint) or a scenario, not both")
         if self.scenario is not None and self.scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {self.scenario!r}; allowed: {', '.join(SCENARIOS)}")
+        for name in ("magnitudes", "magnitude_std", "cosines", "noise_std"):
+            for value in getattr(self, name):
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise ValueError(f"each of {name} must be a number, got {value!r}")
+                if not np.isfinite(value):
+                    raise ValueError(f"each of {name} must be finite, got {value!r}")
+        for value in self.magnitudes:
+            if value <= 0:
+                raise ValueError(f"each of magnitudes must be > 0, got {value!r}")
+        for name in ("magnitude_std", "noise_std"):
+            for value in getattr(self, name):
+                if value < 0:
+                    raise ValueError(f"each of {name} must be >= 0, got {value!r}")
+        for value in self.cosines:
+            if not -1 <= value <= 1:
+                raise ValueError(f"each of cosines must be in [-1, 1], got {value!r}")
+        rho = self.magnitude_correlation
+        if isinstance(rho, bool) or not isinstance(rho, int | float) or not -1 <= rho <= 1:
+            raise ValueError(f"magnitude_correlation must be in [-1, 1], got {rho!r}")
+        if rho and not self.magnitude_std:
+            raise ValueError("magnitude_correlation needs magnitude_std (random magnitudes)")
 
     def feature_model(self) -> FeatureModel:
         if self.joint is not None:
-            return from_table(self.joint)
-        if self.scenario is None:
+            model = from_table(self.joint)
+        elif self.scenario is None:
             raise ValueError("no feature model: give a state table (joint) or a scenario")
-        return scenario(
-            self.scenario, self.p_parent, self.p_child_given_parent, self.p_child_given_not_parent
-        )
+        else:
+            model = scenario(
+                self.scenario,
+                self.p_parent,
+                self.p_child_given_parent,
+                self.p_child_given_not_parent,
+            )
+        n = model.n_features
+        for name in ("magnitudes", "magnitude_std"):
+            if getattr(self, name) and len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} values for {n} features")
+        if self.magnitudes:
+            model = dataclasses.replace(
+                model, magnitudes=tuple(_sym(m, "m") for m in self.magnitudes)
+            )
+        if self.magnitude_std:
+            model = random_magnitudes(model, self.magnitude_std, self.magnitude_correlation)
+        pairs = list(itertools.combinations(range(n), 2))
+        if len(self.cosines) > len(pairs):
+            raise ValueError(
+                f"{len(self.cosines)} cosines given; {n} features have {len(pairs)} pairs"
+            )
+        if any(self.cosines):
+            model = with_cosines(model, dict(zip(pairs, self.cosines, strict=False)))
+        if self.noise_std:
+            if len(self.noise_std) not in (1, model.dim):
+                raise ValueError(
+                    f"noise_std has {len(self.noise_std)} values; allowed: 1 (isotropic) or "
+                    f"{model.dim} (one per state coordinate)"
+                )
+            std = self.noise_std[0] if len(self.noise_std) == 1 else self.noise_std
+            model = with_noise(model, std)
+        return model

@@ -5,10 +5,21 @@ minimises theory.sae.expected_loss over the raw parameters a spec allows, with a
 (sub)gradient of the piecewise-smooth loss, from many starts, and polishes the best few: first
 with fresh L-BFGS-B runs, then inside their activation regions, where optima on ReLU kinks become
 ordinary constrained optima.
+
+TopK, BatchTopK and JumpReLU (`spec.architecture`) have losses that jump where a code is
+displaced or crosses its threshold. Between jumps the loss is smooth, with the gradient of a
+fixed gate pattern, so the same multi-start L-BFGS-B runs on it (a step across a jump that
+raises the loss is rejected by the line search). JumpReLU's thresholds get no gradient at
+all: they are set exactly, latent by latent, by trying every value that changes the gate (0
+and each state's pre-activation), alternating with L-BFGS-B on the other parameters. As the
+L0 term has no gradient either, JumpReLU runs also start from a smoothed loss (the step made a
+sigmoid of temperature tau, annealed toward 0, thresholds free, finite-difference gradients),
+whose minimisers are then polished the same way.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +28,7 @@ import numpy as np
 import sympy as sp
 from scipy.optimize import minimize
 
+from theory.architectures import architecture_codes, architecture_loss
 from theory.features import FeatureModel, NumericFeatureModel
 from theory.sae import Levels, SAEParams, SAESpec, codes, expected_loss
 
@@ -25,6 +37,8 @@ _SCREEN_OPTIONS = {"maxiter": 2000, "ftol": 1e-11, "gtol": 1e-9}
 _POLISH_ROUNDS = 4  # fresh L-BFGS memory helps when the previous run stalled at a ReLU kink
 _N_POLISHED = 4
 _REGION_ROUNDS = 4
+_THRESHOLD_ROUNDS = 4  # JumpReLU: exact thresholds, then L-BFGS-B on the rest, this many times
+_TEMPERATURES = (0.1, 0.03, 0.01, 0.003)  # JumpReLU's smoothed step, relative to the magnitudes
 
 
 @dataclass(frozen=True)
@@ -177,9 +191,13 @@ def numeric_optimum(
     the loss is recomputed with expected_loss."""
     start_time = time.perf_counter()
     world, l1 = _validated(model, spec, n_starts, tol)
-    layout = _Layout(spec.width, model.n_features, spec.tied, spec.decoder_bias)
+    layout = _Layout(spec.width, model.dim, spec.tied, spec.decoder_bias)
     levels = spec.loss_levels()
     rng = np.random.default_rng(seed)
+    if spec.architecture not in ("relu-l1", "matryoshka"):
+        params = _gated_numeric(world, layout, spec, _initial_points(world, layout, n_starts, rng))
+        loss = architecture_loss(world, params, spec)
+        return NumericOptimum(params, loss, n_starts, time.perf_counter() - start_time)
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
         loss, grad = loss_and_gradient(world, layout, theta, l1, levels=levels)
@@ -211,6 +229,11 @@ def _validated(
         raise ValueError(
             f"the exact loss needs constant magnitudes; this model has magnitude_std "
             f"{model.magnitude_std}"
+        )
+    if model.has_additive_noise:
+        raise ValueError(
+            "the exact loss integrates over finitely many states; this model has additive noise "
+            "(model.noiseless() drops it)"
         )
     world = model.numeric()  # refuses free symbols with a message naming them
     l1 = sp.sympify(spec.l1)
@@ -332,3 +355,160 @@ def _canonical(world: NumericFeatureModel, params: SAEParams) -> SAEParams:
     alive_K = (codes(world, params)[world.probabilities > 0] > 0).any(axis=0)
     decoder = np.where(alive_K[:, None], params.decoder, 0.0)
     return SAEParams(params.encoder, params.encoder_bias, decoder, params.decoder_bias).folded()
+
+
+# --- gated architectures ----------------------------------------------------------------------
+def _gated_numeric(
+    world: NumericFeatureModel, layout: _Layout, spec: SAESpec, starts: np.ndarray
+) -> SAEParams:
+    """Best folded parameters of the multi-start search for a TopK, BatchTopK or JumpReLU
+    spec (see the module docstring)."""
+    k = layout.width
+    jump = spec.architecture == "jumprelu"
+
+    def with_threshold(theta: np.ndarray, threshold: np.ndarray | None) -> SAEParams:
+        p = layout.unpack(theta)
+        return SAEParams(p.encoder, p.encoder_bias, p.decoder, p.decoder_bias, threshold)
+
+    def exact(theta: np.ndarray, threshold: np.ndarray | None) -> float:
+        return architecture_loss(world, with_threshold(theta, threshold), spec)
+
+    def fun_at(threshold: np.ndarray | None) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+        def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            params = with_threshold(theta, threshold)
+            total, grad = 0.0, np.zeros_like(theta)
+            for cells, active_SK in _gate_cells(world, params, spec):
+                value, g = loss_and_gradient(cells, layout, theta, 0.0, active_SK)
+                total, grad = total + float(value), grad + g
+            if jump:  # the L0 term is constant between jumps
+                total += float(spec.l0) * float(world.probabilities @ active_SK.sum(1))
+            return total, grad
+
+        return fun
+
+    def descend(theta: np.ndarray, threshold: np.ndarray | None) -> np.ndarray:
+        rounds = _THRESHOLD_ROUNDS if jump else 1
+        for _ in range(rounds):
+            if jump:
+                threshold = _best_thresholds(theta, threshold, exact, layout, world)
+            theta = minimize(
+                fun_at(threshold), theta, jac=True, method="L-BFGS-B", options=_SCREEN_OPTIONS
+            ).x
+        if jump:
+            threshold = _best_thresholds(theta, threshold, exact, layout, world)
+        return theta, threshold
+
+    runs = [descend(theta0, np.zeros(k) if jump else None) for theta0 in starts]
+    if jump:
+        runs += [descend(*_smoothed_jumprelu(world, layout, spec, theta0)) for theta0 in starts]
+    losses = [exact(theta, threshold) for theta, threshold in runs]
+    polished = []
+    for i in np.argsort(losses)[:_N_POLISHED]:
+        theta, threshold = runs[i]
+        theta, threshold = descend(_polish_lbfgs(fun_at(threshold), theta, 1e-12)[0], threshold)
+        polished.append((exact(theta, threshold), theta, threshold))
+    _, theta, threshold = min(polished, key=lambda run: run[0])
+    params = with_threshold(theta, threshold)
+    alive_K = (architecture_codes(world, params, spec) > 0).any(axis=0)
+    decoder = np.where(alive_K[:, None], params.decoder, 0.0)
+    return SAEParams(
+        params.encoder, params.encoder_bias, decoder, params.decoder_bias, threshold
+    ).folded()
+
+
+def _gate_cells(
+    world: NumericFeatureModel, params: SAEParams, spec: SAESpec
+) -> list[tuple[NumericFeatureModel, np.ndarray]]:
+    """The loss as a sum over (weighted states, fixed gate pattern): one term, or for BatchTopK
+    one more per state the batch keeps a fraction of (its pair kept in that term only)."""
+    codes_SK = architecture_codes(world, params, spec)
+    if spec.architecture != "batchtopk":
+        return [(world, codes_SK != 0)]
+    from theory.batchtopk import kept_fractions
+
+    fractions_SK = kept_fractions(world, params, spec.k)
+    full_SK = fractions_SK >= 1.0
+    weights = world.probabilities.copy()
+    cells = []
+    for s, i in np.argwhere((fractions_SK > 0) & ~full_SK):
+        only = np.zeros_like(weights)
+        only[s] = fractions_SK[s, i] * weights[s]
+        weights[s] -= only[s]
+        with_SK = full_SK.copy()
+        with_SK[s, i] = True
+        cells.append((_reweighted(world, only), with_SK))
+    return [(_reweighted(world, weights), full_SK), *cells]
+
+
+def _reweighted(world: NumericFeatureModel, weights: np.ndarray) -> NumericFeatureModel:
+    return dataclasses.replace(world, probabilities=weights)
+
+
+def _best_thresholds(
+    theta: np.ndarray,
+    threshold: np.ndarray,
+    exact: Callable[[np.ndarray, np.ndarray], float],
+    layout: _Layout,
+    world: NumericFeatureModel,
+) -> np.ndarray:
+    """Each latent's threshold in turn set to the best of 0 and its pre-activations (between
+    two consecutive ones the gate, hence the loss, does not change)."""
+    threshold = np.asarray(threshold, dtype=float).copy()
+    pre_SK = _pre_activations(world, layout, theta)[0]
+    for i in range(layout.width):
+        candidates = np.unique(np.concatenate([[0.0], pre_SK[:, i][pre_SK[:, i] > 0]]))
+        values = []
+        for t in candidates:
+            trial = threshold.copy()
+            trial[i] = t
+            values.append(exact(theta, trial))
+        threshold[i] = candidates[int(np.argmin(values))]
+    return threshold
+
+
+def _smoothed_jumprelu(
+    world: NumericFeatureModel, layout: _Layout, spec: SAESpec, theta: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise JumpReLU's loss with the step [pre > t] replaced by g = sigmoid((pre - t) / tau),
+    thresholds t >= 0 free, for each tau in _TEMPERATURES in turn."""
+    k = layout.width
+    scale = float(np.mean(world.magnitudes))
+    y = np.concatenate([theta, np.full(k, 0.01 * scale)])
+    bounds = [(None, None)] * layout.size + [(0.0, None)] * k
+    for tau in _TEMPERATURES:
+        y = minimize(
+            smoothed_jumprelu_loss,
+            y,
+            args=(world, layout, float(spec.l0), tau * scale),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"maxiter": 1000},
+        ).x
+    return y[:-k], y[-k:]
+
+
+def smoothed_jumprelu_loss(
+    y: np.ndarray, world: NumericFeatureModel, layout: _Layout, l0: float, tau: float
+) -> tuple[float, np.ndarray]:
+    """The smoothed JumpReLU loss of y = (theta, thresholds) and its gradient: with u = x - b,
+    h = pre g, r = u - D^T h, loss = sum_s p_s (||r_s||^2 + l0 sum_i g_si)."""
+    k = layout.width
+    params = layout.unpack(y[:-k])
+    W, D = params.encoder, params.decoder
+    p_S = world.probabilities
+    u_SN = world.states - params.decoder_bias
+    pre_SK = u_SN @ W.T + params.encoder_bias
+    gate_SK = 0.5 * (1.0 + np.tanh((pre_SK - y[-k:]) / (2.0 * tau)))  # the sigmoid, stably
+    slope_SK = gate_SK * (1.0 - gate_SK) / tau
+    h_SK = pre_SK * gate_SK
+    r_SN = u_SN - h_SK @ D
+    loss = float(p_S @ ((r_SN**2).sum(1) + l0 * gate_SK.sum(1)))
+    g_h_SK = -2.0 * (p_S[:, None] * r_SN) @ D.T
+    g_gate_SK = g_h_SK * pre_SK + l0 * p_S[:, None]
+    g_pre_SK = g_h_SK * gate_SK + g_gate_SK * slope_SK
+    g_threshold = -(g_gate_SK * slope_SK).sum(0)
+    g_D = -2.0 * h_SK.T @ (p_S[:, None] * r_SN)
+    g_b = -2.0 * p_S @ r_SN - g_pre_SK.sum(0) @ W
+    grad = layout.pack_gradient(g_pre_SK.T @ u_SN, g_pre_SK.sum(0), g_D, g_b)
+    return loss, np.concatenate([grad, g_threshold])

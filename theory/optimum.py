@@ -204,12 +204,15 @@ def _inner_solve(
     directions: np.ndarray,
     active: np.ndarray,
     l1: float,
+    pre_constraints: np.ndarray | None = None,
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
     the closure of the region. A matryoshka loss (spec.loss_levels) is a weighted sum of
     level quadratics, each the full one with the code columns of latents outside the level
     zeroed: G = sum_j beta_j G o (keep_j keep_j^T), rhs = sum_j beta_j rhs o keep_j.
 
+    `pre_constraints` (m, S, k), untied only, replaces the ReLU region's constraints by
+    sum_si C[r, s, i] pre_si >= 0 (other architectures' regions, e.g. TopK's ordering).
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
     their multipliers."""
@@ -249,6 +252,10 @@ def _inner_solve(
         rows.append(block)
         if spec.tied:  # kappa >= 0
             rows.append(np.eye(n_psi)[q[i]][None])
+    if pre_constraints is not None:  # untied: pre_si = z_s . psi_i, as the codes
+        rows = [np.zeros((len(pre_constraints), n_psi))]
+        for i, basis in enumerate(bases):
+            rows[0][:, q[i] : q[i + 1]] = pre_constraints[:, :, i] @ basis
     psi, lam = _least_distance(G, rhs, np.vstack(rows))
     code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
     codes_SK = np.stack([masked[i] @ code_params[i] for i in range(k)], axis=1)
@@ -370,7 +377,13 @@ def _separator(
     return w / max(np.linalg.norm(w), 1e-300)
 
 
-def _reduced(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: float):  # noqa: ANN202 (a closure for scipy)
+def _reduced(  # noqa: ANN202 (a closure for scipy)
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    active: np.ndarray,
+    l1: float,
+    pre_constraints: np.ndarray | None = None,
+):
     """The region's loss as a function of the decoder rows (k * n flat) and its gradient."""
     k, n = len(active), world.states.shape[1]
 
@@ -380,7 +393,7 @@ def _reduced(world: NumericFeatureModel, spec: SAESpec, active: np.ndarray, l1: 
         rows = y.reshape(k, n)
         norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         e = rows / norms
-        inner = _inner_solve(world, spec, e, active, l1)
+        inner = _inner_solve(world, spec, e, active, l1, pre_constraints)
         g = inner.grad
         return inner.loss, ((g - (g * e).sum(1, keepdims=True) * e) / norms).ravel()
 
@@ -403,16 +416,19 @@ def _search_region(
     l1: float,
     starts: list[np.ndarray],
     to_beat: float,
+    pre_constraints: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, _Inner]]:
     """Local optima over unit decoder directions of a region's closure, from the best
     STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
     `to_beat` ends the region's search."""
-    closed = _reduced(world, spec, active, l1)
+    closed = _reduced(world, spec, active, l1, pre_constraints)
     values = [closed(start.ravel())[0] for start in starts]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
         directions = _minimise(closed, starts[j])
-        found.append((directions, _inner_solve(world, spec, directions, active, l1)))
+        found.append(
+            (directions, _inner_solve(world, spec, directions, active, l1, pre_constraints))
+        )
         if found[-1][1].loss > to_beat - 1e-12:
             break
     return found
@@ -516,8 +532,12 @@ def global_optimum(
     Width 1 untied uses the closed form per region; other variants search decoder directions
     with every other parameter solved exactly on the region's closure. Untied parameters come
     back folded (unit decoder rows), tied ones tied; latents that never fire have zero
-    parameters.
+    parameters. Other architectures (`spec.architecture`) go to theory.architectures.
     """
+    if spec.architecture not in ("relu-l1", "matryoshka"):  # theory.gated's regions
+        from theory.architectures import architecture_optimum
+
+        return architecture_optimum(model, spec, seed)
     world = model.numeric() if isinstance(model, FeatureModel) else model
     l1 = float(spec.l1)
     S, n = world.states.shape
@@ -531,7 +551,7 @@ def global_optimum(
     best = _candidate(world, spec, nobody, silent, None)
     full = 2**S - 1
     group_K = spec.loss_levels().prefix_JK.sum(0)  # latents of one level are interchangeable
-    regions = _regions(residual_MD, masks, group_K, full, best.loss)
+    regions = _regions(residual_MD, masks, k, full, best.loss, group_K)
     bounds = [float(_region_bound(residual_MD, list(masks[list(r)]), 0, full)) for r in regions]
     regions = [regions[i] for i in np.argsort(bounds, kind="stable")]
 
@@ -554,13 +574,18 @@ def global_optimum(
 
 
 def _regions(
-    residual_MD: np.ndarray, masks: np.ndarray, group_K: np.ndarray, full: int, to_beat: float
+    residual_MD: np.ndarray,
+    masks: np.ndarray,
+    k: int,
+    full: int,
+    to_beat: float,
+    group_K: np.ndarray | None = None,
 ) -> list[tuple[int, ...]]:
     """Every tuple of k separable sets (indices into `masks`, never increasing among latents of
-    one group `group_K`: those are interchangeable, and dead latents come last) whose
-    subspace-fit bound is below `to_beat`, except the all-dead one."""
+    one group `group_K`, default all: those are interchangeable, and dead latents come last)
+    whose subspace-fit bound is below `to_beat`, except the all-dead one."""
     found = []
-    k = len(group_K)
+    group_K = np.zeros(k) if group_K is None else group_K
 
     def grow(chosen: list[int]) -> None:
         if len(chosen) == k:

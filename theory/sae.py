@@ -3,14 +3,19 @@
 Because feature directions are orthonormal, an SAE's behaviour on a feature model is captured by
 its parameters in the feature basis: encoder (k x n), encoder bias (k), decoder rows (k x n) and
 decoder bias (n). Components orthogonal to the features only add loss, so the optimum has none.
+With feature cosines (theory.features.with_cosines) the same holds in the d coordinates of the
+state vectors (n is then d).
 
     h = ReLU(W_enc (x - b_dec) + b_enc)        (decoder bias applied to the input, as in SAELens)
     x_hat = W_dec^T h + b_dec
     loss = E ||x - x_hat||^2 + l1 * E sum_i h_i ||W_dec[i]||
 
-A matryoshka SAE sums this over nested levels (theory.matryoshka): level j reconstructs with its
-prefix of latents and weighs beta_j, and latent i's L1 is multiplied by w_i. `Levels` holds that
-structure; a plain SAE is one level of weight 1 holding every latent, with w = 1.
+That is the ReLU-L1 SAE; `SAESpec.architecture` names the others, whose codes and losses live in
+one module each (theory.topk, theory.batchtopk, theory.jumprelu; theory.architectures
+dispatches). A matryoshka SAE sums this over nested levels (theory.matryoshka): level j
+reconstructs with its prefix of latents and weighs beta_j, and latent i's L1 is multiplied by
+w_i. `Levels` holds that structure; a plain SAE is one level of weight 1 holding every latent,
+with w = 1.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from typing import NamedTuple
 import numpy as np
 import sympy as sp
 
-from theory.config import require_choice, require_number, require_positive_ints
+from theory.config import require_number, require_positive_ints
 from theory.features import FeatureModel, NumericFeatureModel, _sym
 
 MAX_L1 = 1e100  # far beyond any useful value (every latent is dead); l1^2 must stay finite
-ARCHITECTURES = ("relu-l1", "matryoshka")
+ARCHITECTURES = ("relu-l1", "topk", "batchtopk", "jumprelu", "matryoshka")
 
 
 class Levels(NamedTuple):
@@ -41,8 +46,8 @@ class Levels(NamedTuple):
 
 @dataclass(frozen=True)
 class SAESpec:
-    """Which SAE: width k, L1 coefficient, tied or untied, with or without a decoder bias, and
-    its architecture (a matryoshka SAE adds nested prefix losses, theory.matryoshka)."""
+    """Which SAE: architecture and its hyperparameter, width, tied or untied, with or without a
+    decoder bias."""
 
     width: int = 1
     """Latents of the SAE."""
@@ -53,7 +58,14 @@ class SAESpec:
     decoder_bias: bool = True
     """Learn a decoder bias."""
     architecture: str = "relu-l1"
-    """relu-l1 | matryoshka (ReLU-L1 latents whose loss sums nested prefix losses)."""
+    """relu-l1 (L1 penalty), topk (each sample keeps its k largest codes), batchtopk (expected
+    loss of keeping the batch's k * B largest codes: one shared threshold, E[L0] = k) or jumprelu
+    (a learned threshold per latent and an L0 penalty) or matryoshka (ReLU-L1 latents whose loss
+    sums nested prefix losses)."""
+    k: int = 1
+    """Codes kept per sample (topk; batchtopk on average)."""
+    l0: float = 0.0
+    """L0 penalty coefficient of jumprelu: l0 * E[number of firing latents]."""
     levels: tuple[int, ...] = ()
     """Matryoshka prefix sizes m_1 < ... < m_n = width (empty: one level, the plain SAE)."""
     mu: float = 1.0
@@ -66,6 +78,27 @@ class SAESpec:
     def __post_init__(self) -> None:
         if not isinstance(self.width, int) or self.width < 1:
             raise ValueError(f"width must be a positive integer, got {self.width!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; allowed: {', '.join(ARCHITECTURES)}"
+            )
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ValueError(f"k must be a positive integer, got {self.k!r}")
+        if self.k != 1 and self.architecture not in ("topk", "batchtopk"):
+            raise ValueError(f"k = {self.k} applies to topk and batchtopk only")
+        if not isinstance(self.l0, int | float) or not 0 <= self.l0 <= MAX_L1:
+            raise ValueError(f"l0 must be a number in [0, {MAX_L1:g}], got {self.l0!r}")
+        if self.l0 != 0 and self.architecture != "jumprelu":
+            raise ValueError(f"l0 = {self.l0} applies to jumprelu only")
+        if self.architecture not in ("relu-l1", "matryoshka"):
+            if self.tied:
+                raise ValueError(
+                    f"tied {self.architecture} SAEs are not supported; allowed: tied relu-l1"
+                )
+            if not (_sym(self.l1, "l1").is_number and _sym(self.l1, "l1") == 0):
+                raise ValueError(
+                    f"l1 = {self.l1} applies to relu-l1 only; {self.architecture} has none"
+                )
         l1 = _sym(self.l1, "l1")
         if l1.is_number and l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {self.l1}")
@@ -74,7 +107,6 @@ class SAESpec:
                 f"l1 = {self.l1} is too large: allowed values are 0 <= l1 <= {MAX_L1:g} (far "
                 "above any useful value every latent is dead, and the loss would overflow)"
             )
-        require_choice("architecture", self.architecture, ARCHITECTURES)
         levels = tuple(self.levels)
         if levels:
             require_positive_ints("levels", levels)
@@ -103,9 +135,11 @@ class SAEParams:
     encoder_bias: np.ndarray  # (..., k)
     decoder: np.ndarray  # (..., k, n)  row i = latent i's decoder direction
     decoder_bias: np.ndarray  # (..., n)
+    threshold: np.ndarray | None = None  # (..., k) jumprelu / batchtopk: fires when pre > it
 
     def folded(self) -> SAEParams:
-        """Same function with unit-norm decoder rows (encoder rows and bias scaled to match).
+        """Same function with unit-norm decoder rows (encoder rows, biases and thresholds scaled
+        to match).
 
         Dead latents (zero decoder) are left as they are."""
         norms = np.linalg.norm(self.decoder, axis=-1)
@@ -115,15 +149,19 @@ class SAEParams:
             self.encoder_bias * scale,
             self.decoder / scale[..., None],
             self.decoder_bias,
+            None if self.threshold is None else self.threshold * scale,
         )
 
     def to_json(self) -> dict:
-        return {
+        record = {
             "encoder": self.encoder.tolist(),
             "encoder_bias": self.encoder_bias.tolist(),
             "decoder": self.decoder.tolist(),
             "decoder_bias": self.decoder_bias.tolist(),
         }
+        if self.threshold is not None:
+            record["threshold"] = self.threshold.tolist()
+        return record
 
 
 @lru_cache(maxsize=256)
@@ -172,9 +210,10 @@ def expected_loss(
     return (sq_err + l1 * sparsity[..., 0]) @ world.probabilities
 
 
-def symbolic_parameters(spec: SAESpec, n_features: int, prefix: str = "") -> dict[str, sp.Matrix]:
-    """Real sympy symbols for every free parameter of `spec` (tied: the encoder is the decoder)."""
-    k, n = spec.width, n_features
+def symbolic_parameters(spec: SAESpec, dim: int, prefix: str = "") -> dict[str, sp.Matrix]:
+    """Real sympy symbols for every free parameter of `spec` on states of dimension `dim`
+    (tied: the encoder is the decoder)."""
+    k, n = spec.width, dim
     dec = sp.Matrix(k, n, lambda i, j: sp.Symbol(f"{prefix}d_{i}{j}", real=True))
     enc = (
         dec
@@ -204,10 +243,15 @@ def expected_loss_expr(
     """
     if model.has_magnitude_noise:
         raise ValueError("the exact loss needs constant magnitudes; this model has magnitude noise")
-    p = params or symbolic_parameters(spec, model.n_features)
+    if model.has_additive_noise:
+        raise ValueError(
+            "the exact loss integrates over finitely many states; this model has additive noise "
+            "(model.noiseless() drops it)"
+        )
+    p = params or symbolic_parameters(spec, model.dim)
     W, c, D, b = p["encoder"], p["encoder_bias"], p["decoder"], p["decoder_bias"]
     l1 = _sym(spec.l1, "l1")
-    norms = [sp.sqrt(sum(D[i, j] ** 2 for j in range(model.n_features))) for i in range(spec.width)]
+    norms = [sp.sqrt(sum(D[i, j] ** 2 for j in range(model.dim))) for i in range(spec.width)]
     X = model.state_matrix()
     total = sp.Integer(0)
     for s, prob in enumerate(model.probabilities):

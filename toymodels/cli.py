@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = toy.add_subparsers(dest="toy_command", required=True, metavar="TOY_COMMAND")
     train = commands.add_parser(
         "train",
-        help="train one ReLU-L1 SAE on a feature model and compare with `derive`",
-        description="Train a ReLU-L1 SAE on a feature model embedded orthonormally in d_in "
+        help="train one SAE on a feature model and compare with `derive`",
+        description="Train an SAE (--architecture relu-l1 | topk | batchtopk | jumprelu) on a "
+        "feature model embedded orthonormally in d_in "
         "dimensions; print its parameters in the feature basis next to theory's optimum.",
     )
     add_config_arguments(train, "toymodels.experiments.scenarios:ToyTrainConfig")

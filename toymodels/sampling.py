@@ -1,9 +1,11 @@
 """Sampling theory's feature models: the toy data every experiment trains on.
 
 The sampler draws from the very object theory integrates over (theory.features.FeatureModel or
-its NumericFeatureModel view): a categorical draw over the explicit firing states, then the
-magnitudes (with optional Gaussian noise, clipped at zero by a ReLU), then a map from the feature
-basis into d_in dimensions through a matrix of feature directions.
+its NumericFeatureModel view): a categorical draw over the explicit firing states (random
+magnitudes that theory integrates exactly are states of their own), then the magnitudes (with
+optional Gaussian noise, clipped at zero by a ReLU), the model's feature directions into its d
+state coordinates (superposition), its additive Gaussian noise there, and finally an embedding
+of the d state coordinates into d_in dimensions.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def sample_states(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """(n, n_features) activations in the feature basis: pattern * magnitude.
+    """(n, n_features) features' activations s_i m_i of the drawn states (their magnitudes where
+    those are random).
 
     With magnitude noise each firing feature's magnitude is ReLU(m_i + N(0, std_i)).
     Random numbers are drawn on the generator's device; the result is moved to `device`.
@@ -77,15 +80,13 @@ def sample_states(
     model = _numeric(world)
     indices_N = sample_state_indices(model, n, generator)
     draw_device = indices_N.device
-    patterns_SF = torch.as_tensor(model.patterns, dtype=torch.float32, device=draw_device)
-    magnitudes_F = torch.as_tensor(model.magnitudes, dtype=torch.float32, device=draw_device)
-    firing_NF = patterns_SF[indices_N]
+    codes_SF = torch.as_tensor(model.codes, dtype=torch.float32, device=draw_device)
+    states_NF = codes_SF[indices_N]
     if (model.magnitude_std > 0).any():
+        patterns_SF = torch.as_tensor(model.patterns, dtype=torch.float32, device=draw_device)
         std_F = torch.as_tensor(model.magnitude_std, dtype=torch.float32, device=draw_device)
-        noise_NF = torch.randn(firing_NF.shape, generator=generator, device=draw_device)
-        states_NF = firing_NF * torch.relu(magnitudes_F + std_F * noise_NF)
-    else:
-        states_NF = firing_NF * magnitudes_F
+        noise_NF = torch.randn(states_NF.shape, generator=generator, device=draw_device)
+        states_NF = torch.relu(states_NF + patterns_SF[indices_N] * std_F * noise_NF)
     return states_NF if device is None else states_NF.to(device)
 
 
@@ -95,12 +96,22 @@ def sample_activations(
     n: int,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """(n, d_in) activations x = sum_i s_i m_i f_i, with f_i the rows of directions_FD."""
+    """(n, d_in) activations x = (sum_i s_i m_i f_i + eps) E: the model's state vectors (feature
+    directions f_i, orthonormal unless it has cosines) plus its additive noise eps, embedded by
+    the rows of directions_FD (one per state coordinate: per feature when orthonormal)."""
     model = _numeric(world)
-    n_features = model.patterns.shape[1]
-    if directions_FD.ndim != 2 or directions_FD.shape[0] != n_features:
+    if directions_FD.ndim != 2 or directions_FD.shape[0] != model.dim:
         raise ValueError(
-            f"directions must have shape ({n_features}, d_in), got {tuple(directions_FD.shape)}"
+            f"directions must have shape ({model.dim}, d_in), got {tuple(directions_FD.shape)}"
         )
     states_NF = sample_states(model, n, generator, device=directions_FD.device)
-    return states_NF.to(directions_FD.dtype) @ directions_FD
+    states_ND = states_NF.to(directions_FD.dtype)
+    if model.directions is not None:
+        superposed_FD = torch.as_tensor(model.directions, dtype=states_ND.dtype)
+        states_ND = states_ND @ superposed_FD.to(directions_FD.device)
+    if model.noise_std is not None and (model.noise_std > 0).any():
+        draw_device = generator.device if generator is not None else torch.device("cpu")
+        std_D = torch.as_tensor(model.noise_std, dtype=states_ND.dtype, device=draw_device)
+        noise_ND = torch.randn(states_ND.shape, generator=generator, device=draw_device) * std_D
+        states_ND = states_ND + noise_ND.to(states_ND.device, states_ND.dtype)
+    return states_ND @ directions_FD

@@ -352,11 +352,14 @@ def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEPa
     encoder_bias absorbs the part of b_dec orthogonal to the feature span, so pre-activations
     on inputs in the span are identical. Components of W_dec and b_dec outside the span are
     dropped: they only add loss, so theory's loss of these params is a lower bound on the SAE's.
+    Architectures with an inference threshold (JumpReLU, BatchTopK) carry it as `threshold`.
+    TopK SAEs ranking by raw activation are refused: theory ranks by contribution.
     """
-    if not sae.capabilities.relu_codes:
+    if not (sae.capabilities.relu_codes or sae.capabilities.theory_codes):
         raise ValueError(
-            f"theory's SAEParams describe ReLU codes; {sae.architecture!r} SAEs "
-            "are not ReLU SAEs (allowed: relu-l1, matryoshka with inner relu-l1)"
+            f"theory's SAEParams describe ReLU, TopK (ranked by contribution), BatchTopK and "
+            f"JumpReLU codes; not this {sae.architecture!r} SAE (allowed: relu-l1, topk, "
+            "batchtopk, jumprelu, matryoshka with inner relu-l1)"
         )
     F_ND = torch.as_tensor(np.asarray(directions_ND), dtype=torch.float64)
     if F_ND.dim() != 2 or F_ND.shape[1] != sae.d_in:
@@ -373,12 +376,16 @@ def to_feature_basis(sae: SAE, directions_ND: Tensor | np.ndarray) -> list[SAEPa
             b_dec = sae.b_dec[m].detach().cpu().double()
             b_dec_in_span = F_ND @ b_dec
             b_dec_orthogonal = b_dec - F_ND.T @ b_dec_in_span
+            threshold = None
+            if sae.capabilities.inference_threshold:
+                threshold = sae.inference_threshold()[m].detach().cpu().double()[active].numpy()
             params.append(
                 SAEParams(
                     encoder=(W_enc_DK.T @ F_ND.T).numpy(),
                     encoder_bias=(b_enc - W_enc_DK.T @ b_dec_orthogonal).numpy(),
                     decoder=(W_dec_KD @ F_ND.T).numpy(),
                     decoder_bias=b_dec_in_span.numpy(),
+                    threshold=threshold,
                 )
             )
     return params

@@ -63,11 +63,15 @@ def write_toy_scenarios(
     folder: Path,
     trained_child: dict[tuple[str, float], float] | None = None,
     gaps: dict[tuple[str, float], float] | None = None,
+    reached: dict[tuple[str, float], int] | None = None,
+    restarts: int = 0,
 ) -> Path:
     """Width-1 fits: trained child components (theory's plus 0.003 unless given) and loss gaps
-    (1e-6 unless given; a gap >= 1e-4 misses the optimum, whose loss is 0.1)."""
-    trained_child, gaps = trained_child or {}, gaps or {}
-    components, losses = [], []
+    (1e-6 unless given; a gap >= 1e-4 misses the optimum, whose loss is 0.1). With `restarts`,
+    a restarts table where `reached` (default: all) of each configuration's restarts have gap
+    1e-6 and the others 0.05."""
+    trained_child, gaps, reached = trained_child or {}, gaps or {}, reached or {}
+    components, losses, tries = [], [], []
     for name, c in THEORY_CHILD.items():
         for l1 in L1S:
             measured = trained_child.get((name, l1), c + 0.003)
@@ -82,7 +86,16 @@ def write_toy_scenarios(
                  "measured_loss": 0.1 + gap, "loss_gap": gap,
                  "max_decoder_cosine_distance": 1e-5 if gap < 1e-4 else 0.9}
             )  # fmt: skip
+            hits = reached.get((name, l1), restarts)
+            tries += [
+                {"scenario": name, "l1": l1, "width": 1, "restart": r,
+                 "expected_loss": 0.1 + (1e-6 if r < hits else 0.05),
+                 "loss_gap": 1e-6 if r < hits else 0.05}
+                for r in range(restarts)
+            ]  # fmt: skip
     tables = {"components": pd.DataFrame(components), "losses": pd.DataFrame(losses)}
+    if restarts:
+        tables["restarts"] = pd.DataFrame(tries)
     return _write(folder, "toy-scenarios", tables)
 
 

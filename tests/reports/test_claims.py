@@ -99,6 +99,19 @@ def test_hedging_sign(tmp_path):
     assert _verdict("hedging_sign", theory, wrong_fit).verdict is Verdict.FAILED
 
 
+def test_width1_optimum_counts_the_restarts_that_reached_it(tmp_path):
+    run = write_toy_scenarios(
+        tmp_path / "a", restarts=4, reached={("correlated", 0.001): 1, ("independent", 0.1): 3}
+    )
+    held = _verdict("width1_optimum", run)
+    assert held.verdict is Verdict.HELD
+    assert "; 28/32 restarts reached it (1-4 of 4 per configuration)" in held.numbers
+    counts = held.table.set_index(["scenario", "l1"])
+    assert counts.loc[("correlated", 0.001), "restarts_reached"] == 1
+    assert counts.loc[("independent", 0.1), "restarts_reached"] == 3
+    assert (counts.restarts == 4).all()
+
+
 def test_width1_optimum_names_every_miss_with_its_gap(tmp_path):
     assert _verdict("width1_optimum", write_toy_scenarios(tmp_path / "a")).verdict is Verdict.HELD
     misses = write_toy_scenarios(

@@ -10,6 +10,7 @@ from reports.cli import main
 from reports.pipeline import (
     PipelineConfig,
     Stage,
+    StagePlan,
     TheorySummaryConfig,
     demo_stages,
     plan_pipeline,
@@ -40,17 +41,37 @@ def test_finished_stages_are_skipped_and_the_report_is_rebuilt(tmp_path):
     assert calls == ["first", "second", "second"]
 
 
+def test_each_stage_prints_its_progress(tmp_path, capsys):
+    calls: list[str] = []
+    stages = [_stage("first", calls), _stage("second", calls)]
+    plans = [StagePlan("second", "two things", None, 150.0)]
+    run_stages(stages[:1], tmp_path, title="t")
+    capsys.readouterr()
+    run_stages(stages, tmp_path, title="t", plans=plans)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"[run 1/2] first: already done ({tmp_path / 'first'})"
+    assert lines[1] == "[run 2/2] second: two things (expected ~2.5 min) ..."
+    assert lines[2].startswith("[run 2/2] second: done in ") and "so far" in lines[2]
+
+
 def test_demo_stages_cover_every_floor_and_chain_by_run_folders(tmp_path):
     out = tmp_path / "with space"
     stages = demo_stages(PipelineConfig(tokens=4000), out)
     names = [s.name for s in stages]
-    assert names[-4:] == ["llm-activations", "llm-train", "llm-eval", "llm-hedging"]
+    assert names[-5:] == [
+        "llm-activations",
+        "llm-train",
+        "llm-eval",
+        "llm-hedging",
+        "llm-absorption",
+    ]
     by_name = {s.name: s.config for s in stages}
     # later stages name earlier ones by their run folders, never by paths inside them
     assert by_name["llm-train"].cache == str(out / "llm-activations")
     assert by_name["llm-eval"].sae == str(out / "llm-train")
     assert by_name["llm-train"].train.samples == 8000
     assert by_name["llm-hedging"].train.samples == 2000
+    assert by_name["llm-absorption"].cache == str(out / "llm-activations")
     without = demo_stages(PipelineConfig(llm=False), out)
     assert [s.name for s in without][-1] == "toy-matryoshka"
 
@@ -102,9 +123,11 @@ def test_every_scale_builds_its_stages_and_plans_them(tmp_path, scale):
     else:
         tokens = 60_000 if scale == "demo" else 400_000
         assert extract.disk_bytes == tokens * 640 * 4 and extract.cpu_seconds > 0
-        assert plans["llm-hedging"].cpu_seconds > 0
+        # every stage of the CPU scales has an expected time for the progress lines
+        assert all(p.cpu_seconds > 0 for p in plans.values()), plans
+        assert "absorption on 4,096 words" in plans["llm-absorption"].work or scale == "study"
     study = {s.name: s.config for s in demo_stages(PipelineConfig(scale="study"), tmp_path)}
-    assert study["toy-scenarios"].fit.restarts == 16 and study["llm-hedging"].seeds == 3
+    assert study["toy-scenarios"].fit.restarts == 32 and study["llm-hedging"].seeds == 3
 
 
 def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):

@@ -57,6 +57,8 @@ def test_variants_select_the_sae(capsys):
         "tied": True,
         "decoder_bias": False,
         "architecture": "relu-l1",
+        "k": 1,
+        "l0": 0.0,
     }
     assert record["decoder_bias"] == [0.0, 0.0]
     assert np.allclose(record["encoder"], np.abs(record["encoder"]))
@@ -70,13 +72,83 @@ def test_fires_on_lists_exactly_the_states_with_a_positive_code(capsys):
         capsys, "--joint", table, "--width", "2", "--tied", "--l1", "0.02", "--json"
     )
     record = json.loads(out)
-    params = SAEParams(*(np.array(record[key]) for key in SAEParams.__dataclass_fields__))
+    params = SAEParams(
+        **{key: np.array(record[key]) for key in SAEParams.__dataclass_fields__ if key in record}
+    )
     h = codes(from_table(table).numeric(), params)
     patterns = list(record["model"]["states"])
     for i, fires in enumerate(record["fires_on"]):
         assert fires == [pat for s, pat in enumerate(patterns) if h[s, i] > 0]
     assert record["expected_loss"] == pytest.approx(0.0074519, abs=1e-7)
     assert np.allclose(record["encoder"], record["decoder"], rtol=0, atol=1e-9)
+
+
+def test_generalised_world_options_reach_the_model_and_its_predictions(capsys):
+    """Random magnitudes, a cosine and noise on the command line: the model derive describes,
+    the decoder written in the features, and the catalogue's predictions at its parameters."""
+    code, out, _ = _derive(
+        capsys,
+        *("--scenario", "hierarchical", "--magnitude-std", "0.2", "0.3"),
+        *("--magnitude-correlation", "0.5", "--cosines", "0.3", "--json"),
+    )
+    assert code == 0
+    record = json.loads(out)
+    assert record["model"]["gram"] == [[1.0, 0.3], [0.3, 1.0]]
+    assert "11@1.2,1.3" in record["model"]["states"]
+    moments = record["predictions"]["tracking_hedging_coefficient_moments"]["value"]
+    assert moments == pytest.approx(0.2 * (1 + 0.5 * 0.2 * 0.3) / (1 + 0.2**2))
+    F = np.array([[1.0, 0.0], [0.3, np.sqrt(1 - 0.09)]])
+    np.testing.assert_allclose(
+        np.array(record["decoder_in_features"]) @ F, record["decoder"], atol=1e-12
+    )
+    # constant magnitudes and a cosine: the cosine prediction is recorded and is the optimum's
+    _, out, _ = _derive(capsys, "--scenario", "hierarchical", "--cosines", "0.3", "--json")
+    record = json.loads(out)
+    alpha = record["decoder_in_features"][0]
+    predicted = record["predictions"]["width1_decoder_ratio_cosine[10,11]"]["value"]
+    assert alpha[1] / alpha[0] == pytest.approx(predicted, rel=1e-6)
+
+
+def test_noise_gives_the_noiseless_optimum_and_what_noise_does(capsys):
+    code, out, _ = _derive(
+        capsys, "--scenario", "correlated", "--noise-std", "0.1", "0.3", "--json"
+    )
+    assert code == 0
+    record = json.loads(out)
+    _, clean, _ = _derive(capsys, "--scenario", "correlated", "--json")
+    assert record["expected_loss"] == pytest.approx(json.loads(clean)["expected_loss"])
+    assert record["model"]["noise_std"] == [0.1, 0.3]
+    assert record["noise"]["noise_variance_total"] == pytest.approx(0.1)
+    assert record["noise"]["exact"] is False  # the optimum fires on 3 of the 4 states
+    assert "width1_decoder_ratio_noise" in record["predictions"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--scenario", "hierarchical", "--cosines", "1.5"], "cosines must be in [-1, 1]"),
+        (["--scenario", "hierarchical", "--cosines", "0.1", "0.2"], "2 cosines given"),
+        (["--joint", "000:1", "--cosines", "0.9", "0.9", "-0.9"], "eigenvalue"),
+        (["--scenario", "hierarchical", "--magnitude-std", "1.0", "0.1"], "0 <= std < mean"),
+        (["--scenario", "hierarchical", "--magnitude-std", "0.1"], "magnitude_std has 1 values"),
+        (["--scenario", "hierarchical", "--magnitude-correlation", "0.5"], "needs magnitude_std"),
+        (["--scenario", "hierarchical", "--magnitude-correlation", "2"], "in [-1, 1], got 2"),
+        (
+            ["--joint", "000:1", "--magnitude-std", "0.1", "0.1", "0.1"]
+            + ["--magnitude-correlation", "-0.5"],
+            "allowed: 0 <= correlation <= 1",
+        ),
+        (["--scenario", "hierarchical", "--magnitudes", "0", "1"], "magnitudes must be > 0"),
+        (["--scenario", "hierarchical", "--noise-std", "-0.1"], "noise_std must be >= 0"),
+        (["--scenario", "hierarchical", "--noise-std", "1", "2", "3"], "allowed: 1 (isotropic)"),
+        (["--scenario", "hierarchical", "--noise-std", "nan"], "finite"),
+    ],
+)
+def test_generalised_world_bad_values_are_one_line_and_status_2(capsys, args, needle):
+    code, _, err = _derive(capsys, *args)
+    assert code == 2
+    assert needle in err
+    assert len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -97,6 +169,12 @@ def test_fires_on_lists_exactly_the_states_with_a_positive_code(capsys):
         (["--scenario", "correlated", "--architecture", "gated"], "unknown architecture 'gated'"),
         (["--scenario", "correlated", "--levels", "1"], "need architecture matryoshka"),
         (["--scenario", "correlated", "--balance", "true"], "balance needs architecture"),
+        (["--scenario", "correlated", "--architecture", "topk", "--k", "0"], "k must be"),
+        (["--scenario", "correlated", "--k", "2"], "k = 2 applies to topk and batchtopk"),
+        (["--scenario", "correlated", "--architecture", "topk", "--l1", "0.1"], "relu-l1 only"),
+        (["--scenario", "correlated", "--architecture", "jumprelu", "--l0", "-1"], "l0 must"),
+        (["--scenario", "correlated", "--l0", "0.1"], "l0 = 0.1 applies to jumprelu only"),
+        (["--scenario", "correlated", "--architecture", "topk", "--tied"], "tied topk"),
     ],
 )
 def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
@@ -125,3 +203,29 @@ def test_matryoshka_optimum_and_balance(capsys):
     assert abs(record["balance"]["read_out_at_mu"]["encoder"]) < 1e-4
     code, out, _ = _derive(capsys, *args, *nested, "--balance", "true")
     assert "balancing mu" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--architecture", "topk", "--k", "1", "--width", "2"],
+        ["--architecture", "batchtopk", "--k", "1", "--width", "2"],
+        ["--architecture", "jumprelu", "--l0", "0.01"],
+    ],
+)
+def test_derive_solves_each_architecture(capsys, args):
+    code, out, _ = _derive(capsys, "--scenario", "hierarchical", *args, "--json")
+    assert code == 0
+    record = json.loads(out)
+    spec = SAESpec(
+        int(args[args.index("--width") + 1]) if "--width" in args else 1,
+        architecture=args[1],
+        **({"k": 1} if "--k" in args else {"l0": 0.01}),
+    )
+    assert record["spec"]["architecture"] == spec.architecture
+    model = from_table("00:0.75,10:0.2,11:0.05")
+    assert record["expected_loss"] == pytest.approx(global_optimum(model, spec).loss, abs=1e-9)
+    assert len(record["hedging"]) == spec.width
+    if spec.architecture == "jumprelu":  # the realised threshold separates the firing states
+        assert record["fires_on"] == [["10", "11"]] and record["threshold"][0] > 0
+    assert ("kept_fraction" in record) == (spec.architecture == "batchtopk")

@@ -55,6 +55,41 @@ def test_train_prints_the_trained_sae_next_to_derive(capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "argv", [["--architecture", "topk", "--k", "1"], ["--architecture", "jumprelu", "--l0", "0.01"]]
+)
+def test_train_trains_the_architecture_theory_solves(capsys, argv):
+    status, out, _ = run_cli(
+        capsys, "toy", "train", "--scenario", "hierarchical", *argv, "--samples", "20000", "--json"
+    )
+    assert status == 0
+    record = json.loads(out)
+    assert record["training"]["architecture"] == argv[1]
+    assert record["theory"]["spec"]["architecture"] == argv[1]
+    assert ("threshold" in record) == (argv[1] == "jumprelu")
+    assert record["difference"]["loss_gap"] == pytest.approx(
+        record["expected_loss"] - record["theory"]["expected_loss"]
+    )
+
+
+def test_train_on_a_generalised_world_reaches_its_optimum(capsys):
+    """Cosine 0.3, two-point magnitudes and a little noise: the trained decoder (in the state
+    coordinates) lands on derive's optimum of the same world (noiseless states)."""
+    status, out, _ = run_cli(
+        capsys,
+        *("toy", "train", "--joint", "00:0.6,10:0.2,01:0.05,11:0.15", "--cosines", "0.3"),
+        *("--magnitude-std", "0.2", "0.2", "--noise-std", "0.02", "--width", "1"),
+        *("--l1", "0.02", "--samples", "200000", "--restarts", "4", "--json"),
+    )
+    assert status == 0
+    record = json.loads(out)
+    theory = record["theory"]
+    assert theory["model"]["gram"] == [[1.0, 0.3], [0.3, 1.0]]
+    assert theory["decoder_in_features"][0][1] > 0.3  # it hedges
+    assert record["difference"]["decoder_cosine_distance"][0] < 1e-3
+    assert abs(record["difference"]["loss_gap"]) < 1e-3
+
+
 def test_train_scenario_tied_without_decoder_bias(capsys):
     status, out, _ = run_cli(
         capsys,
@@ -72,7 +107,15 @@ def test_train_scenario_tied_without_decoder_bias(capsys):
     assert status == 0
     record = json.loads(out)
     assert record["decoder_bias"] == [0.0, 0.0]
-    assert record["theory"]["spec"] == {"width": 1, "l1": 0.0, "tied": True, "decoder_bias": False}
+    assert record["theory"]["spec"] == {
+        "width": 1,
+        "l1": 0.0,
+        "tied": True,
+        "decoder_bias": False,
+        "architecture": "relu-l1",
+        "k": 1,
+        "l0": 0.0,
+    }
     # tied before folding means encoder rows parallel to decoder rows after it
     encoder = torch.tensor(record["encoder"], dtype=torch.float64)
     decoder = torch.tensor(record["decoder"], dtype=torch.float64)
@@ -90,6 +133,11 @@ def test_train_scenario_tied_without_decoder_bias(capsys):
         (["--scenario", "hierarchical", "--lr", "-1"], "lr must be in (0"),
         (["--scenario", "hierarchical", "--width", "0"], "width"),
         (["--scenario", "hierarchical", "--samples", "100", "--batch-size", "1000"], "batch_size"),
+        (["--scenario", "hierarchical", "--architecture", "topk", "--tied"], "tied topk"),
+        (["--scenario", "hierarchical", "--architecture", "jumprelu", "--l0", "-1"], "l0 must"),
+        (["--scenario", "hierarchical", "--architecture", "topk", "--l1", "0.1"], "relu-l1 only"),
+        (["--scenario", "hierarchical", "--cosines", "-2"], "cosines must be in [-1, 1]"),
+        (["--scenario", "hierarchical", "--magnitude-std", "2", "0"], "0 <= std < mean"),
     ],
 )
 def test_bad_train_input_is_one_line_with_status_two(capsys, argv, message):

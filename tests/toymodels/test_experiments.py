@@ -3,11 +3,19 @@
 import pandas as pd
 import pytest
 
-from theory.features import PAPER_L1, SCENARIOS
+from theory.features import PAPER_L1, SCENARIOS, scenario
+from theory.optimum import global_optimum
+from theory.sae import SAESpec
 from toymodels.experiments.absorption import ToyAbsorptionConfig, run_absorption
 from toymodels.experiments.hedging_width import HedgingWidthConfig, run_hedging_width
 from toymodels.experiments.matryoshka import ToyMatryoshkaConfig, run_matryoshka
-from toymodels.experiments.scenarios import FitConfig, ScenariosConfig, run_scenarios
+from toymodels.experiments.scenarios import (
+    FitConfig,
+    ScenariosConfig,
+    compare,
+    run_scenarios,
+    train_saes,
+)
 from toymodels.runs import load_config, read_run
 from toymodels.train import TrainConfig
 
@@ -72,7 +80,12 @@ def test_scenarios_run_at_a_tiny_size(tmp_path):
         "encoder_child",
         "encoder_bias",
     }
-    assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(run["tables"]["losses"])
+    losses = run["tables"]["losses"]
+    assert {"predicted_loss", "measured_loss", "loss_gap"} <= set(losses)
+    restarts = run["tables"]["restarts"]
+    assert list(restarts.restart) == [0, 1] and (restarts.loss_gap >= -1e-9).all()
+    # the configuration's fit is one of its restarts (the best on held-out samples)
+    assert losses.measured_loss.iloc[0] in set(restarts.expected_loss)
     with pytest.raises(ValueError, match="unknown scenario"):
         ScenariosConfig(scenarios=("sideways",))
 
@@ -150,7 +163,7 @@ def test_trained_matryoshka_saes_land_on_the_exact_optimum_in_every_scenario(tmp
     from theory.features import scenario
     from theory.optimum import global_optimum
     from theory.sae import SAESpec
-    from toymodels.experiments.scenarios import compare, train_relu_l1
+    from toymodels.experiments.scenarios import compare, train_saes
 
     spec = SAESpec(2, 2e-2, architecture="matryoshka", levels=(1, 2), mu=0.5)
     worlds = [scenario(name) for name in SCENARIOS]
@@ -166,10 +179,10 @@ def test_trained_matryoshka_saes_land_on_the_exact_optimum_in_every_scenario(tmp
             progress=False,
         ),
     )
-    trained = train_relu_l1(worlds, [(w, 2e-2, 2) for w in range(len(worlds))], fit, spec)
+    trained = train_saes(worlds, [(w, 2e-2, 2) for w in range(len(worlds))], fit, spec).best
     for name, world, params in zip(SCENARIOS, worlds, trained, strict=True):
         optimum = global_optimum(world, spec)
-        result = compare(world, 2e-2, params, optimum, spec)
+        result = compare(world, spec, params, optimum)
         assert max(result["decoder_cosine_distance"]) < 0.02, (name, result)
         assert abs(result["loss_gap"]) < 1e-3, (name, result)
 
@@ -190,3 +203,40 @@ def test_best_mu_interval_from_seeds():
     disagreeing = table([[0.1, 0.3, 0.4], [0.4, 0.3, 0.1], [0.3, 0.1, 0.4]])
     low, high = best_mu_interval(disagreeing)
     assert low == 0.0 and high == 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SAESpec(architecture="topk", k=1),
+        SAESpec(architecture="batchtopk", k=1),
+        pytest.param(
+            SAESpec(architecture="jumprelu", l0=0.01),
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="the toy JumpReLU's L0 term reaches only the thresholds (straight-through "
+                "rectangle, as Gemma Scope): pre-activations follow the reconstruction alone, so "
+                "a latent keeps firing on every state or on the complementary (denser) ones; "
+                "best of 8 restarts misses by 5.7e-3 (independent), 7.0e-3 (hierarchical), "
+                "3.7e-4 (anticorrelated), lands on correlated (2e-5); bandwidth 0.05: the same",
+            ),
+        ),
+    ],
+    ids=["topk", "batchtopk", "jumprelu"],
+)
+def test_width_one_gated_saes_land_on_theorys_optimum_in_every_scenario(spec):
+    # The four scenarios x 8 restarts train as one stack with the scenarios' default schedule;
+    # the best held-out restart of each scenario is compared with the architecture's optimum.
+    worlds = [scenario(name) for name in SCENARIOS]
+    fit = FitConfig(restarts=8)
+    trained = train_saes(worlds, [(w, 0.0, 1) for w in range(len(worlds))], fit, spec).best
+    for name, world, params in zip(SCENARIOS, worlds, trained, strict=True):
+        optimum = global_optimum(world, spec)
+        result = compare(world, spec, params, optimum)
+        assert abs(result["loss_gap"]) < 1e-3, (name, result)
+        # At l0 = 0 (TopK, BatchTopK) a latent firing on the complementary states with the
+        # opposite decoder and a shifted bias can tie with the optimum: compare up to sign.
+        theory_decoder = optimum.params.decoder[0]
+        measured_decoder = result["params"].decoder[0]
+        assert abs(measured_decoder @ theory_decoder) > 0.98, (name, result)

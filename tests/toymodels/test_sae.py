@@ -368,7 +368,9 @@ def test_bad_configurations_are_refused_with_the_allowed_values():
     with pytest.raises(ValueError, match="inputs must be"):
         make_sae("relu-l1", d_in=3, n_latents=2).encode(torch.zeros(2, 4))
     with pytest.raises(ValueError, match="ReLU"):
-        to_feature_basis(make_sae("topk", d_in=3, n_latents=2), torch.eye(3)[:2])
+        to_feature_basis(
+            make_sae("topk", d_in=3, n_latents=2, rank_by="activation"), torch.eye(3)[:2]
+        )
     assert set(sae_module.ARCHITECTURES) == {
         "relu-l1",
         "topk",

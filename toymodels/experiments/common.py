@@ -54,10 +54,10 @@ class EmbeddedWorlds:
         seed: int = 0,
     ) -> None:
         self.worlds = [w.numeric() if isinstance(w, FeatureModel) else w for w in worlds]
-        n_features = {w.patterns.shape[1] for w in self.worlds}
-        if len(n_features) != 1:
+        dims = {w.dim for w in self.worlds}
+        if len(dims) != 1:
             raise ValueError(
-                f"worlds of one stack need the same number of features, got {sorted(n_features)}"
+                f"worlds of one stack need the same state dimension, got {sorted(dims)}"
             )
         self.member_world = torch.as_tensor(list(member_world), dtype=torch.long)
         if self.member_world.min() < 0 or self.member_world.max() >= len(self.worlds):
@@ -66,7 +66,7 @@ class EmbeddedWorlds:
                 f"{self.member_world.tolist()}"
             )
         self.directions_ND = orthonormal_directions(
-            n_features.pop(), d_in, torch.Generator().manual_seed(seed)
+            dims.pop(), d_in, torch.Generator().manual_seed(seed)
         )
 
     def __call__(self, batch_size: int) -> torch.Tensor:

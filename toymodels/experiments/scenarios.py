@@ -4,7 +4,9 @@ Every (scenario, L1, width) configuration is trained `restarts` times from the f
 tied initialisation (decoder rows of norm 0.1), all in ONE stack; the restart with the lowest
 held-out loss stands for the configuration (a single latent has local minima: tracking the child,
 the parent's complement, or dying). Its folded parameters in the feature basis are set next to
-theory's global optimum.
+theory's global optimum (tables components and losses); table restarts holds every restart's exact
+expected loss and its gap to the optimum, so how often gradient descent reaches the optimum is a
+measurement too.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 
+from theory.architectures import architecture_loss
 from theory.config import (
     config_to_json,
     require_choice,
@@ -70,24 +74,25 @@ class FitConfig:
             require_positive_int(name, getattr(self, name))
 
 
-def train_relu_l1(
+class Fits(NamedTuple):
+    """Per config: the best restart's parameters and every restart's, in the feature basis (not
+    folded)."""
+
+    best: list[SAEParams]
+    restarts: list[list[SAEParams]]
+
+
+def train_saes(
     worlds: Sequence[FeatureModel],
     configs: Sequence[tuple[int, float, int]],
     fit: FitConfig,
     spec: SAESpec | None = None,
-) -> list[SAEParams]:
+) -> Fits:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
-    restart's parameters in the feature basis (not folded). `spec` gives the variant (tied,
-    decoder bias, matryoshka levels and mu); its width and l1 are the configs'."""
+    restart (lowest held-out loss) and all restarts. `spec` gives the variant (architecture
+    with its k, l0 or matryoshka levels and mu, tied, decoder bias); its width and l1 are the
+    configs' (l1 is 0 for every architecture but relu-l1 and matryoshka)."""
     spec = spec or SAESpec()
-    nested = {}  # a matryoshka spec trains the toolkit's matryoshka SAE with ReLU-L1 latents
-    if spec.architecture == "matryoshka":
-        nested = {
-            "inner": "relu-l1",
-            "levels": list(spec.levels or (spec.width,)),
-            "mu": spec.mu,
-            "level_sparsity": spec.level_sparsity,
-        }
     members = [c for _ in range(fit.restarts) for c in configs]
     seed = fit.train.seed
     # Each restart draws its own data stream: restarts sharing one stream were measured to fall
@@ -107,49 +112,62 @@ def train_relu_l1(
         n_latents=max(width for _, _, width in members),
         n_members=len(members),
         widths=[width for _, _, width in members],
-        l1=[l1 for _, l1, _ in members],
         tied=spec.tied,
         decoder_bias=spec.decoder_bias,
         generator=torch.Generator().manual_seed(seed),
-        **nested,
+        **_sparsity(spec, [l1 for _, l1, _ in members]),
     )
     train(sae, data, fit.train)
     losses = held_out_loss(sae, held_out, fit.held_out_samples, seed=seed + 1)
     params = to_feature_basis(sae, data.directions_ND)
-    return [params[m] for m in best_of_restarts(losses, len(configs))]
+    n = len(configs)  # members are restart-major
+    return Fits(
+        [params[m] for m in best_of_restarts(losses, n)],
+        [params[c::n] for c in range(n)],
+    )
 
 
-def compare(
-    world: FeatureModel,
-    l1: float,
-    trained: SAEParams,
-    optimum: Optimum,
-    spec: SAESpec | None = None,
-) -> dict:
-    """Trained (folded, latents matched to the optimum's) against theory's optimum; `spec` names
-    a matryoshka loss (whose latents are matched within their levels)."""
+def _sparsity(spec: SAESpec, l1_per_member: list[float]) -> dict:
+    """The toy SAE config's sparsity hyperparameters for `spec`'s architecture."""
+    if spec.architecture == "relu-l1":
+        return {"l1": l1_per_member}
+    if spec.architecture == "matryoshka":  # the toolkit's matryoshka SAE on ReLU-L1 latents
+        return {
+            "l1": l1_per_member,
+            "inner": "relu-l1",
+            "levels": list(spec.levels or (spec.width,)),
+            "mu": spec.mu,
+            "level_sparsity": spec.level_sparsity,
+        }
+    if any(l1_per_member):
+        raise ValueError(f"l1 applies to relu-l1 only; {spec.architecture} has none")
+    if spec.architecture == "jumprelu":
+        return {"l0_coefficient": float(spec.l0)}
+    return {"k": spec.k}
+
+
+def compare(world: FeatureModel, spec: SAESpec, trained: SAEParams, optimum: Optimum) -> dict:
+    """Trained (folded, latents matched to the optimum's, within their levels for a matryoshka
+    spec) against theory's optimum, the loss by `spec`'s architecture."""
     folded = trained.folded()
-    levels = spec.loss_levels() if spec is not None else None
-    order = match_latents(folded.decoder, optimum.params.decoder)
-    if levels is not None:  # latents of different levels are not interchangeable
-        group_K = levels.prefix_JK.sum(0)
-        order = np.concatenate(
-            [
-                np.flatnonzero(group_K == g)[
-                    match_latents(
-                        folded.decoder[group_K == g], optimum.params.decoder[group_K == g]
-                    )
-                ]
-                for g in sorted(set(group_K), reverse=True)
+    # latents of one level are interchangeable, of different levels not
+    group_K = spec.loss_levels().prefix_JK.sum(0)
+    order = np.concatenate(
+        [
+            np.flatnonzero(group_K == g)[
+                match_latents(folded.decoder[group_K == g], optimum.params.decoder[group_K == g])
             ]
-        )
+            for g in sorted(set(group_K), reverse=True)
+        ]
+    )
     matched = SAEParams(
         folded.encoder[order],
         folded.encoder_bias[order],
         folded.decoder[order],
         folded.decoder_bias,
+        None if folded.threshold is None else folded.threshold[order],
     )
-    measured_loss = float(expected_loss(world.numeric(), trained, l1, levels))
+    measured_loss = architecture_loss(world.numeric(), trained, spec)
     return {
         "params": matched,
         "decoder_cosine_distance": [
@@ -211,12 +229,17 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
         seeds={"sae_init_and_data": seed, "held_out": seed + 1},
         kind="toy-scenarios",
     )
-    trained = train_relu_l1(worlds, configs, config.fit)
-    rows, losses = [], []
-    for (w, l1, width), params in zip(configs, trained, strict=True):
+    fits = train_saes(worlds, configs, config.fit)
+    rows, losses, restarts = [], [], []
+    for (w, l1, width), params, tries in zip(configs, fits.best, fits.restarts, strict=True):
         optimum = global_optimum(worlds[w], SAESpec(width, l1))
-        result = compare(worlds[w], l1, params, optimum)
+        result = compare(worlds[w], SAESpec(width, l1), params, optimum)
         key = {"scenario": config.scenarios[w], "l1": l1, "width": width}
+        numeric = worlds[w].numeric()
+        restarts += [
+            {**key, "restart": r, "expected_loss": loss, "loss_gap": loss - optimum.loss}
+            for r, loss in enumerate(float(expected_loss(numeric, t, l1)) for t in tries)
+        ]
         for latent in range(width):
             for quantity, (field_name, feature) in QUANTITIES.items():
                 predicted = getattr(optimum.params, field_name)[latent]
@@ -245,6 +268,7 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
     components, loss_table = pd.DataFrame(rows), pd.DataFrame(losses)
     run.write_table("components", components)
     run.write_table("losses", loss_table)
+    run.write_table("restarts", pd.DataFrame(restarts))
     child = components[components.quantity == "decoder_child"]
     run.write_metrics(
         {
@@ -260,7 +284,8 @@ def run_scenarios(config: ScenariosConfig, out: str | Path) -> Run:
 
 @dataclass(frozen=True)
 class ToyTrainConfig:
-    """`toy train`: one ReLU-L1 SAE trained on a feature model, next to theory's optimum."""
+    """`toy train`: one SAE (any architecture theory solves) trained on a feature model, next to
+    theory's optimum for the same architecture."""
 
     world: WorldConfig = field(default_factory=WorldConfig)
     sae: SAESpec = field(default_factory=SAESpec)
@@ -283,13 +308,17 @@ def train_against_theory(config: ToyTrainConfig) -> dict:
 
     model, spec = config.world.feature_model(), config.sae
     start = time.perf_counter()
-    (trained,) = train_relu_l1([model], [(0, float(spec.l1), spec.width)], config.fit, spec)
-    optimum = global_optimum(model, spec, seed=config.fit.train.seed)
-    result = compare(model, float(spec.l1), trained, optimum, spec)
+    # the SAE trains on the world as sampled (noise included); theory's optimum and the exact
+    # losses are of its noiseless states (the state coordinates: the feature basis unless the
+    # world has cosines)
+    (trained,) = train_saes([model], [(0, float(spec.l1), spec.width)], config.fit, spec).best
+    clean = model.noiseless()
+    optimum = global_optimum(clean, spec, seed=config.fit.train.seed)
+    result = compare(clean, spec, trained, optimum)
     return {
         **result["params"].to_json(),
         "expected_loss": result["expected_loss"],
-        "theory": optimum_record(model, spec, optimum),
+        "theory": {**optimum_record(clean, spec, optimum), "model": model.describe()},
         "difference": {
             "decoder_cosine_distance": result["decoder_cosine_distance"],
             "decoder_child_components": result["decoder_child_components"],

@@ -132,6 +132,9 @@ class Capabilities:
     """Fires at inference when pre > inference_threshold() (SAELens's JumpReLU form)."""
     relu_codes: bool = False
     """Codes are ReLU(pre), so theory's exact loss describes the SAE."""
+    theory_codes: bool = False
+    """theory.architectures describes the codes by the architecture's name (TopK ranked by
+    contribution, BatchTopK's expected training loss, JumpReLU)."""
 
 
 class SAE(nn.Module):

@@ -39,7 +39,7 @@ class BatchTopKSAE(TopKSAE):
 
     architecture = "batchtopk"
     config_class = BatchTopKConfig
-    capabilities = Capabilities(inference_threshold=True)
+    capabilities = Capabilities(inference_threshold=True, theory_codes=True)
     saelens_architecture = "jumprelu"
 
     def __init__(self, config: BatchTopKConfig, generator: torch.Generator | None = None) -> None:

@@ -76,7 +76,7 @@ class JumpReLUSAE(SAE):
 
     architecture = "jumprelu"
     config_class = JumpReLUConfig
-    capabilities = Capabilities(inference_threshold=True)
+    capabilities = Capabilities(inference_threshold=True, theory_codes=True)
     member_hyperparameters = ("l0_coefficient",)
     saelens_architecture = "jumprelu"
 

@@ -13,6 +13,7 @@ Backward then costs O(B k D) instead of three dense (B, F) x (F, D) products."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,7 @@ class TopKSAE(SAE):
 
     architecture = "topk"
     config_class = TopKConfig
-    capabilities = Capabilities(sparse_path=True)
+    capabilities = Capabilities(sparse_path=True, theory_codes=True)
     member_hyperparameters = ("k",)
     saelens_architecture = "topk"
 
@@ -66,6 +67,8 @@ class TopKSAE(SAE):
         super().__init__(config, generator)
         self.register_buffer("k", torch.tensor(config.k))
         self._k_max = max(config.k)  # a Python int: no device sync in the hot loop
+        if config.rank_by == "activation":  # theory ranks by contribution
+            self.capabilities = dataclasses.replace(self.capabilities, theory_codes=False)
 
     def ranking_weights(self) -> Tensor | None:
         """(M, F) factors turning pre-activations into ranking scores (decoder norms), or None
