@@ -531,7 +531,7 @@ def global_optimum(
     best = _candidate(world, spec, nobody, silent, None)
     full = 2**S - 1
     group_K = spec.loss_levels().prefix_JK.sum(0)  # latents of one level are interchangeable
-    regions = _regions(residual_MD, masks, group_K, full, best.loss)
+    regions = _regions(residual_MD, masks, k, full, best.loss, group_K)
     bounds = [float(_region_bound(residual_MD, list(masks[list(r)]), 0, full)) for r in regions]
     regions = [regions[i] for i in np.argsort(bounds, kind="stable")]
 
@@ -554,13 +554,18 @@ def global_optimum(
 
 
 def _regions(
-    residual_MD: np.ndarray, masks: np.ndarray, group_K: np.ndarray, full: int, to_beat: float
+    residual_MD: np.ndarray,
+    masks: np.ndarray,
+    k: int,
+    full: int,
+    to_beat: float,
+    group_K: np.ndarray | None = None,
 ) -> list[tuple[int, ...]]:
     """Every tuple of k separable sets (indices into `masks`, never increasing among latents of
-    one group `group_K`: those are interchangeable, and dead latents come last) whose
-    subspace-fit bound is below `to_beat`, except the all-dead one."""
+    one group `group_K`, default all: those are interchangeable, and dead latents come last)
+    whose subspace-fit bound is below `to_beat`, except the all-dead one."""
     found = []
-    k = len(group_K)
+    group_K = np.zeros(k) if group_K is None else group_K
 
     def grow(chosen: list[int]) -> None:
         if len(chosen) == k:
