@@ -1,8 +1,11 @@
 """Theory speed and agreement: exact optima vs the independent numeric minimiser (random width-1
-models and the three larger cases of issue 12; TopK, BatchTopK and JumpReLU at width 2),
-symbolic cold start, vectorised predictions. Prints one JSON object.
+models, random models of every variant at widths 1-3, and the three larger cases of issue 12;
+TopK, BatchTopK and JumpReLU at width 2), symbolic cold start, vectorised predictions. Prints one
+JSON object. Times are wall-clock and process CPU seconds (on a shared machine the CPU time is
+the steadier figure).
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py [--models 100]
+        [--guarantee-models 60]
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py --gated-only --models 20
 """
 
@@ -26,13 +29,50 @@ from theory.optimum import global_optimum  # noqa: E402
 from theory.sae import SAESpec  # noqa: E402
 
 
-def random_model(rng: np.random.Generator, n_features: int):  # noqa: ANN201
+def random_model(rng: np.random.Generator, n_features: int, magnitudes: list | None = None):  # noqa: ANN201
     """All 2^n patterns, the all-zero state holding 40-80% of the mass."""
     weights = rng.uniform(0.05, 1.0, size=2**n_features - 1)
     zero = rng.uniform(0.4, 0.8)
     probs = np.concatenate([[zero], (1 - zero) * weights / weights.sum()])
     patterns = [format(i, f"0{n_features}b") for i in range(2**n_features)]
-    return from_table(dict(zip(patterns, probs, strict=True)))
+    return from_table(dict(zip(patterns, probs, strict=True)), magnitudes)
+
+
+def every_variant(n_models: int, seed: int = 2) -> dict:
+    """The guarantee over random 2-feature models (random magnitudes for half of them) and random
+    specs: width 1-3, tied or untied, with or without a decoder bias, l1 from 0 to 0.3."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n_models):
+        magnitudes = list(rng.uniform(0.5, 2.0, size=2)) if rng.random() < 0.5 else None
+        model = random_model(rng, 2, magnitudes)
+        spec = SAESpec(
+            int(rng.integers(1, 4)),
+            float(rng.choice([0.0, 1e-3, 5e-3, 2e-2, 5e-2, 1e-1, 3e-1])),
+            tied=bool(rng.random() < 0.5),
+            decoder_bias=bool(rng.random() < 0.5),
+        )
+        c0 = time.process_time()
+        exact = global_optimum(model, spec)
+        c1 = time.process_time()
+        numeric = numeric_optimum(model, spec, n_starts=32)
+        c2 = time.process_time()
+        rows.append((spec, exact.loss - numeric.loss, c1 - c0, c2 - c1))
+    gaps = np.array([row[1] for row in rows])
+    by_kind = {}
+    for spec, _, t_exact, t_numeric in rows:
+        kind = f"width{spec.width}_{'tied' if spec.tied else 'untied'}"
+        entry = by_kind.setdefault(kind, {"models": 0, "exact_cpu_s": 0.0, "numeric_cpu_s": 0.0})
+        entry["models"] += 1
+        entry["exact_cpu_s"] += t_exact
+        entry["numeric_cpu_s"] += t_numeric
+    return {
+        "models": n_models,
+        "exact_reaches_numeric_within_1e-6": int((gaps <= 1e-6).sum()),
+        "exact_strictly_better_by_1e-6": int((gaps < -1e-6).sum()),
+        "max_gap_exact_minus_numeric": float(gaps.max()),
+        "cpu_seconds_by_kind": by_kind,
+    }
 
 
 def relu_width1(rng: np.random.Generator) -> SAESpec:
@@ -98,19 +138,23 @@ def larger_cases() -> dict:
     }
     rows = {}
     for name, (model, spec) in cases.items():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
-            exact_loss, error = global_optimum(model, spec).loss, None
+            exact = global_optimum(model, spec)
+            exact_loss, regions, error = exact.loss, exact.regions_tried, None
         except ValueError as err:
-            exact_loss, error = None, str(err)
-        t1 = time.perf_counter()
+            exact_loss, regions, error = None, None, str(err)
+        t1, c1 = time.perf_counter(), time.process_time()
         numeric = numeric_optimum(model, spec, n_starts=32)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         rows[name] = {
             "states": model.n_states,
             "exact_seconds": t1 - t0,
+            "exact_cpu_seconds": c1 - c0,
             "numeric_seconds": t2 - t1,
-            "exact_over_numeric_time": (t1 - t0) / (t2 - t1),
+            "numeric_cpu_seconds": c2 - c1,
+            "exact_over_numeric_cpu_time": (c1 - c0) / (c2 - c1),
+            "regions_searched": regions,
             "exact_loss": exact_loss,
             "numeric_loss": numeric.loss,
             "exact_minus_numeric_loss": None if exact_loss is None else exact_loss - numeric.loss,
@@ -165,6 +209,7 @@ def vectorised_predictions(n_points: int = 1_000_000) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--guarantee-models", type=int, default=60)
     parser.add_argument("--gated-only", action="store_true", help="only the gated rows")
     args = parser.parse_args()
     gated = {
@@ -178,6 +223,7 @@ def main() -> None:
         **gated,
         "two_feature_width1": exact_vs_numeric(args.models, 2),
         "three_feature_width1": exact_vs_numeric(args.models, 3, seed=1),
+        "every_variant_two_features": every_variant(args.guarantee_models),
         "larger_cases": larger_cases(),
         **symbolic_cold_start(),
         **vectorised_predictions(),

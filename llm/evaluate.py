@@ -14,7 +14,7 @@ Losses count next-token predictions whose target is a kept position.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -22,38 +22,61 @@ from torch import Tensor, nn
 from llm.corpus import Corpus, TokenBatch, token_batches
 from llm.models import LoadedModel, hook_site
 from theory.config import require_positive_int
-from toymodels.metrics import dead_fraction, explained_variance, l0
+from toymodels.metrics import dead_fraction, l0
 from toymodels.sae import SAE
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SAE, acts_ND: Tensor, batch_size: int = 4096) -> list[dict]:
+def reconstruction_metrics(
+    sae: SAE, acts: Tensor | Iterable[Tensor], batch_size: int = 4096
+) -> list[dict]:
     """Per member, on these activations (in the SAE's input units), in eval mode:
-    explained_variance, l0, dead_fraction (never fires on them) and mse (mean ||x - x_hat||^2)."""
+    explained_variance, l0, dead_fraction (never fires on them) and mse (mean ||x - x_hat||^2).
+
+    acts: rows (N, D), or an iterable of (B, D) batches (e.g. llm.training.held_out_batches).
+    Only float64 sums are kept across batches, so memory does not grow with N."""
+    batches = acts.split(batch_size) if isinstance(acts, Tensor) else acts
     was_training = sae.training
     sae.eval()
     device = sae.W_dec.device
     M, F = sae.n_members, sae.n_latents
-    x_hat_MND = torch.empty(M, *acts_ND.shape, dtype=torch.float32)
     fired_MF = torch.zeros(M, F, dtype=torch.long)
     l0_sum_M = torch.zeros(M, dtype=torch.float64)
-    for start in range(0, len(acts_ND), batch_size):
-        x_BD = acts_ND[start : start + batch_size].to(device, sae.W_dec.dtype)
-        codes_MBF = sae.encode(x_BD)
-        x_hat_MND[:, start : start + len(x_BD)] = sae.decode(codes_MBF).float().cpu()
+    error_sum_M = torch.zeros(M, dtype=torch.float64)
+    # sum ||x - mean||^2 = sum ||x - shift||^2 - N ||mean - shift||^2, shifted by the first
+    # batch's mean so that the subtraction keeps its digits on activations with a large mean.
+    shift_D = centred_sum_D = None
+    centred_square_sum, n_rows = 0.0, 0
+    for x_BD in batches:
+        x64_BD = x_BD.double()
+        if shift_D is None:
+            shift_D = x64_BD.mean(0)
+            centred_sum_D = torch.zeros_like(shift_D)
+        centred_BD = x64_BD - shift_D
+        centred_sum_D += centred_BD.sum(0)
+        centred_square_sum += float(centred_BD.square().sum())
+        n_rows += len(x_BD)
+        codes_MBF = sae.encode(x_BD.to(device, sae.W_dec.dtype))
+        x_hat_MBD = sae.decode(codes_MBF).double().cpu()
+        error_sum_M += (x64_BD - x_hat_MBD).square().sum((1, 2))
         fired_MF += (codes_MBF != 0).sum(1).cpu()
         for m in range(M):
             l0_sum_M[m] += l0(codes_MBF[m]) * len(x_BD)
     sae.train(was_training)
+    if n_rows == 0:
+        raise ValueError("no activations to evaluate the SAE on")
+    total = centred_square_sum - float(centred_sum_D.square().sum()) / n_rows
+    if total <= 0:
+        raise ValueError("x has zero variance; explained variance is undefined")
     results = []
     for m in range(M):
         active = sae.latent_mask[m].cpu()
         results.append(
             {
-                "explained_variance": explained_variance(acts_ND, x_hat_MND[m]),
-                "l0": float(l0_sum_M[m] / len(acts_ND)),
+                "explained_variance": float(1 - error_sum_M[m] / total),
+                "l0": float(l0_sum_M[m] / n_rows),
                 "dead_fraction": dead_fraction(fired_MF[m][active]),
-                "mse": float((acts_ND - x_hat_MND[m]).double().square().sum(-1).mean()),
+                "mse": float(error_sum_M[m] / n_rows),
             }
         )
     return results

@@ -220,11 +220,11 @@ def _record_trained(
     from llm.evaluate import reconstruction_metrics
     from llm.models import model_provenance
     from llm.saefiles import saelens_hook_name, save_sae
-    from llm.training import held_out_activations
+    from llm.training import held_out_batches
 
     manifest = split.manifest
-    held_out_ND = held_out_activations(split, config.held_out_tokens)
-    quality = reconstruction_metrics(trained.sae, held_out_ND * trained.input_scale)[0]
+    held_out = held_out_batches(split, config.held_out_tokens, scale=trained.input_scale)
+    quality = reconstruction_metrics(trained.sae, held_out)[0]
     hook_name = saelens_hook_name(manifest["layer"], manifest["hook"])
     folder = save_sae(
         trained.sae,
@@ -255,7 +255,7 @@ def _record_trained(
             "input_scale": trained.input_scale,
             "seconds": seconds,
             "tokens_per_s": config.train.samples / seconds,
-            "held_out_tokens": len(held_out_ND),
+            "held_out_tokens": config.held_out_tokens,  # split_cache holds out at least this
         }
     )
 
@@ -268,7 +268,7 @@ def run_eval(config: EvalConfig, out: str | Path) -> Run:
     from llm.evaluate import reconstruction_metrics, splice_metrics
     from llm.models import load_model, model_provenance
     from llm.saefiles import load_sae, saelens_hook_name
-    from llm.training import held_out_activations, split_cache
+    from llm.training import held_out_batches, split_cache
 
     check_run_folder(out, config)
     split = split_cache(config.cache, config.held_out_tokens)
@@ -295,8 +295,8 @@ def run_eval(config: EvalConfig, out: str | Path) -> Run:
     run = Run(out, config, kind="llm-eval")
     record_cache(run, split.cache_dir, manifest)
     run.record_provenance(**model_provenance(model_name))
-    held_out_ND = held_out_activations(split, config.held_out_tokens)
-    quality = reconstruction_metrics(loaded.sae, held_out_ND)[0]
+    held_out = held_out_batches(split, config.held_out_tokens)
+    quality = reconstruction_metrics(loaded.sae, held_out)[0]
     model = load_model(model_name, device=config.device)
     downstream = splice_metrics(
         model,

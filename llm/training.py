@@ -10,6 +10,7 @@ llm.saefiles.save_sae(input_scale=s) folds s back into the weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,20 @@ def held_out_activations(split: CacheSplit, n_tokens: int | None = None) -> Tens
     available = split.n_rows(split.held_out_shards)
     n_tokens = available if n_tokens is None else min(n_tokens, available)
     return shard_stream(split, split.held_out_shards, seed=0)(n_tokens)
+
+
+def held_out_batches(
+    split: CacheSplit, n_tokens: int | None = None, batch_size: int = 4096, scale: float = 1.0
+) -> Iterator[Tensor]:
+    """held_out_activations' rows, in the same order, as (B, d_model) batches times `scale`,
+    streamed from the shards: memory stays that of the stream's pool however many rows."""
+    require_positive_int("batch_size", batch_size)
+    available = split.n_rows(split.held_out_shards)
+    n_tokens = available if n_tokens is None else min(n_tokens, available)
+    stream = shard_stream(split, split.held_out_shards, seed=0)
+    for start in range(0, n_tokens, batch_size):
+        batch_BD = stream(min(batch_size, n_tokens - start))
+        yield batch_BD * scale if scale != 1.0 else batch_BD
 
 
 class CacheData:
@@ -192,13 +207,15 @@ def train_on_cache(
     b_dec_init: str = "geometric_median",
     init_rows: int = 16_384,
     checkpoint_path: str | Path | None = None,
+    buffer_shards: int = 4,
 ) -> TrainedSAE:
     """Train every member of `sae` on train_config.samples shuffled training rows of the cache
     (in place).
 
     b_dec starts at the geometric median (or mean, or zero) of init_rows training rows, in the
     scaled units. With checkpoint_path the trainer checkpoints and resumes: a resumed run ends
-    with exactly the parameters of an uninterrupted one.
+    with exactly the parameters of an uninterrupted one. buffer_shards: shards the stream mixes
+    rows across (its memory; the cache's size does not matter).
     """
     require_choice("b_dec init", b_dec_init, B_DEC_INITS)
     if sae.d_in != split.d_model:
@@ -210,6 +227,6 @@ def train_on_cache(
     sample_ND = input_sample(split, init_rows, seed)
     scale = normalisation_scale(sample_ND) if normalize else 1.0
     sae.init_b_dec(sample_ND * scale, method=b_dec_init)
-    data = CacheData(split, seed=seed, scale=scale)
+    data = CacheData(split, seed=seed, scale=scale, buffer_shards=buffer_shards)
     log = train(sae, data, train_config, checkpoint_path=checkpoint_path)
     return TrainedSAE(sae, scale, log)

@@ -247,7 +247,9 @@ def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
             for hedging in sweep.hedging
         ]
     study = config.scale == "study"
-    tokens = max(config.tokens, 400_000) if study else config.tokens
+    # The embedded corpus holds ~377k tokens: the study caches 360k and leaves the rest as the
+    # evaluation's held-out text (llm-eval reads the text after the cache's).
+    tokens = max(config.tokens, 360_000) if study else config.tokens
 
     def batches(samples: int, batch_size: int = 512) -> TrainConfig:
         return TrainConfig(
@@ -275,7 +277,7 @@ def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
             LLMHedgingConfig(
                 cache=cache, widths=(128, 256, 512, 1024) if study else (128, 256, 512),
                 n_new=32, seeds=3 if study else 1,
-                train=batches(150_000 if study else tokens // 2, 1024 if study else 512),
+                train=batches(100_000 if study else tokens // 2, 1024 if study else 512),
             ),
             run_llm_hedging,
         ),

@@ -14,8 +14,11 @@ the region's closure is a set of homogeneous linear constraints on psi: codes >=
 pre-activation <= 0 off A (and kappa >= 0). On the closure the smooth loss equals the true loss
 (a pre-activation of exactly 0 gives a zero code either way), so optima on a region boundary are
 ordinary constrained optima: `_least_distance` solves that quadratic programme exactly (Lawson
-and Hanson's reduction of a least-distance programme to non-negative least squares). What
-remains is a search over unit directions:
+and Hanson's reduction of a least-distance programme to non-negative least squares, its answer
+checked against the optimality conditions: the quadratic is singular wherever a code has
+directions the loss does not see, and then the reduction's rounding can return a wrong point;
+the constraints it found tight are then re-solved exactly, and a primal active-set method is the
+last resort). What remains is a search over unit directions:
 
 * width 1, untied: closed form. Without the constraints, eliminating codes and biases leaves
   loss(e) = const - e^T H e + l1 w.e on the unit sphere (theory.closed_forms.
@@ -29,15 +32,33 @@ remains is a search over unit directions:
   unbounded below when two latents on one region point in opposite directions, so the
   constrained loss is searched from the start.)
 
+Tied latents have one more kind of optimum: one approached only as the encoder gain grows
+without bound, which no finite tied SAE attains. Let e = e0 + delta u with kappa ~ 1/delta: the
+code kappa e.x + t stays finite only on states where e0.x is largest, a face F of the states'
+convex hull, and there it becomes u.x + const, any affine function, while it falls to -infinity
+off F; the decoder tends to e0, which must lie in F's normal cone (the cone of the outward
+normals of the facets holding F). Nested limits (delta^2, ...) give nothing new: the face is the
+smallest one holding the latent's states. So a tied latent whose states A lie on a proper face
+also has a limit form (`_Face`): decoder e0 searched over that cone, code affine on A with
+constraints on F's states only. The region search tries each latent finite and, where A lies
+on a proper face, in its limit form; a limit optimum comes back realised at a finite gain whose
+loss is within rounding (about 1e-8) of the infimum (`_limit_latent`). (Untied latents need no
+such form: a steep encoder term along F's normal reproduces the limit at a finite gain.) The
+argument assumes bounded codes, which l1 > 0 enforces; at l1 = 0 two latents with unbounded
+codes and cancelling decoders might approach yet another limit (none met in random tests).
+
 Regions are tuples of separable state sets, one per latent, searched by branch and bound: a
 partial tuple is abandoned when a lower bound on every completion cannot beat the best loss so
-far. The bound ignores the L1 term and relaxes the shared decoder bias and directions: states
+far. That bound ignores the L1 term and relaxes the shared decoder bias and directions: states
 that the same set L of latents fire on (with m latents still unassigned) are reconstructed in
 an affine subspace of dimension |L| + m, so they cost at least the residual of the best such
 subspace (the trailing eigenvalues of their weighted covariance; without a decoder bias,
 linear subspaces and the uncentred second moment). Where more than MAX_REGIONS regions survive
 it (the hedging paper's 12-state multi-latent toy at width 3: about 25 million) the model is
-refused with a ValueError rather than searched for hours.
+refused with a ValueError rather than searched for hours. A complete region's bound also
+counts the L1 term (`_with_sparsity`: a share of the loss bounded through the fired states'
+distance to the shared decoder bias); regions are searched in order of it and the search stops
+at the first whose bound cannot beat the best.
 """
 
 from __future__ import annotations
@@ -45,9 +66,12 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
+import scipy.linalg
 import scipy.optimize
+import scipy.spatial
 
 from theory.closed_forms import Width1Terms, width1_region_terms
 from theory.features import FeatureModel, NumericFeatureModel
@@ -57,8 +81,14 @@ STARTS_PER_REGION = 2  # local searches per region, from the best starts by thei
 MAX_REGIONS = 200_000  # activation regions one exact optimum may list
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
 RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
+RETRY_RIDGE = 1e-9  # ... and a larger one, tried where rounding defeats the first
 FIRING_TOL = 1e-10  # pre-activations this close to 0 are on the boundary: the latent is off there
 MAX_BOUND_STATES = 16  # the subspace-fit bound tabulates every subset of states
+REGION_SLACK = 1e-9  # regions that could beat the best by less (a rounding error of a realised
+# limit latent's loss) are not searched
+SPARSITY_SHARES = (0.1, 0.25, 0.5, 1.0)  # shares of the loss the L1 bound is taken on
+HUBER_STEPS = 60  # reweighted-mean steps of the L1 bound's minimisation over the decoder bias
+LIMIT_TILTS = (1e-6, 1e-7, 1e-8, 1e-9)  # decoder tilts tried when realising a limit latent
 
 
 @dataclass(frozen=True)
@@ -115,6 +145,85 @@ def separable_sets(world: NumericFeatureModel) -> tuple[tuple[bool, ...], ...]:
     return _separable_sets(states.tobytes(), *states.shape)
 
 
+# --- faces of the states' convex hull: where tied latents' limits live ---------------------------
+class _Face(NamedTuple):
+    """A tied latent in the limit of unbounded gain: it fires on states of one face of the
+    states' convex hull, with any affine code there, and decodes along a direction in the face's
+    normal cone (the cone of the outward normals of the facets holding the face)."""
+
+    states: np.ndarray  # (S,) bool: the face's states; the code's constraints hold on these only
+    generators: np.ndarray  # (g, n): unit outward normals of the facets holding the face
+
+
+@lru_cache(maxsize=64)
+def _hull_facets(
+    states_key: bytes, n_states: int, n_features: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unit outward normals (m, n) of the facets of the states' convex hull and the states on
+    each (m, S). A flat hull also gets +-each direction normal to its affine span, a 'facet'
+    holding every state (every face's normal cone contains them)."""
+    states = np.frombuffer(states_key).reshape(n_states, n_features)
+    centred = states - states.mean(0)
+    _, singular, basis = np.linalg.svd(centred)
+    scale = max(1.0, float(np.abs(states).max()))
+    rank = int((singular > 1e-9 * scale).sum())
+    span = basis[:rank]
+    normals, on = [], []
+    if rank == 1:
+        coord = centred @ span[0]
+        for sign in (1.0, -1.0):
+            normals.append(sign * span[0])
+            on.append(sign * coord >= (sign * coord).max() - 1e-9 * scale)
+    elif rank >= 2:
+        equations = scipy.spatial.ConvexHull(centred @ span.T).equations  # normal.y + offset <= 0
+        for equation in equations:
+            normals.append(equation[:-1] @ span)
+            on.append(np.abs(centred @ span.T @ equation[:-1] + equation[-1]) <= 1e-9 * scale)
+    # qhull splits a facet into simplices: one row per distinct set of states
+    first = np.sort(
+        np.unique(np.array(on).reshape(len(on), n_states), axis=0, return_index=True)[1]
+    )
+    normals, on = [normals[i] for i in first], [on[i] for i in first]
+    for direction in basis[rank:]:
+        normals += [direction, -direction]
+        on += [np.ones(n_states, bool)] * 2
+    return unit_rows(np.array(normals)), np.array(on)
+
+
+def _face_of(world: NumericFeatureModel, active_S: np.ndarray) -> _Face | None:
+    """The smallest face of the states' hull holding the states `active_S` (bool), or None when
+    no facet holds them all (the face is the whole hull: no limit)."""
+    states = np.ascontiguousarray(world.states, dtype=float)
+    normals, on = _hull_facets(states.tobytes(), *states.shape)
+    holding = on[:, active_S].all(1)
+    if not active_S.any() or not holding.any():
+        return None
+    return _Face(on[holding].all(0), normals[holding])
+
+
+def _limit_variants(
+    world: NumericFeatureModel, spec: SAESpec, active: np.ndarray
+) -> list[tuple[_Face | None, ...]]:
+    """Ways to search a region: every latent finite, then (tied only) each choice of latents
+    taken in their limit of unbounded gain, where their states lie on a proper face (a latent
+    on a single state only in its limit, which includes its finite forms)."""
+    k = len(active)
+    if not spec.tied:
+        return [(None,) * k]
+    options = []
+    for a in active:
+        face = _face_of(world, a > 0)
+        if face is None:
+            options.append([None])
+        elif a.sum() == 1:
+            # one state v: a finite latent must decode along the interior of v's normal cone,
+            # the limit along all of it, with the same free code at v: the limit covers both
+            options.append([face])
+        else:
+            options.append([None, face])
+    return list(itertools.product(*options))
+
+
 # --- lower bounds: subspace fits of the states each set of latents fires on ----------------------
 def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> np.ndarray:
     """(2^S, n + 1): entry [mask, d] is the least weighted squared distance of the states in
@@ -140,6 +249,64 @@ def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> np.ndarray
     return eig_MN.sum(1)[:, None] - kept
 
 
+def _with_sparsity(
+    world: NumericFeatureModel, spec: SAESpec, fits: np.ndarray, fired: np.ndarray
+) -> np.ndarray:
+    """Region bounds (R,) that add the L1 term to the subspace fits `fits` of regions whose
+    latents fire on the states in the bit masks `fired` (R,).
+
+    On a state s some latent fires on, with y = x_s - b and r = sum_i g_i e_i (so ||r|| <=
+    sum_i g_i: codes are non-negative, decoders unit), the loss is at least ||y - r||^2 + l1 ||r||
+    = (1 - share) ||y - r||^2 + share (||y - r||^2 + (l1 / share) ||r||) for any share in (0, 1],
+    and min over r of the bracket is huber(||y||) with threshold lambda = l1 / share: t^2 up to
+    lambda / 2, lambda t - lambda^2 / 4 above. States nobody fires on cost ||y||^2, split the
+    same way. The first parts sum to at least (1 - share) times the subspace fit; the second is
+    share times a convex function of the shared decoder bias b alone, minimised (with a
+    certificate: strong convexity from the silent states) for every set of fired states."""
+    bounds = fits.copy()
+    l1 = float(spec.l1)
+    if l1 == 0:
+        return bounds
+    unions, which = np.unique(fired, return_inverse=True)
+    for share in SPARSITY_SHARES:
+        sparsity = share * _huber_floor(world, l1 / share, unions, spec.decoder_bias)
+        bounds = np.maximum(bounds, (1 - share) * fits + sparsity[which])
+    return bounds
+
+
+def _huber_floor(
+    world: NumericFeatureModel, threshold: float, unions: np.ndarray, decoder_bias: bool
+) -> np.ndarray:
+    """For each bit mask of fired states (U,), a lower bound on min over b of
+    sum_silent p ||x - b||^2 + sum_fired p huber(||x - b||) (b = 0 without a decoder bias):
+    iteratively reweighted means (each step minimises a quadratic majorant), then the value
+    less |gradient|^2 / (2 mu), mu = 2 P(silent) the strong convexity."""
+    X, p = world.states, world.probabilities
+    S = len(p)
+    on_US = ((unions[:, None] >> np.arange(S)) & 1).astype(bool)
+    b_UN = np.tile(p @ X, (len(unions), 1)) if decoder_bias else np.zeros((len(unions), X.shape[1]))
+
+    def terms(b_UN: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        diff_USN = X[None] - b_UN[:, None]
+        t_US = np.linalg.norm(diff_USN, axis=2)
+        steep = on_US & (t_US > threshold / 2)
+        value = np.where(steep, threshold * t_US - threshold**2 / 4, t_US**2) @ p
+        slope_US = (
+            np.where(steep, threshold / np.maximum(t_US, 1e-300), 2.0) * p
+        )  # dF = -sum c (x - b)
+        return value, slope_US, diff_USN
+
+    for _ in range(HUBER_STEPS if decoder_bias else 0):
+        _, slope_US, _ = terms(b_UN)
+        b_UN = (slope_US @ X) / slope_US.sum(1, keepdims=True)  # per row: sum_s c_s x_s / sum c_s
+    value, slope_US, diff_USN = terms(b_UN)
+    if not decoder_bias:
+        return value
+    gradient = np.linalg.norm(np.einsum("us,usn->un", slope_US, diff_USN), axis=1)
+    mu = 2.0 * (~on_US).astype(float) @ p
+    return np.where(mu > 0, value - gradient**2 / (2.0 * np.maximum(mu, 1e-300)), 0.0).clip(0.0)
+
+
 def _region_bound(
     residual_MD: np.ndarray, masks: list[np.ndarray | int], unassigned: int, full: int
 ) -> np.ndarray:
@@ -156,9 +323,16 @@ def _region_bound(
 
 
 # --- the convex inner problem: codes and biases for fixed decoder directions ---------------------
-def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _least_distance(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, guess: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """argmin psi^T G psi - 2 rhs.psi subject to C psi >= 0, and multipliers lam >= 0 with
     2 (G psi - rhs) = C^T lam.
+
+    `guess` (bool, one per constraint) names the constraints thought to be tight, e.g. those of
+    a nearby problem: the equality-constrained minimiser with exactly those tight is the answer
+    when it is feasible with non-negative multipliers (the problem is convex), which one linear
+    solve checks. Otherwise:
 
     With G = L L^T (plus a tiny ridge: G is only semi-definite when codes have directions the
     loss does not see) and u = L^T (psi - psi0), psi0 the unconstrained minimiser, this is the
@@ -166,11 +340,30 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
     u = H^T v / (1 - h.v) for v the non-negative least-squares solution of [H^T; h^T] v = e_last
     (Lawson and Hanson, Solving Least Squares Problems, ch. 23)."""
     m = len(G)
-    G = G + RIDGE * (np.trace(G) / m + 1e-6) * np.eye(m)
+    if m == 0:
+        return np.zeros(0), np.zeros(len(C))
+    for ridge in (RIDGE, RETRY_RIDGE):
+        found = _least_distance_ridged(
+            G + ridge * (np.trace(G) / m + 1e-6) * np.eye(m), rhs, C, guess
+        )
+        if found is not None:
+            return found
+    return _active_set(G, rhs, C)
+
+
+def _least_distance_ridged(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, guess: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`_least_distance` for a definite G, or None where rounding defeats it."""
+    if guess is not None and guess.any():
+        found = _tight_solve(G, rhs, C, guess)
+        if found is not None:
+            return found
     psi0 = np.linalg.solve(G, rhs)
     slack = C @ psi0
-    if slack.min() >= 0:
+    if len(C) == 0 or slack.min() >= 0:
         return psi0, np.zeros(len(C))
+    m = len(G)
     L = np.linalg.cholesky(G)
     H = np.linalg.solve(L, C.T).T  # C L^-T
     f = np.zeros(m + 1)
@@ -182,8 +375,102 @@ def _least_distance(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.n
         v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
         r = E @ v - f
         if -r[-1] > 1e-12:
-            return psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1]), 2.0 * v / -r[-1]
-    return np.zeros(m), np.zeros(len(C))  # psi = 0 is always feasible
+            psi, lam = psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1]), 2.0 * v / -r[-1]
+            if _solves(G, rhs, C, psi, lam):
+                return psi, lam
+            # an ill-conditioned G spoils the values but seldom which constraints are tight
+            found = _tight_solve(G, rhs, C, v > 0) if (v > 0).any() else None
+            if found is not None:
+                return found
+    return None
+
+
+def _solves(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, psi: np.ndarray, lam: np.ndarray
+) -> bool:
+    """Whether (psi, lam) satisfies the programme's optimality conditions up to rounding: a tiny
+    r[-1] in the reduction magnifies NNLS's rounding into a wrong answer."""
+    size = max(1.0, np.abs(psi).max())
+    gradient = 2.0 * (G @ psi - rhs)
+    stationary = np.abs(gradient - C.T @ lam).max() <= 1e-8 * max(
+        1.0, np.abs(2.0 * G @ psi).max(), np.abs(2.0 * rhs).max()
+    )
+    slack = C @ psi
+    return bool(
+        stationary
+        and slack.min() >= -1e-9 * size
+        and np.abs(lam * slack).max() <= 1e-9 * size * max(1.0, lam.max())
+    )
+
+
+def _active_set(G: np.ndarray, rhs: np.ndarray, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_least_distance` by the primal active-set method (Nocedal and Wright, Numerical
+    Optimization, 16.3) with null-space steps, which tolerate dependent tight constraints: the
+    slow, sure path where rounding defeats the reduction. It starts from the feasible point
+    where every constrained parameter (every code) is 0 and the rest (the decoder bias) is
+    optimal."""
+    m = len(G)
+    G = G + RIDGE * (np.trace(G) / m + 1e-6) * np.eye(m)
+    psi = np.zeros(m)
+    free = ~np.abs(C).any(0)  # the decoder bias: no constraint involves it
+    if free.any():
+        psi[free] = np.linalg.solve(G[np.ix_(free, free)], rhs[free])
+    # every constraint holds with equality at the start, so any of them may start tight: those
+    # the unconstrained minimiser breaks are a good guess (few to drop or add)
+    tight = (C @ np.linalg.solve(G, rhs)) < 0
+    lam = np.zeros(len(C))
+    for _ in range(20 * (m + len(C))):
+        basis = scipy.linalg.null_space(C[tight]) if tight.any() else np.eye(m)
+        reduced = basis.T @ G @ basis
+        step = (
+            basis @ np.linalg.solve(reduced, basis.T @ (rhs - G @ psi))
+            if basis.size
+            else np.zeros(m)
+        )
+        if np.abs(step).max() <= 1e-13 * max(1.0, np.abs(psi).max()):
+            lam = np.zeros(len(C))
+            if tight.any():
+                lam[tight] = np.linalg.lstsq(C[tight].T, 2.0 * (G @ psi - rhs), rcond=None)[0]
+            if lam.min() >= -1e-12 * max(1.0, np.abs(lam).max()):
+                return psi, np.clip(lam, 0.0, None)
+            tight[int(np.argmin(lam))] = False
+            continue
+        along = C @ step
+        blocking = (~tight) & (along < -1e-15)
+        ratios = np.where(blocking, -(C @ psi) / np.where(blocking, along, -1.0), np.inf)
+        hit = int(np.argmin(ratios))
+        psi = psi + min(1.0, max(ratios[hit], 0.0)) * step
+        if ratios[hit] < 1.0:
+            tight[hit] = True
+    return psi, np.clip(lam, 0.0, None)
+
+
+def _tight_solve(
+    G: np.ndarray, rhs: np.ndarray, C: np.ndarray, tight: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The minimiser with the `tight` constraints held at equality and its multipliers, if it
+    satisfies every constraint with non-negative multipliers (so solves the programme)."""
+    m, w = len(G), int(tight.sum())
+    kkt = np.zeros((m + w, m + w))
+    kkt[:m, :m] = G
+    kkt[:m, m:] = C[tight].T
+    kkt[m:, :m] = C[tight]
+    target = np.concatenate([rhs, np.zeros(w)])
+    try:
+        solution = np.linalg.solve(kkt, target)
+    except np.linalg.LinAlgError:
+        return None
+    psi, lam_tight = solution[:m], -2.0 * solution[m:]
+    size = max(1.0, np.abs(psi).max())
+    if (
+        lam_tight.min() < -1e-12 * max(1.0, np.abs(lam_tight).max())
+        or (C @ psi).min() < -1e-10 * size
+        or np.abs(kkt @ solution - target).max() > 1e-10 * max(1.0, np.abs(target).max())
+    ):
+        return None
+    lam = np.zeros(len(C))
+    lam[tight] = np.clip(lam_tight, 0.0, None)
+    return psi, lam
 
 
 @dataclass(frozen=True)
@@ -205,97 +492,204 @@ def _inner_solve(
     active: np.ndarray,
     l1: float,
     pre_constraints: np.ndarray | None = None,
+    faces: tuple[_Face | None, ...] | None = None,
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
-    the closure of the region. A matryoshka loss (spec.loss_levels) is a weighted sum of
-    level quadratics, each the full one with the code columns of latents outside the level
-    zeroed: G = sum_j beta_j G o (keep_j keep_j^T), rhs = sum_j beta_j rhs o keep_j.
+    the closure of the region. A tied latent with a face is taken in its limit of unbounded
+    gain: an affine code constrained on the face's states only. A matryoshka loss
+    (spec.loss_levels) is a weighted sum of level quadratics, each the full one with the
+    codes of latents outside the level zeroed (see `_region_solver`).
 
     `pre_constraints` (m, S, k), untied only, replaces the ReLU region's constraints by
-    sum_si C[r, s, i] pre_si >= 0 (other architectures' regions, e.g. TopK's ordering).
+    sum_si C[r, s, i] pre_si >= 0 (other architectures' regions, e.g. TopK's ordering)."""
+    return _region_solver(world, spec, active, l1, pre_constraints, faces)(directions)
+
+
+def _region_solver(  # noqa: ANN202 (the solver closure)
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    active: np.ndarray,
+    l1: float,
+    pre_constraints: np.ndarray | None = None,
+    faces: tuple[_Face | None, ...] | None = None,
+):
+    """`_inner_solve` for one region as a function of the directions alone, with every moment
+    of the states that does not depend on them computed once.
+
+    Lifted, latent i's code is m_is z_s . theta_i with m_is = 1 on its states, theta_i = psi_i
+    (an affine code) or theta_i = T_i psi_i with T_i = [[e_i, 0], [0, 1]] (a finite tied latent:
+    kappa e_i.x + t). The quadratic's code block is T^T ((R R^T) * W) T with W = sum_s p_s
+    (m z)_s (m z)_s^T over all latents and R repeating each latent's direction once per lifted
+    coefficient; the constraints of affine codes do not depend on the directions at all. Each
+    call starts from the constraints that were tight at the previous call (BFGS moves a little).
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
-    their multipliers."""
+    their multipliers.
+
+    A matryoshka loss sums levels j (weight beta_j, latents keep_j) of the same quadratic with
+    the codes outside the level zeroed, and weighs latent i's L1 by w_i. Per lifted coefficient
+    that only reweighs the direction-free moments, once per region: W o sum_j beta_j keep_j
+    keep_j^T, the rows of Y and the coupling v by sum_j beta_j keep_j, the bias block by
+    sum_j beta_j and the L1 vector by w. The lift T and the faces act on the lifted
+    coefficients, so they take the sums as they are. The loss and the envelope gradient sum the
+    levels' residuals. One level (a plain SAE) is the plain quadratic and skips all of this."""
     X, p = world.states, world.probabilities
     S, n = X.shape
-    k = len(directions)
+    k = len(active)
     Z = _affine_design(X)
-    bases = [Z if not spec.tied else np.stack([X @ e, np.ones(S)], axis=1) for e in directions]
-    masked = [basis * active[i][:, None] for i, basis in enumerate(bases)]
-    q = np.cumsum([0] + [basis.shape[1] for basis in bases])
-    n_psi = q[-1] + (n if spec.decoder_bias else 0)
-    J = np.zeros((S, n, n_psi))  # x_hat_s = J_s psi, psi = (psi_1..psi_k, b)
-    for i, basis in enumerate(masked):
-        J[:, :, q[i] : q[i + 1]] = directions[i][None, :, None] * basis[:, None, :]
-    if spec.decoder_bias:
-        J[:, :, q[-1] :] = np.eye(n)[None]
+    faces = faces or (None,) * k
+    finite_tied = [spec.tied and face is None for face in faces]
+    lifted = np.concatenate([Z * a[:, None] for a in active], axis=1)  # (S, k (n + 1))
+    W = (lifted * p[:, None]).T @ lifted
+    Y = (lifted * p[:, None]).T @ X  # row (i, a): sum_s p_s m_is z_sa x_s
+    v = p @ lifted
+    size = [2 if tied else n + 1 for tied in finite_tied]
+    q = np.cumsum([0, *size])
+    n_code, n_psi = q[-1], q[-1] + (n if spec.decoder_bias else 0)
     levels = spec.loss_levels()
+    l1_weight_K = levels.l1_weight_K
     nested = len(levels.weight_J) > 1  # one level is the plain loss (weight 1, w = 1)
-    linear = np.zeros(n_psi)  # d(sum_s p_s sum_i w_i g_si) / d psi
-    linear[: q[-1]] = np.concatenate(masked, axis=1).T @ p
-    G = np.einsum("s,sai,saj->ij", p, J, J)
-    rhs = np.einsum("s,sai,sa->i", p, J, X)
+    bias_weight = 1.0
+    Y_weighted, coupling_v, linear_v = Y, v, v  # the plain moments
     if nested:
-        owner = np.repeat(np.arange(k), np.diff(q))  # the latent of each code parameter
-        keep_JP = np.hstack(
-            [levels.prefix_JK[:, owner], np.ones((len(levels.weight_J), n_psi - q[-1]))]
-        )
-        linear[: q[-1]] *= levels.l1_weight_K[owner]
-        G = G * ((keep_JP.T * levels.weight_J) @ keep_JP)
-        rhs = rhs * (levels.weight_J @ keep_JP)
-    rhs = rhs - 0.5 * l1 * linear
+        keep_JL = np.repeat(levels.prefix_JK, n + 1, axis=1).astype(float)  # per lifted coeff
+        weight_L = levels.weight_J @ keep_JL  # sum_j beta_j [coefficient's latent in level j]
+        W = W * ((keep_JL.T * levels.weight_J) @ keep_JL)
+        Y_weighted = Y * weight_L[:, None]
+        coupling_v = v * weight_L
+        linear_v = v * np.repeat(l1_weight_K, n + 1)
+        bias_weight = float(levels.weight_J.sum())
     side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
-    rows = []
-    for i, basis in enumerate(bases):
-        block = np.zeros((S, n_psi))
-        block[:, q[i] : q[i + 1]] = side[i][:, None] * basis
-        rows.append(block)
-        if spec.tied:  # kappa >= 0
-            rows.append(np.eye(n_psi)[q[i]][None])
+    held = [face.states if face is not None else np.ones(S, bool) for face in faces]
+    signed = [(side[i][:, None] * Z)[held[i]] for i in range(k)]
+    first_row = np.cumsum([0] + [int(h.sum()) + t for h, t in zip(held, finite_tied, strict=True)])
+    C = np.zeros((first_row[-1], n_psi))
+    for i in range(k):
+        if not finite_tied[i]:
+            C[first_row[i] : first_row[i] + len(signed[i]), q[i] : q[i + 1]] = signed[i]
+        else:
+            C[first_row[i + 1] - 1, q[i]] = 1.0  # kappa >= 0
     if pre_constraints is not None:  # untied: pre_si = z_s . psi_i, as the codes
-        rows = [np.zeros((len(pre_constraints), n_psi))]
-        for i, basis in enumerate(bases):
-            rows[0][:, q[i] : q[i + 1]] = pre_constraints[:, :, i] @ basis
-    psi, lam = _least_distance(G, rhs, np.vstack(rows))
-    code_params = [psi[q[i] : q[i + 1]] for i in range(k)]
-    codes_SK = np.stack([masked[i] @ code_params[i] for i in range(k)], axis=1)
-    bias = psi[q[-1] :] if spec.decoder_bias else np.zeros(n)
-    if nested:
-        residual_JSN = X - np.einsum("sai,ji->jsa", J, psi * keep_JP)
-        loss = float(levels.weight_J @ (residual_JSN**2).sum(2) @ p + l1 * linear @ psi)
-        # d loss / d g_si through the reconstructions: -2 sum_j beta_j [i in level j] r_js
-        pull_SKN = np.einsum("j,jk,jsa->ska", levels.weight_J, levels.prefix_JK, residual_JSN)
-        grad = -2.0 * np.einsum("sk,s,ska->ka", codes_SK, p, pull_SKN)
-    else:
-        residual = X - np.einsum("sai,i->sa", J, psi)
-        loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi)
-        grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
-    if spec.tied:  # the code itself depends on e through kappa * e.x ...
-        stride = S + 1
+        C = np.zeros((len(pre_constraints), n_psi))
         for i in range(k):
+            C[:, q[i] : q[i + 1]] = pre_constraints[:, :, i] @ Z
+    G = np.zeros((n_psi, n_psi))
+    rhs = np.zeros(n_psi)
+    if spec.decoder_bias:
+        G[n_code:, n_code:] = np.eye(n) * (p.sum() * bias_weight)
+        rhs[n_code:] = (p @ X) * bias_weight
+    scale = max(1.0, float(np.abs(X).max()))
+    any_tied = any(finite_tied)
+    tight = [None]  # the constraints tight at the previous call
+
+    def lift(directions: np.ndarray) -> np.ndarray | None:
+        """T: lifted coefficients (k (n + 1)) from psi's code part, or None when it is I."""
+        if not any_tied:
+            return None
+        T = np.zeros((k * (n + 1), n_code))
+        for i, e in enumerate(directions):
+            rows = slice(i * (n + 1), (i + 1) * (n + 1))
+            if finite_tied[i]:
+                T[rows, q[i]][:n] = e
+                T[i * (n + 1) + n, q[i] + 1] = 1.0
+            else:
+                T[rows, q[i] : q[i + 1]] = np.eye(n + 1)
+        return T
+
+    def solve(directions: np.ndarray) -> _Inner:
+        R = np.repeat(directions, n + 1, axis=0)
+        code_G = (R @ R.T) * W
+        code_rhs = (Y_weighted * R).sum(1) - 0.5 * l1 * linear_v
+        coupling = coupling_v[:, None] * R  # d^2 / d theta d b
+        linear = linear_v
+        T = lift(directions)
+        if T is not None:
+            code_G, code_rhs, coupling, linear = (
+                T.T @ code_G @ T,
+                T.T @ code_rhs,
+                T.T @ coupling,
+                T.T @ linear_v,
+            )
+            for i in np.nonzero(finite_tied)[0]:
+                C[first_row[i] : first_row[i + 1] - 1, q[i] : q[i + 1]] = (
+                    signed[i] @ T[i * (n + 1) : (i + 1) * (n + 1), q[i] : q[i + 1]]
+                )
+        G[:n_code, :n_code] = code_G
+        rhs[:n_code] = code_rhs
+        if spec.decoder_bias:
+            G[:n_code, n_code:] = coupling
+            G[n_code:, :n_code] = coupling.T
+        # a finite tied latent whose direction does not separate its states can only be silent
+        # (kappa = t = 0): its constraints have no interior, which the reduction cannot take
+        keep, rows = np.ones(n_psi, bool), np.ones(len(C), bool)
+        for i in np.nonzero(finite_tied)[0]:
+            along = X @ directions[i]
+            on = active[i] > 0
+            if on.any() and (~on).any() and along[on].min() < along[~on].max() - 1e-12 * scale:
+                keep[q[i] : q[i + 1]] = False
+                rows[first_row[i] : first_row[i + 1]] = False
+        if keep.all():
+            psi, lam = _least_distance(G, rhs, C, tight[0])
+        else:
+            psi, lam = np.zeros(n_psi), np.zeros(len(C))
+            psi[keep], lam[rows] = _least_distance(
+                G[np.ix_(keep, keep)], rhs[keep], C[np.ix_(rows, keep)]
+            )
+        tight[0] = lam > 0
+        theta = psi[:n_code] if T is None else T @ psi[:n_code]
+        codes_SK = (lifted * theta).reshape(S, k, n + 1).sum(2)
+        bias = psi[n_code:] if spec.decoder_bias else np.zeros(n)
+        pull_SKN = None
+        if nested:
+            residual = X - bias - np.einsum("sk,jk,kn->jsn", codes_SK, levels.prefix_JK, directions)
+            squares = levels.weight_J @ (residual**2).sum(2)
+            # d loss / d g_si through the reconstructions: -2 sum_j beta_j [i in level j] r_js
+            pull_SKN = np.einsum("j,jk,jsn->skn", levels.weight_J, levels.prefix_JK, residual)
+            grad = -2.0 * np.einsum("sk,s,skn->kn", codes_SK, p, pull_SKN)
+        else:
+            residual = X - bias - codes_SK @ directions
+            squares = (residual**2).sum(1)
+            grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
+        loss = float(p @ squares + l1 * linear @ psi[:n_code])
+        for i in np.nonzero(finite_tied)[0]:  # a tied code depends on e through kappa * e.x ...
             kappa = psi[q[i]]
-            pulled = pull_SKN[:, i] if nested else residual
-            pull = levels.l1_weight_K[i] * l1 - 2.0 * pulled @ directions[i]
-            weight = p * active[i] * pull
-            weight = weight - lam[i * stride : i * stride + S] * side[i]  # and the constraints
+            pulled = residual if pull_SKN is None else pull_SKN[:, i]
+            weight = p * active[i] * (l1 * l1_weight_K[i] - 2.0 * pulled @ directions[i])
+            weight = weight - lam[first_row[i] : first_row[i] + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X
-    return _Inner(loss, codes_SK, bias, grad, code_params)
+        code_params = [psi[q[i] : q[i + 1]].copy() for i in range(k)]
+        return _Inner(loss, codes_SK, bias.copy(), grad, code_params)
+
+    return solve
 
 
 def _realise(
-    world: NumericFeatureModel, spec: SAESpec, directions: np.ndarray, inner: _Inner
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    directions: np.ndarray,
+    inner: _Inner,
+    faces: tuple[_Face | None, ...] | None = None,
+    tilt: float = 1e-8,
 ) -> SAEParams:
     """SAE parameters of an inner solution: folded when untied, tied when tied. Latents whose
     codes vanish everywhere get zero parameters; pre-activations left a rounding error above 0
-    off the firing states are pushed back to 0 (the encoder bias moves by that error)."""
+    off the firing states are pushed back to 0 (the encoder bias moves by that error). A tied
+    latent in its limit of unbounded gain is realised at a finite gain, its decoder tilted by
+    about `tilt` off its limit direction (see `_limit_latent`)."""
     k, n = directions.shape
     b = inner.bias
     encoder, encoder_bias, decoder = np.zeros((k, n)), np.full(k, -1.0), np.zeros((k, n))
     scale = max(1.0, float(np.abs(world.states).max()))
+    faces = faces or (None,) * k
     for i, psi in enumerate(inner.code_params):
         if not (inner.codes[:, i] > FIRING_TOL * scale).any():
             continue  # dead: zero encoder and decoder, negative bias
-        if spec.tied:
+        if spec.tied and faces[i] is not None:
+            slope, t = _limit_latent(world, directions[i], psi, faces[i], tilt)
+            gain = np.linalg.norm(slope) ** 0.5  # slope = kappa e with kappa = gain^2
+            encoder[i] = decoder[i] = slope / gain
+            encoder_bias[i] = (t + slope @ b) / gain
+        elif spec.tied:
             kappa, t = max(float(psi[0]), 1e-24), float(psi[1])
             gain = np.sqrt(kappa)
             encoder[i] = decoder[i] = gain * directions[i]
@@ -307,6 +701,28 @@ def _realise(
     stray = np.where(pre <= FIRING_TOL * scale, pre, -np.inf).max(0)
     encoder_bias -= np.clip(stray, 0.0, None)
     return SAEParams(encoder, encoder_bias, decoder, b.copy())
+
+
+def _limit_latent(
+    world: NumericFeatureModel, direction: np.ndarray, theta: np.ndarray, face: _Face, tilt: float
+) -> tuple[np.ndarray, float]:
+    """A finite tied latent (slope kappa e and offset t of its code kappa e.x + t) whose code is
+    exactly theta's affine code a.x + c on the face's states and negative off them, with e
+    within about `tilt` of the limit direction e0 (in the face's normal cone).
+
+    With w the sum of the face's facet normals (w.x is largest exactly on the face) and
+    u = e0 + tilt w + tilt eta a, the code u.(x - x_F) / (tilt eta) + a.x + c is a.x + c on the
+    face (e0.x and w.x are constant there) and falls off it: e0.x does not rise, w.x drops by a
+    margin, and eta is small enough for that drop to outweigh a.x + c."""
+    X = world.states
+    a, c = theta[:-1], float(theta[-1])
+    w = face.generators.sum(0)
+    anchor = X[face.states][0]
+    drop = (anchor - X[~face.states]) @ w  # > 0 off the face
+    rise = np.clip(X[~face.states] @ a + c, 1e-12, None)
+    eta = min(1.0, 0.5 * float((drop / rise).min())) if len(drop) else 1.0
+    slope = (direction + tilt * w + tilt * eta * a) / (tilt * eta)
+    return slope, c + a @ anchor - slope @ anchor
 
 
 # --- direction search ---------------------------------------------------------------------------
@@ -377,36 +793,77 @@ def _separator(
     return w / max(np.linalg.norm(w), 1e-300)
 
 
+# Search coordinates y: a free latent's decoder row itself (any length); a limit latent's
+# weights on its face's facet normals, squared so that its direction stays in their cone.
+def _coordinates(rows: np.ndarray, faces: tuple[_Face | None, ...]) -> np.ndarray:
+    """Search coordinates of decoder rows (k, n); a limit latent starts inside its cone, leaning
+    toward the normals its row points along."""
+    return np.concatenate(
+        [
+            row if face is None else np.sqrt(np.clip(face.generators @ row, 0.0, None) + 0.1)
+            for row, face in zip(rows, faces, strict=True)
+        ]
+    )
+
+
+def _rows(
+    y: np.ndarray, n: int, faces: tuple[_Face | None, ...]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Decoder rows (not yet unit) of search coordinates, and each latent's share of y."""
+    sizes = [n if face is None else len(face.generators) for face in faces]
+    parts = np.split(y, np.cumsum(sizes)[:-1])
+    rows = [
+        part if face is None else part**2 @ face.generators
+        for part, face in zip(parts, faces, strict=True)
+    ]
+    return np.array(rows), parts
+
+
 def _reduced(  # noqa: ANN202 (a closure for scipy)
     world: NumericFeatureModel,
     spec: SAESpec,
     active: np.ndarray,
     l1: float,
     pre_constraints: np.ndarray | None = None,
+    faces: tuple[_Face | None, ...] | None = None,
 ):
-    """The region's loss as a function of the decoder rows (k * n flat) and its gradient."""
+    """The region's loss as a function of the search coordinates (decoder rows, k * n flat,
+    without limit latents) and its gradient."""
     k, n = len(active), world.states.shape[1]
+    faces = faces or (None,) * k
+    solve = _region_solver(world, spec, active, l1, pre_constraints, faces)
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if not np.isfinite(y).all():  # a runaway line-search step: reject it
             return np.inf, np.zeros_like(y)
-        rows = y.reshape(k, n)
+        rows, parts = _rows(y, n, faces)
         norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         e = rows / norms
-        inner = _inner_solve(world, spec, e, active, l1, pre_constraints)
+        inner = solve(e)
         g = inner.grad
-        return inner.loss, ((g - (g * e).sum(1, keepdims=True) * e) / norms).ravel()
+        tangent = (g - (g * e).sum(1, keepdims=True) * e) / norms
+        pulled = [
+            t if face is None else 2.0 * part * (face.generators @ t)
+            for t, part, face in zip(tangent, parts, faces, strict=True)
+        ]
+        return inner.loss, np.concatenate(pulled)
 
     return fun
 
 
-def _minimise(fun, start: np.ndarray) -> np.ndarray:  # noqa: ANN001
+def _minimise(fun, start: np.ndarray, faces: tuple[_Face | None, ...] | None = None) -> np.ndarray:  # noqa: ANN001
+    """Unit decoder directions (k, n) of a local minimum of `fun` from decoder rows `start`."""
     k, n = start.shape
+    faces = faces or (None,) * k
     with np.errstate(over="ignore", invalid="ignore"):  # trial steps far out are rejected
         res = scipy.optimize.minimize(
-            fun, start.ravel(), jac=True, method="BFGS", options={"gtol": 1e-7, "maxiter": 200}
+            fun,
+            _coordinates(start, faces),
+            jac=True,
+            method="BFGS",
+            options={"gtol": 1e-7, "maxiter": 200},
         )
-    return _unit_rows(res.x, k, n)
+    return _unit_rows(_rows(res.x, n, faces)[0], k, n)
 
 
 def _search_region(
@@ -417,18 +874,20 @@ def _search_region(
     starts: list[np.ndarray],
     to_beat: float,
     pre_constraints: np.ndarray | None = None,
+    faces: tuple[_Face | None, ...] | None = None,
 ) -> list[tuple[np.ndarray, _Inner]]:
     """Local optima over unit decoder directions of a region's closure, from the best
     STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
-    `to_beat` ends the region's search."""
-    closed = _reduced(world, spec, active, l1, pre_constraints)
-    values = [closed(start.ravel())[0] for start in starts]
+    `to_beat` ends the region's search. With `faces`, the tied latents that have one are
+    taken in their limit of unbounded gain."""
+    faces = faces or (None,) * len(active)
+    closed = _reduced(world, spec, active, l1, pre_constraints, faces)
+    values = [closed(_coordinates(start, faces))[0] for start in starts]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
-        directions = _minimise(closed, starts[j])
-        found.append(
-            (directions, _inner_solve(world, spec, directions, active, l1, pre_constraints))
-        )
+        directions = _minimise(closed, starts[j], faces)
+        inner = _inner_solve(world, spec, directions, active, l1, pre_constraints, faces)
+        found.append((directions, inner))
         if found[-1][1].loss > to_beat - 1e-12:
             break
     return found
@@ -552,8 +1011,13 @@ def global_optimum(
     full = 2**S - 1
     group_K = spec.loss_levels().prefix_JK.sum(0)  # latents of one level are interchangeable
     regions = _regions(residual_MD, masks, k, full, best.loss, group_K)
-    bounds = [float(_region_bound(residual_MD, list(masks[list(r)]), 0, full)) for r in regions]
-    regions = [regions[i] for i in np.argsort(bounds, kind="stable")]
+    fits = np.array(
+        [_region_bound(residual_MD, list(masks[list(r)]), 0, full) for r in regions], dtype=float
+    )
+    fired = np.array([np.bitwise_or.reduce(masks[list(r)]) for r in regions], dtype=np.int64)
+    bounds = _with_sparsity(world, spec, fits, fired)
+    order = np.argsort(bounds, kind="stable")
+    regions, bounds = [regions[i] for i in order], bounds[order]
 
     def as_active(region: tuple[int, ...]) -> np.ndarray:
         return ((masks[list(region)][:, None] >> np.arange(S)) & 1).astype(float)
@@ -562,14 +1026,17 @@ def global_optimum(
         best = _width1_optimum(world, spec, [as_active(r) for r in regions], l1, best)
         return Optimum(best.params, best.loss, best.active, len(regions))
     tried = 0
-    for region in regions:
+    for region, bound in zip(regions, bounds, strict=True):
+        if bound > best.loss - REGION_SLACK:
+            break  # regions come in order of their bound, and the best has improved
         active = as_active(region)
-        if _region_bound(residual_MD, list(masks[list(region)]), 0, full) > best.loss - 1e-12:
-            continue  # the best has improved since the region was listed
         tried += 1
         starts = _direction_starts(world, active, rng)
-        for directions, inner in _search_region(world, spec, active, l1, starts, best.loss):
-            best = _candidate(world, spec, directions, inner, best)
+        for faces in _limit_variants(world, spec, active):
+            for directions, inner in _search_region(
+                world, spec, active, l1, starts, best.loss, faces=faces
+            ):
+                best = _candidate(world, spec, directions, inner, best, faces)
     return Optimum(best.params, best.loss, best.active, tried)
 
 
@@ -616,10 +1083,16 @@ def _candidate(
     directions: np.ndarray,
     inner: _Inner,
     best: Optimum | None,
+    faces: tuple[_Face | None, ...] | None = None,
 ) -> Optimum:
-    """`best`, or the SAE realising this inner solution if it is better."""
-    params = _realise(world, spec, directions, inner)
-    loss = float(expected_loss(world, params, float(spec.l1), spec.loss_levels()))
+    """`best`, or the SAE realising this inner solution if it is better. A latent in its limit
+    of unbounded gain is realised at the tilt (hence gain) whose loss is lowest: a larger tilt
+    moves the decoder off its limit direction, a smaller one loses digits to the large gain."""
+    tilts = LIMIT_TILTS if faces is not None and any(f is not None for f in faces) else (1e-8,)
+    levels = spec.loss_levels()
+    realised = [_realise(world, spec, directions, inner, faces, tilt) for tilt in tilts]
+    losses = [float(expected_loss(world, params, float(spec.l1), levels)) for params in realised]
+    params, loss = realised[int(np.argmin(losses))], min(losses)
     fired = codes(world, params) > 0
     return (
         Optimum(params, loss, _fired(fired.T), 0) if _better(loss, fired.T, best, world) else best

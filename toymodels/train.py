@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from theory.config import (
+    require_choice,
     require_nonnegative_int,
     require_number,
     require_positive_int,
@@ -69,6 +70,9 @@ def learning_rate_factor(
     return factor
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How an SAE stack is trained: Adam, a warm-up/constant/decay schedule, checkpoints."""
@@ -92,6 +96,9 @@ class TrainConfig:
     """Seeds the global torch RNG (data sources that draw from it become reproducible)."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
+    precision: str = "fp32"
+    """fp32, or bf16: the forward and loss under bfloat16 autocast (matmuls in bf16) on the run's
+    device, cpu or cuda; parameters, gradients and Adam's state stay fp32 (master weights)."""
     checkpoint_every: int = 1000
     """Steps between checkpoints (with a checkpoint path)."""
     log_every: int = 100
@@ -117,6 +124,7 @@ class TrainConfig:
                 raise ValueError(f"adam_betas must be in [0, 1), got {self.adam_betas!r}")
         object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
         require_nonnegative_int("l1_warmup_steps", self.l1_warmup_steps)
+        require_choice("precision", self.precision, PRECISIONS)
         resolve_device(self.device)  # a device this machine lacks is refused here
 
     @property
@@ -177,6 +185,7 @@ def _train(
         "sae": sae.full_config(),
         "adam_betas": config.adam_betas,
         "l1_warmup_steps": config.l1_warmup_steps,
+        "precision": config.precision,
     }
     sae.to(device).train()
     parallel = distributed.is_distributed()
@@ -187,6 +196,9 @@ def _train(
         float_buffers = [b for b in sae.buffers() if b.is_floating_point()]
         sae.batch_firing = distributed.whole_batch_firing(batch_size)
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
+    # bf16 autocast runs the matmuls of the forward in bfloat16; autograd takes each gradient
+    # back to its parameter's dtype, so Adam updates fp32 master weights.
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     optimizer = torch.optim.Adam(sae.parameters(), lr=lr, betas=config.adam_betas, fused=True)
     log, step = TrainLog(), 0
     sums = None  # per-member loss sums since the last log, kept on the device (no syncs)
@@ -217,7 +229,8 @@ def _train(
             sae.sparsity_scale = sparsity_factor(step, config.l1_warmup_steps)
         # Every rank draws the global batch (same RNG and data state) and keeps its rows.
         batch = distributed.shard(data(batch_size), batch_size)
-        losses = sae.loss(batch.to(device, dtype, non_blocking=True))
+        with autocast:
+            losses = sae.loss(batch.to(device, dtype, non_blocking=True))
         optimizer.zero_grad(set_to_none=True)
         losses["total"].backward()
         parts = torch.stack([losses[k].detach() for k in ("per_member", "mse", "sparsity", "aux")])

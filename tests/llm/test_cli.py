@@ -206,6 +206,10 @@ def test_hedging_writes_its_tables(extracted, tmp_path):
         (["llm", "train", "--cache", "{out}", "--architecture", "gated"], "unknown architecture"),
         (["llm", "train", "--cache", "{out}", "--width", "16", "--k", "32"], "k = 32 exceeds"),
         (
+            ["llm", "train", "--cache", "{out}", "--precision", "fp16"],
+            "unknown precision 'fp16'; allowed: fp32, bf16",
+        ),
+        (
             ["llm", "train", "--cache", "{out}", "--held-out-tokens", "10000000"],
             "held_out_tokens = 10000000 is more than",
         ),

@@ -46,6 +46,34 @@ def test_reconstruction_metrics_match_a_direct_computation():
     assert results[1]["dead_fraction"] > 0
 
 
+def test_streamed_batches_give_the_metrics_of_the_whole_rows():
+    """Batches of any size, far from the origin (activations with a large mean): the running
+    sums reproduce the metrics computed on all rows at once in float64."""
+    generator = torch.Generator().manual_seed(1)
+    sae = make_sae(
+        "topk",
+        d_in=8,
+        n_latents=12,
+        n_members=2,
+        k=[2, 3],
+        decoder_init_norm=1.0,
+        generator=generator,
+    )
+    x = torch.randn(500, 8, generator=generator) * 0.5 + 300
+    with torch.no_grad():
+        sae.b_dec.fill_(300)
+        x_hat = sae.eval()(x).double()
+    whole = reconstruction_metrics(sae, x)
+    streamed = reconstruction_metrics(sae, iter(x.split(61)))
+    x = x.double()
+    for m in range(2):
+        error = (x - x_hat[m]).square().sum()
+        expected = 1 - error / (x - x.mean(0)).square().sum()
+        assert whole[m]["explained_variance"] == pytest.approx(float(expected), rel=1e-9)
+        assert streamed[m] == pytest.approx(whole[m], rel=1e-9)
+    assert 0.05 < whole[0]["explained_variance"] < 0.99  # neither trivial nor exact
+
+
 def _identity_sae():
     """relu(x) - relu(-x) = x: latents +e_i and -e_i."""
     sae = make_sae("relu-l1", d_in=D, n_latents=2 * D)

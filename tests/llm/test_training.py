@@ -11,6 +11,7 @@ from llm.evaluate import reconstruction_metrics
 from llm.training import (
     CacheData,
     held_out_activations,
+    held_out_batches,
     normalisation_scale,
     split_cache,
     train_on_cache,
@@ -48,6 +49,9 @@ def test_split_holds_out_the_last_shards(cache, tmp_path):
     held_out = held_out_activations(split)
     assert torch.equal(_sorted_rows(held_out), _sorted_rows(_all_rows(cache, (3,))))
     assert len(held_out_activations(split, 100)) == 100
+    batches = list(held_out_batches(split, 450, batch_size=100, scale=2.0))
+    assert [len(b) for b in batches] == [100, 100, 100, 100, 50]
+    assert torch.equal(torch.cat(batches), 2.0 * held_out_activations(split, 450))
     with pytest.raises(ValueError, match="not an activation cache"):
         split_cache(tmp_path)
 
@@ -132,6 +136,21 @@ def test_training_on_the_cache_learns_to_reconstruct(cache):
     assert quality["l0"] == pytest.approx(4.0)
 
 
+def test_bf16_training_on_the_cache_matches_fp32(cache):
+    split = split_cache(cache, held_out_tokens=500)
+    held_out = held_out_activations(split)
+    schedule = TrainConfig(samples=64 * 60, batch_size=64, lr=1e-2, device="cpu", progress=False)
+    quality = {}
+    for precision in ("fp32", "bf16"):
+        trained = train_on_cache(_topk(), split, schedule.replace(precision=precision))
+        assert trained.sae.W_enc.dtype == torch.float32
+        quality[precision] = reconstruction_metrics(trained.sae, held_out * trained.input_scale)[0]
+    assert quality["fp32"]["explained_variance"] > 0.6
+    assert quality["bf16"]["explained_variance"] == pytest.approx(
+        quality["fp32"]["explained_variance"], abs=0.01
+    )
+
+
 @pytest.mark.parametrize("with_dead", [False, True])
 def test_sparse_topk_loss_equals_the_generic_path(with_dead):
     """TopKSAE.loss on a shared batch (the path LLM training takes) against SAE.loss."""
@@ -151,6 +170,8 @@ def test_sparse_topk_loss_equals_the_generic_path(with_dead):
     with torch.no_grad():
         sae.b_enc.copy_(torch.randn(3, 40, generator=generator) * 0.1)
         sae.b_dec.copy_(torch.randn(3, 16, generator=generator) * 0.1)
+        if with_dead:  # a zero decoder row scores 0: its pre-activation is not its score / norm
+            sae.W_dec[1, 7] = 0
     x = torch.randn(128, 16, generator=generator)
     results = {}
     for name, loss in (("sparse", type(sae).loss), ("generic", type(sae).__mro__[1].loss)):

@@ -121,7 +121,7 @@ def test_every_scale_builds_its_stages_and_plans_them(tmp_path, scale):
         assert extract.disk_bytes == 250_278_528 * 2304 * 2  # bf16
         assert [n for n in names if n.startswith("llm-hedging-w")][-1] == "llm-hedging-w65536"
     else:
-        tokens = 60_000 if scale == "demo" else 400_000
+        tokens = 60_000 if scale == "demo" else 360_000
         assert extract.disk_bytes == tokens * 640 * 4 and extract.cpu_seconds > 0
         # every stage of the CPU scales has an expected time for the progress lines
         assert all(p.cpu_seconds > 0 for p in plans.values()), plans
@@ -133,5 +133,5 @@ def test_every_scale_builds_its_stages_and_plans_them(tmp_path, scale):
 def test_the_dry_run_prints_the_plan_and_runs_nothing(tmp_path, capsys):
     assert main(["run", "--scale", "study", "--dry-run", "true", "--out", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
-    assert "llm-hedging:" in out and "min on this CPU" in out and "cache 0.95 GiB" in out
+    assert "llm-hedging:" in out and "min on this CPU" in out and "cache 0.86 GiB" in out
     assert not (tmp_path / "p").exists()

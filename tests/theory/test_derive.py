@@ -79,7 +79,7 @@ def test_fires_on_lists_exactly_the_states_with_a_positive_code(capsys):
     patterns = list(record["model"]["states"])
     for i, fires in enumerate(record["fires_on"]):
         assert fires == [pat for s, pat in enumerate(patterns) if h[s, i] > 0]
-    assert record["expected_loss"] == pytest.approx(0.0074519, abs=1e-7)
+    assert record["expected_loss"] == pytest.approx(0.0074517, abs=1e-7)  # a limit latent
     assert np.allclose(record["encoder"], record["decoder"], rtol=0, atol=1e-9)
 
 

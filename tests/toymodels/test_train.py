@@ -9,6 +9,7 @@ from scipy.optimize import minimize
 
 from theory.features import scenario
 from theory.sae import SAEParams, expected_loss
+from toymodels.metrics import explained_variance
 from toymodels.sae import make_sae
 from toymodels.sampling import orthonormal_directions, sample_activations
 from toymodels.train import (
@@ -199,3 +200,59 @@ def test_training_a_width_one_sae_reaches_theorys_optimum():
     optimum = theory_optimum(l1, starts)
     assert min(initial) > 2 * optimum
     assert min(trained) == pytest.approx(optimum, rel=2e-3)
+
+
+def sparse_feature_data(d_in=32, n_features=48, seed=1):
+    """Sparse non-negative features along random unit directions (global RNG draws)."""
+    directions = torch.nn.functional.normalize(
+        torch.randn(n_features, d_in, generator=torch.Generator().manual_seed(seed)), dim=-1
+    )
+    return lambda batch: (
+        ((torch.rand(batch, n_features) < 0.05) * torch.rand(batch, n_features)) @ (3 * directions)
+    )
+
+
+@pytest.mark.parametrize(
+    "architecture, sparsity",
+    [("topk", {"k": 4}), ("batchtopk", {"k": 4}), ("relu-l1", {"l1": 0.01}), ("jumprelu", {})],
+)
+def test_bf16_training_reaches_the_fp32_explained_variance_with_fp32_master_weights(
+    tmp_path, architecture, sparsity
+):
+    data = sparse_feature_data()
+    torch.manual_seed(123)
+    held_out_ND = data(4096)
+    schedule = TrainConfig(
+        samples=512 * 150, batch_size=512, lr=3e-3, seed=2, progress=False, device="cpu"
+    )
+    trained = {}
+    for precision in ("fp32", "bf16"):
+        sae = make_sae(
+            architecture,
+            d_in=32,
+            n_latents=64,
+            n_members=2,
+            generator=torch.Generator().manual_seed(0),
+            **sparsity,
+        )
+        path = tmp_path / f"{precision}.pt"
+        train(sae, data, schedule.replace(precision=precision), checkpoint_path=path)
+        state = torch.load(path, weights_only=False)
+        assert state["run"]["precision"] == precision
+        # Master weights and Adam's moments stay fp32 under bf16 autocast.
+        assert {p.dtype for p in sae.parameters()} == {torch.float32}
+        moments = [t for s in state["optimizer"]["state"].values() for t in s.values()]
+        assert {t.dtype for t in moments if t.dim() > 0} == {torch.float32}
+        with torch.no_grad():
+            x_hat_MND = sae.eval()(held_out_ND)
+        trained[precision] = (sae, [explained_variance(held_out_ND, x) for x in x_hat_MND])
+    (fp32_sae, fp32_ev), (bf16_sae, bf16_ev) = trained["fp32"], trained["bf16"]
+    assert min(fp32_ev) > 0.8  # both learned something worth comparing
+    assert bf16_ev == pytest.approx(fp32_ev, abs=0.01)
+    # bf16 matmuls did run: the two runs took different paths.
+    assert (bf16_sae.W_dec - fp32_sae.W_dec).abs().max() > 1e-4
+
+
+def test_an_unknown_precision_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="unknown precision 'fp16'; allowed: fp32, bf16"):
+        TrainConfig(precision="fp16")

@@ -225,25 +225,29 @@ class SAE(nn.Module):
         """Read back what saelens_extras wrote (M = 1): its tensors and our own cfg entries."""
 
     # --- forward -------------------------------------------------------------------------------
-    def pre_activations(self, x: Tensor) -> Tensor:
-        """W_enc^T (x - b_dec) + b_enc for x (M, B, D) or a shared batch (B, D): (M, B, F).
+    def pre_activations(self, x: Tensor, scale_MF: Tensor | None = None) -> Tensor:
+        """W_enc^T (x - b_dec) + b_enc for x (M, B, D) or a shared batch (B, D): (M, B, F),
+        times scale_MF (M, F) when given (folded into the weights: a pass over (M, D, F) instead
+        of one over (M, B, F)).
 
         Masked latents get a bias of -inf, so they never fire and pass no gradient back."""
         M, D, F = self.W_enc.shape
-        b_enc = self.b_enc
+        b_enc, W_enc = self.b_enc, self.W_enc
+        if scale_MF is not None:
+            b_enc, W_enc = b_enc * scale_MF, W_enc * scale_MF[:, None]
         if self._narrow:
             b_enc = b_enc.masked_fill(~self.latent_mask, float("-inf"))
         if x.shape[-1] != D or not (x.dim() == 2 or (x.dim() == 3 and x.shape[0] == M)):
             raise ValueError(f"inputs must be (B, {D}) or ({M}, B, {D}), got {tuple(x.shape)}")
         if x.dim() == 2:
             # A shared batch: one (B, D) x (D, M F) matmul instead of M small ones.
-            bias_MF = b_enc - torch.bmm(self.b_dec[:, None], self.W_enc)[:, 0]
-            W_enc_DK = self.W_enc.transpose(0, 1).reshape(D, M * F)
+            bias_MF = b_enc - torch.bmm(self.b_dec[:, None], W_enc)[:, 0]
+            W_enc_DK = W_enc.transpose(0, 1).reshape(D, M * F)
             pre_BK = torch.addmm(bias_MF.reshape(M * F), x, W_enc_DK)
             # Member-major copy: every later (M, B, F) tensor then shares one layout, and
             # elementwise ops on mixed layouts cost several times more than this copy.
             return pre_BK.view(-1, M, F).transpose(0, 1).contiguous()
-        return torch.baddbmm(b_enc[:, None], x - self.b_dec[:, None], self.W_enc)
+        return torch.baddbmm(b_enc[:, None], x - self.b_dec[:, None], W_enc)
 
     def activation(self, pre_MBF: Tensor) -> Tensor:
         """Codes from pre-activations; masked latents arrive as -inf and must give 0."""
