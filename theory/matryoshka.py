@@ -13,8 +13,9 @@ Exact optimum. In an activation region with fixed decoder directions the codes a
 affine functions of a few parameters psi as for a plain SAE, so each level's error is a convex
 quadratic in psi (the plain one with the codes of latents outside the level zeroed) and their
 weighted sum is one convex quadratic: theory.optimum's region search applies as it is, with its
-inner problem summing the levels and its lower bound (the subspace fit of the MSE) still valid
-because the outer level weighs 1 and holds every latent. Latents are interchangeable only within
+inner problem summing the levels and its lower bounds (the subspace fit of the MSE and the L1
+term's) still valid: the outer level weighs 1 and holds every latent and w_i >= 1, so the loss
+is at least the plain loss of the same SAE. Latents are interchangeable only within
 a level, so regions are listed per level. `global_optimum(model, spec)` with a matryoshka spec is
 that search (models of at most 16 states).
 

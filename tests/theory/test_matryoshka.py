@@ -20,10 +20,10 @@ from theory.numeric import _Layout, loss_and_gradient, numeric_optimum
 from theory.optimum import global_optimum
 from theory.sae import SAESpec, codes, expected_loss
 
-# The guarantee's draws are derandomized like tests/theory/test_optimum.py's: random draws can
-# meet the known gap there (a tied optimum without decoder bias that exists only as a limit of
-# unbounded encoder gain; seen here at mu = 0, the plain SAE: 0.0054276 exact vs 0.0054130).
-FAST = settings(max_examples=6, deadline=None, derandomize=True)
+# Random draws, tied included: a tied latent whose best code exists only in the limit of unbounded
+# encoder gain is searched as such with the level sums (theory.optimum._Face), so no draw is
+# excluded (the gap once seen here at mu = 0 without decoder bias: 0.0054276 vs 0.0054130).
+FAST = settings(max_examples=6, deadline=None)
 
 
 def matryoshka_specs(width: int = 2) -> st.SearchStrategy[SAESpec]:
@@ -115,7 +115,7 @@ def test_exact_optimum_beats_numeric_and_has_its_claimed_loss(model, spec):
         np.testing.assert_array_equal(ours.params.encoder, ours.params.decoder)
 
 
-@settings(max_examples=2, deadline=None, derandomize=True)
+@settings(max_examples=2, deadline=None)
 @given(
     st.integers(1, 10).map(lambda i: i / 20),
     st.lists(st.integers(1, 19).map(lambda i: i / 20), min_size=2, max_size=2),
