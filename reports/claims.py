@@ -606,7 +606,29 @@ def judge_matryoshka(runs: RunsByKind) -> Assessment:
         if read_out is not None
         else "The run records no world (metrics.json), so no theory line is drawn."
     )
+    balance = _balance_text(record.metrics)
+    if balance:
+        numbers += f"; {balance}"
+        for measure in ("hedging", "absorption"):
+            curve = record.metrics.get(f"theory_{measure}_by_mu") or {}
+            mus = sorted(curve, key=float)
+            if mus:
+                parts.append(
+                    _line(f"{measure} (exact optimum)", [float(m) for m in mus],
+                          [curve[m] for m in mus])
+                )  # fmt: skip
     return Assessment(verdict, numbers, detail, table_out, _figure(*parts))
+
+
+def _balance_text(metrics: Mapping) -> str:
+    """Theory's balancing mu beside the measured best mu and its 95% interval, when the run
+    recorded them (toy matryoshka runs from theory.matryoshka on)."""
+    theory, best = metrics.get("theory_balancing_mu"), metrics.get("best_mu")
+    interval = metrics.get("best_mu_interval_95")
+    if theory is None or best is None:
+        return ""
+    spread = f" (95% over seeds {fmt(interval[0])}-{fmt(interval[1])})" if interval else ""
+    return f"balancing mu: theory {fmt(theory)}, measured best {fmt(best)}{spread}"
 
 
 def _p_read_out_given_parent(record: RunRecord) -> float | None:

@@ -1,7 +1,8 @@
 """One entry per SAE architecture: its codes, exact loss and exact optimum on a feature model.
 
 ReLU-L1 lives in theory.sae and theory.optimum; TopK, BatchTopK (expected training loss) and
-JumpReLU in one module each, built on theory.gated.
+JumpReLU in one module each, built on theory.gated; matryoshka (ReLU-L1 latents, nested levels)
+in theory.matryoshka on theory.optimum's search.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def architecture_loss(world: NumericFeatureModel, params: SAEParams, spec: SAESp
         from theory.jumprelu import jumprelu_loss
 
         return jumprelu_loss(world, params, float(spec.l0))
-    return float(expected_loss(world, params, float(spec.l1)))
+    return float(expected_loss(world, params, float(spec.l1), spec.loss_levels()))
 
 
 def architecture_optimum(
@@ -67,6 +68,10 @@ def architecture_optimum(
         from theory.jumprelu import jumprelu_optimum
 
         return jumprelu_optimum(model, spec, seed)
+    if spec.architecture == "matryoshka":
+        from theory.matryoshka import matryoshka_optimum
+
+        return matryoshka_optimum(model, spec, 0, tuple(range(1, spec.width)), seed)
     from theory.optimum import global_optimum
 
     return global_optimum(model, spec, seed)

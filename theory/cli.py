@@ -35,6 +35,8 @@ def derive_command(args: argparse.Namespace) -> int:
             f"bias {record['encoder_bias'][i]:.4g} fires on {','.join(fires) or 'nothing'}"
         )
     print(f"decoder bias {format_vector(record['decoder_bias'])}")
+    if "balance" in record:
+        print(f"balancing mu {record['balance']['mu']:.4f}: {record['balance']['balanced']}")
     if "threshold" in record:  # jumprelu, batchtopk (its inference threshold)
         print(f"thresholds {format_vector(record['threshold'])}")
     for name, latex in record.get("symbolic", {}).items():

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import sympy as sp
 
-from theory.architectures import architecture_codes
+from theory.architectures import architecture_codes, architecture_optimum
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
 from theory.features import FeatureModel, WorldConfig
-from theory.optimum import Optimum, global_optimum
+from theory.matryoshka import balancing_mu
+from theory.optimum import Optimum
 from theory.predictions import evaluate_catalogue
 from theory.sae import SAESpec
 
@@ -27,6 +28,9 @@ class DeriveConfig:
     """Include the optimum's closed forms in LaTeX."""
     seed: int = 0
     """Seed of the direction search's starting points."""
+    balance: bool = False
+    """Matryoshka with a one-latent inner level: also the balancing mu in [0, 1] (the parent is
+    feature 0, the read-out children features 1..width-1; theory.matryoshka.balancing_mu)."""
 
 
 def run_derive(config: DeriveConfig) -> dict:
@@ -39,7 +43,23 @@ def run_derive(config: DeriveConfig) -> dict:
             f"width {config.sae.width} exceeds the {n_states} states of the feature model; "
             f"allowed: 1..{n_states}"
         )
-    return derive(model, config.sae, config.symbolic, config.seed)
+    if config.balance and config.sae.architecture != "matryoshka":
+        raise ValueError(f"balance needs architecture matryoshka, got {config.sae.architecture!r}")
+    record = derive(model, config.sae, config.symbolic, config.seed)
+    if config.balance:
+        start = time.perf_counter()
+        read_out = tuple(range(1, config.sae.width))
+        balance = balancing_mu(model, config.sae, 0, read_out)
+        record["balance"] = {
+            "mu": balance.mu,
+            "bracket": list(balance.bracket),
+            "read_out_features": list(read_out),
+            "read_out_at_mu": asdict(balance.read_out),
+            "balanced": "the inner latent's mean encoder component on the read-out children "
+            "crosses 0: absorption (negative) below mu, hedging (positive) above",
+        }
+        record["seconds"] += time.perf_counter() - start
+    return record
 
 
 def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:
@@ -49,10 +69,12 @@ def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int
     two-feature world and, with `symbolic`, the closed forms of its region.
 
     With additive noise the optimum is that of the noiseless states (the exact search needs
-    finitely many) and "noise" adds what is exact or small-noise about the noisy world."""
+    finitely many) and "noise" adds what is exact or small-noise about the noisy world. A
+    matryoshka SAE on more than 16 states gets the optimum of the basin that starts at the true
+    features (theory.matryoshka.matryoshka_optimum)."""
     start = time.perf_counter()
     clean = model.noiseless()
-    optimum = global_optimum(clean, spec, seed=seed)
+    optimum = architecture_optimum(clean, spec, seed=seed)
     record = optimum_record(clean, spec, optimum, symbolic)
     record["model"] = model.describe()
     record["predictions"] = evaluate_catalogue(model, float(spec.l1), spec.decoder_bias)
@@ -115,6 +137,11 @@ def optimum_record(
             "architecture": spec.architecture,
             "k": spec.k,
             "l0": float(spec.l0),
+            **(
+                {"levels": list(spec.levels), "mu": spec.mu, "level_sparsity": spec.level_sparsity}
+                if spec.architecture == "matryoshka"
+                else {}
+            ),
         },
         "model": model.describe(),
         "regions_tried": optimum.regions_tried,
@@ -155,12 +182,12 @@ def closed_forms_latex(
 
     Available for width-1 untied ReLU-L1 SAEs (the region's quadratic form on the sphere; at
     l1 = 0 the decoder angle and hedging ratio of a 2-feature model)."""
-    if spec.architecture != "relu-l1":
+    if spec.architecture not in ("relu-l1", "matryoshka"):
         return {
             "note": f"closed forms are given for relu-l1; this {spec.architecture} optimum "
             "comes from the direction search of its region (theory.gated)"
         }
-    if spec.width != 1 or spec.tied:
+    if spec.width != 1 or spec.tied or len(spec.loss_levels().weight_J) > 1:
         return {
             "note": "closed forms are given for width-1 untied SAEs; this optimum comes "
             "from the reduced direction search of its activation region"

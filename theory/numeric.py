@@ -30,7 +30,7 @@ from scipy.optimize import minimize
 
 from theory.architectures import architecture_codes, architecture_loss
 from theory.features import FeatureModel, NumericFeatureModel
-from theory.sae import SAEParams, SAESpec, codes, expected_loss
+from theory.sae import Levels, SAEParams, SAESpec, codes, expected_loss
 
 # First pass: loose enough to be quick, tight enough to rank the starts.
 _SCREEN_OPTIONS = {"maxiter": 2000, "ftol": 1e-11, "gtol": 1e-9}
@@ -119,36 +119,50 @@ def loss_and_gradient(
     theta: np.ndarray,
     l1: float,
     active_SK: np.ndarray | None = None,
+    levels: Levels | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact loss and its analytic (sub)gradient with respect to theta (..., size).
 
-    Per state x with u = x - b, pre = W u + c, h = ReLU(pre), e = u - D^T h:
-    loss = ||e||^2 + l1 sum_i h_i ||D_i||. ReLU'(0) is taken as 0 and d||D_i||/dD_i as 0 at D_i = 0.
+    Per state x with u = x - b, pre = W u + c, h = ReLU(pre), e_j = u - D^T (h o prefix_j):
+    loss = sum_j beta_j ||e_j||^2 + l1 sum_i w_i h_i ||D_i|| (a plain SAE: one level, beta = w =
+    1). ReLU'(0) is taken as 0 and d||D_i||/dD_i as 0 at D_i = 0.
     With `active_SK` the ReLU is replaced by the fixed firing pattern (h = pre where active, else
     0): the smooth loss of that activation region, which equals the exact loss inside it.
     """
     p = layout.unpack(theta)
     W, c, D, b = p.encoder, p.encoder_bias, p.decoder, p.decoder_bias
+    k = layout.width
+    weight_J, prefix_JK, w_K = levels or (np.ones(1), np.ones((1, k), bool), np.ones(k))
     prob_S = world.probabilities
     u_SN = world.states - b[..., None, :]
     pre_SK = u_SN @ np.swapaxes(W, -1, -2) + c[..., None, :]
     if active_SK is None:
         active_SK = pre_SK > 0
     h_SK = pre_SK * active_SK
-    err_SN = u_SN - h_SK @ D
-    norm_K = np.linalg.norm(D, axis=-1)
-    loss = ((err_SN**2).sum(-1) + l1 * (h_SK @ norm_K[..., None])[..., 0]) @ prob_S
+    norm_K = np.linalg.norm(D, axis=-1) * w_K
+    loss = l1 * (h_SK @ norm_K[..., None])[..., 0]
+    g_h_SK = l1 * norm_K[..., None, :]  # dloss/dh
+    g_D = 0.0
+    err_w_SN = 0.0  # sum_j beta_j e_j, probability-weighted
+    for beta, prefix_K in zip(weight_J, prefix_JK, strict=True):
+        h_level_SK = h_SK * prefix_K
+        err_SN = u_SN - h_level_SK @ D
+        loss = loss + beta * (err_SN**2).sum(-1)
+        g_h_SK = g_h_SK - 2.0 * beta * (err_SN @ np.swapaxes(D, -1, -2)) * prefix_K
+        level_w_SN = beta * err_SN * prob_S[:, None]
+        g_D = g_D - 2.0 * np.swapaxes(h_level_SK, -1, -2) @ level_w_SN
+        err_w_SN = err_w_SN + level_w_SN
+    loss = loss @ prob_S
 
-    unit_KN = D / np.where(norm_K > 0, norm_K, 1.0)[..., None]
-    # dloss/dh, then through the ReLU (zero slope at and below the kink)
-    g_h_SK = -2.0 * err_SN @ np.swapaxes(D, -1, -2) + l1 * norm_K[..., None, :]
+    length_K = np.linalg.norm(D, axis=-1)
+    unit_KN = D / np.where(length_K > 0, length_K, 1.0)[..., None]
+    # through the ReLU (zero slope at and below the kink)
     g_pre_SK = g_h_SK * active_SK * prob_S[:, None]
-    err_w_SN = err_SN * prob_S[:, None]
-    h_total_K = (h_SK * prob_S[:, None]).sum(-2)
-    g_D = -2.0 * np.swapaxes(h_SK, -1, -2) @ err_w_SN + l1 * h_total_K[..., None] * unit_KN
+    h_total_K = (h_SK * prob_S[:, None]).sum(-2) * w_K
+    g_D = g_D + l1 * h_total_K[..., None] * unit_KN
     g_W = np.swapaxes(g_pre_SK, -1, -2) @ u_SN
     g_c = g_pre_SK.sum(-2)
-    # b enters e directly (e = x - b - D^T h) and the pre-activation through u = x - b
+    # b enters each e_j directly (e_j = x - b - D^T h_j) and the pre-activation through u = x - b
     g_b = -(2.0 * err_w_SN.sum(-2) + (g_pre_SK @ W).sum(-2))
     return loss, layout.pack_gradient(g_W, g_c, g_D, g_b)
 
@@ -173,32 +187,34 @@ def numeric_optimum(
     model: FeatureModel, spec: SAESpec, n_starts: int = 32, seed: int = 0, tol: float = 1e-12
 ) -> NumericOptimum:
     """Global minimum (as far as multi-start finds it) of the exact expected loss of `spec` on
-    `model`. The returned parameters are folded; the loss is recomputed with expected_loss."""
+    `model` (a matryoshka spec: its sum of level losses). The returned parameters are folded;
+    the loss is recomputed with expected_loss."""
     start_time = time.perf_counter()
     world, l1 = _validated(model, spec, n_starts, tol)
     layout = _Layout(spec.width, model.dim, spec.tied, spec.decoder_bias)
+    levels = spec.loss_levels()
     rng = np.random.default_rng(seed)
-    if spec.architecture != "relu-l1":
+    if spec.architecture not in ("relu-l1", "matryoshka"):
         params = _gated_numeric(world, layout, spec, _initial_points(world, layout, n_starts, rng))
         loss = architecture_loss(world, params, spec)
         return NumericOptimum(params, loss, n_starts, time.perf_counter() - start_time)
 
     def fun(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        loss, grad = loss_and_gradient(world, layout, theta, l1)
+        loss, grad = loss_and_gradient(world, layout, theta, l1, levels=levels)
         return float(loss), grad
 
     screened = [
         minimize(fun, theta0, jac=True, method="L-BFGS-B", options=_SCREEN_OPTIONS).x
         for theta0 in _initial_points(world, layout, n_starts, rng)
     ]
-    screened_losses = loss_and_gradient(world, layout, np.array(screened), l1)[0]
+    screened_losses = loss_and_gradient(world, layout, np.array(screened), l1, levels=levels)[0]
     polished = [
-        _polish_region(world, layout, _polish_lbfgs(fun, screened[i], tol)[0], l1, tol)
+        _polish_region(world, layout, _polish_lbfgs(fun, screened[i], tol)[0], l1, tol, levels)
         for i in np.argsort(screened_losses)[:_N_POLISHED]
     ]
     best_theta, best_loss = min(polished, key=lambda pair: pair[1])
     params = _canonical(world, layout.unpack(best_theta))
-    loss = float(expected_loss(world, params, l1))
+    loss = float(expected_loss(world, params, l1, levels))
     return NumericOptimum(params, loss, n_starts, time.perf_counter() - start_time)
 
 
@@ -285,7 +301,12 @@ def _polish_lbfgs(
 
 
 def _polish_region(
-    world: NumericFeatureModel, layout: _Layout, theta: np.ndarray, l1: float, tol: float
+    world: NumericFeatureModel,
+    layout: _Layout,
+    theta: np.ndarray,
+    l1: float,
+    tol: float,
+    levels: Levels | None = None,
 ) -> tuple[np.ndarray, float]:
     """Minimise the smooth loss of the current activation region over its closure (SLSQP with
     every pre-activation kept on its side of zero), then again in the region where the states
@@ -296,13 +317,13 @@ def _polish_region(
     inside a fixed region the loss is smooth and the kink is just an active constraint. SLSQP's
     stopping test is on absolute steps in the loss, which it takes slowly near such optima, so
     its tolerance is far below `tol`."""
-    loss = float(loss_and_gradient(world, layout, theta, l1)[0])
+    loss = float(loss_and_gradient(world, layout, theta, l1, levels=levels)[0])
     for _ in range(_REGION_ROUNDS):
         active_SK = _pre_activations(world, layout, theta)[0] > 0
         side_SK = np.where(active_SK, 1.0, -1.0)
 
         def region(t: np.ndarray, active_SK: np.ndarray = active_SK) -> tuple[float, np.ndarray]:
-            value, grad = loss_and_gradient(world, layout, t, l1, active_SK)
+            value, grad = loss_and_gradient(world, layout, t, l1, active_SK, levels)
             return float(value), grad
 
         def margins(t: np.ndarray, side_SK: np.ndarray = side_SK) -> np.ndarray:
@@ -321,7 +342,7 @@ def _polish_region(
             constraints=[{"type": "ineq", "fun": margins, "jac": margins_jacobian}],
             options={"ftol": tol * 1e-4, "maxiter": 2000},
         )
-        exact = float(loss_and_gradient(world, layout, result.x, l1)[0])
+        exact = float(loss_and_gradient(world, layout, result.x, l1, levels=levels)[0])
         if not exact < loss - tol * max(1.0, abs(loss)):
             break
         theta, loss = result.x, exact

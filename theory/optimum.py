@@ -496,7 +496,9 @@ def _inner_solve(
 ) -> _Inner:
     """Exact minimum over codes and decoder bias for unit decoder rows `directions` (k, n), on
     the closure of the region. A tied latent with a face is taken in its limit of unbounded
-    gain: an affine code constrained on the face's states only.
+    gain: an affine code constrained on the face's states only. A matryoshka loss
+    (spec.loss_levels) is a weighted sum of level quadratics, each the full one with the
+    codes of latents outside the level zeroed (see `_region_solver`).
 
     `pre_constraints` (m, S, k), untied only, replaces the ReLU region's constraints by
     sum_si C[r, s, i] pre_si >= 0 (other architectures' regions, e.g. TopK's ordering)."""
@@ -522,7 +524,15 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     call starts from the constraints that were tight at the previous call (BFGS moves a little).
     The gradient comes from the envelope theorem: at the inner optimum only the explicit
     dependence on E counts, including that of the tied constraints kappa e.x_s + t through
-    their multipliers."""
+    their multipliers.
+
+    A matryoshka loss sums levels j (weight beta_j, latents keep_j) of the same quadratic with
+    the codes outside the level zeroed, and weighs latent i's L1 by w_i. Per lifted coefficient
+    that only reweighs the direction-free moments, once per region: W o sum_j beta_j keep_j
+    keep_j^T, the rows of Y and the coupling v by sum_j beta_j keep_j, the bias block by
+    sum_j beta_j and the L1 vector by w. The lift T and the faces act on the lifted
+    coefficients, so they take the sums as they are. The loss and the envelope gradient sum the
+    levels' residuals. One level (a plain SAE) is the plain quadratic and skips all of this."""
     X, p = world.states, world.probabilities
     S, n = X.shape
     k = len(active)
@@ -536,6 +546,19 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     size = [2 if tied else n + 1 for tied in finite_tied]
     q = np.cumsum([0, *size])
     n_code, n_psi = q[-1], q[-1] + (n if spec.decoder_bias else 0)
+    levels = spec.loss_levels()
+    l1_weight_K = levels.l1_weight_K
+    nested = len(levels.weight_J) > 1  # one level is the plain loss (weight 1, w = 1)
+    bias_weight = 1.0
+    Y_weighted, coupling_v, linear_v = Y, v, v  # the plain moments
+    if nested:
+        keep_JL = np.repeat(levels.prefix_JK, n + 1, axis=1).astype(float)  # per lifted coeff
+        weight_L = levels.weight_J @ keep_JL  # sum_j beta_j [coefficient's latent in level j]
+        W = W * ((keep_JL.T * levels.weight_J) @ keep_JL)
+        Y_weighted = Y * weight_L[:, None]
+        coupling_v = v * weight_L
+        linear_v = v * np.repeat(l1_weight_K, n + 1)
+        bias_weight = float(levels.weight_J.sum())
     side = np.where(active, 1.0, -1.0)  # (k, S): codes >= 0 on A, pre-activations <= 0 off A
     held = [face.states if face is not None else np.ones(S, bool) for face in faces]
     signed = [(side[i][:, None] * Z)[held[i]] for i in range(k)]
@@ -553,8 +576,8 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     G = np.zeros((n_psi, n_psi))
     rhs = np.zeros(n_psi)
     if spec.decoder_bias:
-        G[n_code:, n_code:] = np.eye(n) * p.sum()
-        rhs[n_code:] = p @ X
+        G[n_code:, n_code:] = np.eye(n) * (p.sum() * bias_weight)
+        rhs[n_code:] = (p @ X) * bias_weight
     scale = max(1.0, float(np.abs(X).max()))
     any_tied = any(finite_tied)
     tight = [None]  # the constraints tight at the previous call
@@ -576,16 +599,16 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     def solve(directions: np.ndarray) -> _Inner:
         R = np.repeat(directions, n + 1, axis=0)
         code_G = (R @ R.T) * W
-        code_rhs = (Y * R).sum(1) - 0.5 * l1 * v
-        coupling = v[:, None] * R  # d^2 / d theta d b
-        linear = v
+        code_rhs = (Y_weighted * R).sum(1) - 0.5 * l1 * linear_v
+        coupling = coupling_v[:, None] * R  # d^2 / d theta d b
+        linear = linear_v
         T = lift(directions)
         if T is not None:
             code_G, code_rhs, coupling, linear = (
                 T.T @ code_G @ T,
                 T.T @ code_rhs,
                 T.T @ coupling,
-                T.T @ v,
+                T.T @ linear_v,
             )
             for i in np.nonzero(finite_tied)[0]:
                 C[first_row[i] : first_row[i + 1] - 1, q[i] : q[i + 1]] = (
@@ -616,12 +639,22 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
         theta = psi[:n_code] if T is None else T @ psi[:n_code]
         codes_SK = (lifted * theta).reshape(S, k, n + 1).sum(2)
         bias = psi[n_code:] if spec.decoder_bias else np.zeros(n)
-        residual = X - bias - codes_SK @ directions
-        loss = float(p @ (residual**2).sum(1) + l1 * linear @ psi[:n_code])
-        grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
+        pull_SKN = None
+        if nested:
+            residual = X - bias - np.einsum("sk,jk,kn->jsn", codes_SK, levels.prefix_JK, directions)
+            squares = levels.weight_J @ (residual**2).sum(2)
+            # d loss / d g_si through the reconstructions: -2 sum_j beta_j [i in level j] r_js
+            pull_SKN = np.einsum("j,jk,jsn->skn", levels.weight_J, levels.prefix_JK, residual)
+            grad = -2.0 * np.einsum("sk,s,skn->kn", codes_SK, p, pull_SKN)
+        else:
+            residual = X - bias - codes_SK @ directions
+            squares = (residual**2).sum(1)
+            grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
+        loss = float(p @ squares + l1 * linear @ psi[:n_code])
         for i in np.nonzero(finite_tied)[0]:  # a tied code depends on e through kappa * e.x ...
             kappa = psi[q[i]]
-            weight = p * active[i] * (l1 - 2.0 * residual @ directions[i])
+            pulled = residual if pull_SKN is None else pull_SKN[:, i]
+            weight = p * active[i] * (l1 * l1_weight_K[i] - 2.0 * pulled @ directions[i])
             weight = weight - lam[first_row[i] : first_row[i] + S] * side[i]  # and the constraints
             grad[i] += kappa * weight @ X
         code_params = [psi[q[i] : q[i + 1]].copy() for i in range(k)]
@@ -960,7 +993,7 @@ def global_optimum(
     back folded (unit decoder rows), tied ones tied; latents that never fire have zero
     parameters. Other architectures (`spec.architecture`) go to theory.architectures.
     """
-    if spec.architecture != "relu-l1":  # TopK, BatchTopK, JumpReLU: theory.gated's regions
+    if spec.architecture not in ("relu-l1", "matryoshka"):  # theory.gated's regions
         from theory.architectures import architecture_optimum
 
         return architecture_optimum(model, spec, seed)
@@ -976,7 +1009,8 @@ def global_optimum(
     silent = _inner_solve(world, spec, nobody, np.zeros((k, S)), l1)
     best = _candidate(world, spec, nobody, silent, None)
     full = 2**S - 1
-    regions = _regions(residual_MD, masks, k, full, best.loss)
+    group_K = spec.loss_levels().prefix_JK.sum(0)  # latents of one level are interchangeable
+    regions = _regions(residual_MD, masks, k, full, best.loss, group_K)
     fits = np.array(
         [_region_bound(residual_MD, list(masks[list(r)]), 0, full) for r in regions], dtype=float
     )
@@ -1007,12 +1041,18 @@ def global_optimum(
 
 
 def _regions(
-    residual_MD: np.ndarray, masks: np.ndarray, k: int, full: int, to_beat: float
+    residual_MD: np.ndarray,
+    masks: np.ndarray,
+    k: int,
+    full: int,
+    to_beat: float,
+    group_K: np.ndarray | None = None,
 ) -> list[tuple[int, ...]]:
-    """Every tuple of k separable sets (indices into `masks`, never increasing: latents are
-    interchangeable, and dead latents come last) whose subspace-fit bound is below `to_beat`,
-    except the all-dead one."""
+    """Every tuple of k separable sets (indices into `masks`, never increasing among latents of
+    one group `group_K`, default all: those are interchangeable, and dead latents come last)
+    whose subspace-fit bound is below `to_beat`, except the all-dead one."""
     found = []
+    group_K = np.zeros(k) if group_K is None else group_K
 
     def grow(chosen: list[int]) -> None:
         if len(chosen) == k:
@@ -1025,7 +1065,8 @@ def _regions(
                 "model and width are too large for the exact optimum (theory.numeric."
                 "numeric_optimum searches it without a guarantee)"
             )
-        options = np.arange((chosen[-1] if chosen else len(masks) - 1) + 1)
+        same = chosen and group_K[len(chosen)] == group_K[len(chosen) - 1]
+        options = np.arange((chosen[-1] if same else len(masks) - 1) + 1)
         bounds = _region_bound(
             residual_MD, [masks[c] for c in chosen] + [masks[options]], k - len(chosen) - 1, full
         )
@@ -1048,8 +1089,9 @@ def _candidate(
     of unbounded gain is realised at the tilt (hence gain) whose loss is lowest: a larger tilt
     moves the decoder off its limit direction, a smaller one loses digits to the large gain."""
     tilts = LIMIT_TILTS if faces is not None and any(f is not None for f in faces) else (1e-8,)
+    levels = spec.loss_levels()
     realised = [_realise(world, spec, directions, inner, faces, tilt) for tilt in tilts]
-    losses = [float(expected_loss(world, params, float(spec.l1))) for params in realised]
+    losses = [float(expected_loss(world, params, float(spec.l1), levels)) for params in realised]
     params, loss = realised[int(np.argmin(losses))], min(losses)
     fired = codes(world, params) > 0
     return (

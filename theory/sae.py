@@ -12,21 +12,36 @@ state vectors (n is then d).
 
 That is the ReLU-L1 SAE; `SAESpec.architecture` names the others, whose codes and losses live in
 one module each (theory.topk, theory.batchtopk, theory.jumprelu; theory.architectures
-dispatches).
+dispatches). A matryoshka SAE sums this over nested levels (theory.matryoshka): level j
+reconstructs with its prefix of latents and weighs beta_j, and latent i's L1 is multiplied by
+w_i. `Levels` holds that structure; a plain SAE is one level of weight 1 holding every latent,
+with w = 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import sympy as sp
 
+from theory.config import require_number, require_positive_ints
 from theory.features import FeatureModel, NumericFeatureModel, _sym
 
 MAX_L1 = 1e100  # far beyond any useful value (every latent is dead); l1^2 must stay finite
-ARCHITECTURES = ("relu-l1", "topk", "batchtopk", "jumprelu")
+ARCHITECTURES = ("relu-l1", "topk", "batchtopk", "jumprelu", "matryoshka")
+
+
+class Levels(NamedTuple):
+    """The reconstructions a loss sums: level j weighs weight_J[j] and reconstructs with the
+    latents in prefix_JK[j]; latent i's L1 is multiplied by l1_weight_K[i]."""
+
+    weight_J: np.ndarray
+    prefix_JK: np.ndarray
+    l1_weight_K: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -45,11 +60,20 @@ class SAESpec:
     architecture: str = "relu-l1"
     """relu-l1 (L1 penalty), topk (each sample keeps its k largest codes), batchtopk (expected
     loss of keeping the batch's k * B largest codes: one shared threshold, E[L0] = k) or jumprelu
-    (a learned threshold per latent and an L0 penalty)."""
+    (a learned threshold per latent and an L0 penalty) or matryoshka (ReLU-L1 latents whose loss
+    sums nested prefix losses)."""
     k: int = 1
     """Codes kept per sample (topk; batchtopk on average)."""
     l0: float = 0.0
     """L0 penalty coefficient of jumprelu: l0 * E[number of firing latents]."""
+    levels: tuple[int, ...] = ()
+    """Matryoshka prefix sizes m_1 < ... < m_n = width (empty: one level, the plain SAE)."""
+    mu: float = 1.0
+    """Matryoshka balance: level j weighs mu^(n-j), so the outer level weighs 1 (0 = plain SAE,
+    1 = standard matryoshka)."""
+    level_sparsity: bool = True
+    """Matryoshka: the L1 applies per level weighted like its reconstruction, so a latent pays the
+    sum of the weights of the levels it is in (the hedging paper's toy); false: the L1 once."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.width, int) or self.width < 1:
@@ -66,7 +90,7 @@ class SAESpec:
             raise ValueError(f"l0 must be a number in [0, {MAX_L1:g}], got {self.l0!r}")
         if self.l0 != 0 and self.architecture != "jumprelu":
             raise ValueError(f"l0 = {self.l0} applies to jumprelu only")
-        if self.architecture != "relu-l1":
+        if self.architecture not in ("relu-l1", "matryoshka"):
             if self.tied:
                 raise ValueError(
                     f"tied {self.architecture} SAEs are not supported; allowed: tied relu-l1"
@@ -83,6 +107,24 @@ class SAESpec:
                 f"l1 = {self.l1} is too large: allowed values are 0 <= l1 <= {MAX_L1:g} (far "
                 "above any useful value every latent is dead, and the loss would overflow)"
             )
+        levels = tuple(self.levels)
+        if levels:
+            require_positive_ints("levels", levels)
+            if self.architecture != "matryoshka":
+                raise ValueError(f"levels {list(levels)} need architecture matryoshka")
+            if list(levels) != sorted(set(levels)) or levels[-1] != self.width:
+                raise ValueError(
+                    f"levels must increase strictly to the width {self.width}, got {list(levels)}"
+                )
+        object.__setattr__(self, "levels", levels)
+        require_number("mu", self.mu, 0)
+
+    def loss_levels(self) -> Levels:
+        """The level structure of this SAE's loss: beta_j = mu^(n-j) (0^0 = 1: the outer level
+        always weighs 1) and, with level_sparsity, w_i = the sum of the betas of i's levels."""
+        matryoshka = self.architecture == "matryoshka"
+        sizes = self.levels if matryoshka and self.levels else (self.width,)
+        return _levels(sizes, float(self.mu), matryoshka and self.level_sparsity)
 
 
 @dataclass(frozen=True)
@@ -122,6 +164,19 @@ class SAEParams:
         return record
 
 
+@lru_cache(maxsize=256)
+def _levels(sizes: tuple[int, ...], mu: float, level_sparsity: bool) -> Levels:
+    """Cached: the exact optimum asks for it in every inner solve."""
+    k = sizes[-1]
+    exponents = len(sizes) - 1 - np.arange(len(sizes))
+    weight_J = np.array([mu ** int(e) for e in exponents])
+    prefix_JK = np.arange(k)[None, :] < np.array(sizes)[:, None]
+    l1_weight_K = weight_J @ prefix_JK if level_sparsity else np.ones(k)
+    for array in (weight_J, prefix_JK, l1_weight_K):
+        array.flags.writeable = False  # shared between callers
+    return Levels(weight_J, prefix_JK, l1_weight_K)
+
+
 def unit_rows(rows: np.ndarray) -> np.ndarray:
     """Rows scaled to unit norm along the last axis; all-zero rows stay zero."""
     norms = np.linalg.norm(rows, axis=-1, keepdims=True)
@@ -135,12 +190,23 @@ def codes(world: NumericFeatureModel, params: SAEParams) -> np.ndarray:
     return np.maximum(pre, 0.0)
 
 
-def expected_loss(world: NumericFeatureModel, params: SAEParams, l1: float) -> np.ndarray:
-    """Exact expected loss (MSE + decoder-norm-weighted L1), vectorised over leading axes."""
+def expected_loss(
+    world: NumericFeatureModel, params: SAEParams, l1: float, levels: Levels | None = None
+) -> np.ndarray:
+    """Exact expected loss (MSE + decoder-norm-weighted L1), vectorised over leading axes; with
+    `levels` (SAESpec.loss_levels) the weighted sum of its levels' losses."""
     h = codes(world, params)
-    x_hat = h @ params.decoder + params.decoder_bias[..., None, :]
-    sq_err = ((world.states - x_hat) ** 2).sum(-1)
-    sparsity = h @ np.linalg.norm(params.decoder, axis=-1)[..., :, None]
+    norms = np.linalg.norm(params.decoder, axis=-1)
+    if levels is None or len(levels.weight_J) == 1:  # one level: weight 1 and w = 1
+        x_hat = h @ params.decoder + params.decoder_bias[..., None, :]
+        sq_err = ((world.states - x_hat) ** 2).sum(-1)
+    else:
+        sq_err = 0.0
+        for weight, prefix_K in zip(levels.weight_J, levels.prefix_JK, strict=True):
+            x_hat = (h * prefix_K) @ params.decoder + params.decoder_bias[..., None, :]
+            sq_err = sq_err + weight * ((world.states - x_hat) ** 2).sum(-1)
+        norms = norms * levels.l1_weight_K
+    sparsity = h @ norms[..., :, None]
     return (sq_err + l1 * sparsity[..., 0]) @ world.probabilities
 
 

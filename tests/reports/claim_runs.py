@@ -146,7 +146,11 @@ def write_llm_hedging(
 
 
 def write_matryoshka(
-    folder: Path, hedging_slope: float = 0.1, absorption_slope: float = -0.1, noise: float = 0.005
+    folder: Path,
+    hedging_slope: float = 0.1,
+    absorption_slope: float = -0.1,
+    noise: float = 0.005,
+    **metrics: object,
 ) -> Path:
     rows = [
         {"mu": mu, "seed": s,
@@ -157,7 +161,7 @@ def write_matryoshka(
     ]  # fmt: skip
     states = {"00000": 0.75, "10000": 0.2, "11110": 0.05}  # P(read-out | parent) = 0.2
     return _write(folder, "toy-matryoshka", {"matryoshka_vs_mu": pd.DataFrame(rows)},
-                  world={"states": states})  # fmt: skip
+                  world={"states": states}, **metrics)  # fmt: skip
 
 
 def write_absorption(folder: Path, errors: dict[tuple[float, int], float] | None = None) -> Path:

@@ -213,6 +213,25 @@ def test_balance_matryoshka(tmp_path):
     assert assessment.verdict is Verdict.FAILED
     theory = assessment.figure[assessment.figure.role == "theory"]
     assert np.allclose(theory.y, 0.2)  # P(read-out | parent) of the run's world
+    assert "balancing mu" not in assessment.numbers  # an older run: no theory mu recorded
+
+
+def test_balance_matryoshka_shows_theorys_mu_beside_the_measured_one(tmp_path):
+    run = write_matryoshka(
+        tmp_path / "a",
+        best_mu=0.75,
+        best_mu_interval_95=[0.25, 1.0],
+        theory_balancing_mu=0.2383,
+        theory_hedging_by_mu={"0.0": 0.004, "1.0": 0.08},
+        theory_absorption_by_mu={"0.0": 0.25, "1.0": 0.0},
+    )
+    assessment = _verdict("matryoshka_balance", run)
+    assert assessment.verdict is Verdict.HELD  # the verdict still reads the measurement only
+    assert "balancing mu: theory 0.238, measured best 0.75 (95% over seeds 0.25-1)" in (
+        assessment.numbers
+    )
+    exact = assessment.figure[assessment.figure.series == "absorption (exact optimum)"]
+    assert exact.x.tolist() == [0.0, 1.0] and exact.y.tolist() == [0.25, 0.0]
 
 
 def test_width2_absorbs(tmp_path):

@@ -167,6 +167,8 @@ def test_generalised_world_bad_values_are_one_line_and_status_2(capsys, args, ne
         ([], "give a state table (joint) or a scenario"),
         (["--joint", "00:1", "--scenario", "correlated"], "not both"),
         (["--scenario", "correlated", "--architecture", "gated"], "unknown architecture 'gated'"),
+        (["--scenario", "correlated", "--levels", "1"], "need architecture matryoshka"),
+        (["--scenario", "correlated", "--balance", "true"], "balance needs architecture"),
         (["--scenario", "correlated", "--architecture", "topk", "--k", "0"], "k must be"),
         (["--scenario", "correlated", "--k", "2"], "k = 2 applies to topk and batchtopk"),
         (["--scenario", "correlated", "--architecture", "topk", "--l1", "0.1"], "relu-l1 only"),
@@ -180,6 +182,27 @@ def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
     assert code == 2
     assert needle in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_matryoshka_optimum_and_balance(capsys):
+    """`derive --architecture matryoshka`: the exact optimum of the level loss, and with
+    --balance the mu where the inner latent's encoder turns from absorbing to hedging."""
+    args = ["--scenario", "hierarchical", "--width", "2", "--l1", "0.02"]
+    nested = ["--architecture", "matryoshka", "--levels", "1", "2", "--mu", "0.5"]
+    code, out, _ = _derive(capsys, *args, *nested, "--balance", "true", "--json")
+    assert code == 0
+    record = json.loads(out)
+    assert record["spec"]["levels"] == [1, 2] and record["spec"]["mu"] == 0.5
+    spec = SAESpec(2, 0.02, architecture="matryoshka", levels=(1, 2), mu=0.5)
+    from theory.features import scenario
+
+    assert record["expected_loss"] == pytest.approx(
+        global_optimum(scenario("hierarchical"), spec).loss
+    )
+    assert 0 < record["balance"]["mu"] < 0.5
+    assert abs(record["balance"]["read_out_at_mu"]["encoder"]) < 1e-4
+    code, out, _ = _derive(capsys, *args, *nested, "--balance", "true")
+    assert "balancing mu" in out
 
 
 @pytest.mark.parametrize(

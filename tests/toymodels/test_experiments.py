@@ -141,6 +141,50 @@ def test_matryoshka_runs_at_a_tiny_size(tmp_path):
     assert run["metrics"]["best_mu"] in (0.0, 1.0)
     low, high = run["metrics"]["best_mu_interval_95"]
     assert low == high == run["metrics"]["best_mu"]  # one seed: no spread
+    # theory beside the measurement: its balancing mu, its curve, and the per-level cosines
+    assert 0.2 < run["metrics"]["theory_balancing_mu"] < 0.3
+    by_mu = run["tables"]["theory_vs_measured_by_mu"].set_index("mu")
+    assert by_mu.loc[0.0, "absorption_theory"] > 0.1 > by_mu.loc[0.0, "hedging_theory"]
+    assert by_mu.loc[1.0, "hedging_theory"] > 0.05 and by_mu.loc[1.0, "absorption_theory"] == 0
+    assert {"error_measured", "error_theory"} <= set(by_mu.columns)
+    balance = run["tables"]["balance"].iloc[0]
+    assert balance.theory_balancing_mu == run["metrics"]["theory_balancing_mu"]
+    cosines = run["tables"]["cosines_by_level"]
+    assert len(cosines) == 2 * 4 * 5  # members x latents x features
+    assert set(cosines.level) == {1, 2} and (cosines[cosines.latent == 0].level == 1).all()
+    assert cosines[["decoder_cosine", "encoder_cosine"]].abs().max().max() <= 1 + 1e-6
+    inner = cosines[(cosines.latent == 0) & (cosines.mu == 1.0)].set_index("feature")
+    assert inner.decoder_cosine_theory[0] > 0.7  # theory's inner latent is the parent
+
+
+def test_trained_matryoshka_saes_land_on_the_exact_optimum_in_every_scenario(tmp_path):
+    """Must hold: width-2 ReLU-L1 matryoshka SAEs (levels [1, 2], per-level L1) trained on the
+    paper's four two-feature scenarios end at theory's exact matryoshka optimum."""
+    from theory.features import scenario
+    from theory.optimum import global_optimum
+    from theory.sae import SAESpec
+    from toymodels.experiments.scenarios import compare, train_saes
+
+    spec = SAESpec(2, 2e-2, architecture="matryoshka", levels=(1, 2), mu=0.5)
+    worlds = [scenario(name) for name in SCENARIOS]
+    fit = FitConfig(
+        restarts=4,
+        held_out_samples=8192,
+        train=TrainConfig(
+            samples=150_000,
+            batch_size=1024,
+            lr=1e-2,
+            decay_fraction=0.3,
+            device="cpu",
+            progress=False,
+        ),
+    )
+    trained = train_saes(worlds, [(w, 2e-2, 2) for w in range(len(worlds))], fit, spec).best
+    for name, world, params in zip(SCENARIOS, worlds, trained, strict=True):
+        optimum = global_optimum(world, spec)
+        result = compare(world, spec, params, optimum)
+        assert max(result["decoder_cosine_distance"]) < 0.02, (name, result)
+        assert abs(result["loss_gap"]) < 1e-3, (name, result)
 
 
 def test_best_mu_interval_from_seeds():

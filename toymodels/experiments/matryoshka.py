@@ -15,11 +15,17 @@ children, no noise, b_dec 0); 24,414 steps of 128 samples (the paper's 100M "tok
 4096, each step drawing one context of 128) at a constant lr 3e-4 with Adam betas (0, 0.999).
 Starting at the features makes the seeds of one mu identical (they share the batches), as in the
 paper, which trains one SAE per figure.
+
+Theory sits beside the measurement: theory.matryoshka's exact optimum of the same loss (the basin
+the paper's toy starts in) gives the hedging and absorption the measures should read at each mu,
+and its balancing mu (where the inner latent's encoder stops absorbing and starts hedging). The
+cosine of every latent's decoder and encoder with every true feature, per level (the paper's
+heatmaps), is one long table with theory's cosines beside the trained ones.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +34,10 @@ import torch
 
 from theory.config import require_choice, require_number, require_numbers, require_positive_int
 from theory.features import hierarchical
+from theory.matryoshka import balancing_mu, basin_optimum, read_out_components
 from theory.predictions import tracking_hedging_coefficient
-from toymodels.experiments.common import EmbeddedWorlds, one_torch_thread
+from theory.sae import SAESpec, unit_rows
+from toymodels.experiments.common import EmbeddedWorlds, match_latents, one_torch_thread
 from toymodels.hedging import PROTOCOLS, paper_train
 from toymodels.runs import Run
 from toymodels.sae import make_sae
@@ -38,6 +46,7 @@ from toymodels.train import TrainConfig, train
 MU_VALUES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 P_PARENT, P_READ_OUT, P_HIDDEN = 0.25, 0.15, 0.55
 READ_OUT = (1, 2, 3)  # feature indices of the read-out children; 4 is the hidden child
+LEVELS = (1, 4)
 PAPER_STEPS, PAPER_BATCH, PAPER_LR = 24_414, 128, 3e-4
 
 
@@ -89,7 +98,7 @@ def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
         d_in=config.d_in,
         n_latents=4,
         n_members=len(members),
-        levels=[1, 4],
+        levels=list(LEVELS),
         mu=[mu for _, mu in members],
         l1=config.l1,
         decoder_init_norm=1.0,
@@ -109,6 +118,8 @@ def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
     with torch.no_grad():
         decoder_MFN = sae.W_dec @ data.directions_ND.T
         encoder_MFN = sae.W_enc.transpose(1, 2) @ data.directions_ND.T
+        # cosines with the features: decoder rows are unit after folding, encoder columns not
+        encoder_cosine_MFN = encoder_MFN / sae.W_enc.norm(dim=1).clamp(min=1e-12)[..., None]
     rows = []
     for m, (replicate, mu) in enumerate(members):
         # The parent's latent: the inner level's one when mu > 0 works; at mu = 0 any latent.
@@ -133,22 +144,121 @@ def run_matryoshka(config: ToyMatryoshkaConfig, out: str | Path) -> Run:
     table = pd.DataFrame(rows)
     table["error"] = table.hedging + table.absorption
     run.write_table("matryoshka_vs_mu", table)
+    spec = theory_spec(config.l1, paper)
+    optima = {
+        mu: basin_optimum(world, replace(spec, mu=mu), 0, READ_OUT) for mu in config.mu_values
+    }
+    cosines = cosine_table(members, decoder_MFN, encoder_cosine_MFN, optima)
+    run.write_table("cosines_by_level", cosines)
     by_mu = table.groupby("mu")[["hedging", "absorption", "error"]].mean()
+    theory = theory_table(optima)
+    by_mu_table = by_mu.add_suffix("_measured").join(theory.set_index("mu")).reset_index()
+    run.write_table("theory_vs_measured_by_mu", by_mu_table)
+    balance = balancing_mu(world, spec, 0, READ_OUT, bracket=THEORY_BRACKET, xtol=1e-4)
     low, high = best_mu_interval(table, seed=seed)
+    best_mu = float(by_mu.error.idxmin())
+    run.write_table(
+        "balance",
+        pd.DataFrame(
+            [
+                {
+                    "measured_best_mu": best_mu,
+                    "measured_low_95": low,
+                    "measured_high_95": high,
+                    "theory_balancing_mu": balance.mu,
+                    "theory_best_mu_on_grid": float(theory.mu[theory.error_theory.idxmin()]),
+                }
+            ]
+        ),
+    )
     run.write_metrics(
         {
-            "best_mu": float(by_mu.error.idxmin()),
+            "best_mu": best_mu,
             "best_mu_interval_95": [low, high],
+            "theory_balancing_mu": balance.mu,
+            "theory_best_mu_on_grid": float(theory.mu[theory.error_theory.idxmin()]),
+            "theory_hedging_by_mu": dict(zip(theory.mu, theory.hedging_theory, strict=True)),
+            "theory_absorption_by_mu": dict(zip(theory.mu, theory.absorption_theory, strict=True)),
             "world": world.describe(),
             "hedging_by_mu": by_mu.hedging.to_dict(),
             "absorption_by_mu": by_mu.absorption.to_dict(),
             "formulas": {
                 "tracking_hedging_coefficient": tracking_hedging_coefficient(False).latex,
                 "level_weights": r"\beta_j = \mu^{\,n-j}",
+                "balancing_mu": r"\bar{W}_{\mathrm{enc}}[0, \mathrm{read\,out}](\mu) = 0",
             },
         }
     )
     return run
+
+
+THEORY_BRACKET = (0.0, 1.0)  # where theory looks for the balancing mu
+
+
+def theory_spec(l1: float, level_sparsity: bool) -> SAESpec:
+    """The toy's SAE as theory sees it (mu is set per point)."""
+    return SAESpec(
+        len(READ_OUT) + 1,
+        float(l1),
+        architecture="matryoshka",
+        levels=LEVELS,
+        level_sparsity=level_sparsity,
+    )
+
+
+def theory_table(optima: dict[float, object]) -> pd.DataFrame:
+    """Theory's read-out measures of the inner latent at each mu (the basin's exact optimum)."""
+    rows = []
+    for mu, optimum in optima.items():
+        components = read_out_components(optimum.params, READ_OUT)
+        rows.append(
+            {
+                "mu": float(mu),
+                "hedging_theory": components.hedging,
+                "absorption_theory": components.absorption,
+                "error_theory": components.hedging + components.absorption,
+                "decoder_read_out_theory": components.decoder,
+                "encoder_read_out_theory": components.encoder,
+                "loss_theory": optimum.loss,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def cosine_table(
+    members: list[tuple[int, float]],
+    decoder_MFN: torch.Tensor,
+    encoder_MFN: torch.Tensor,
+    optima: dict[float, object],
+) -> pd.DataFrame:
+    """Cosine of each latent's decoder and encoder with each true feature (the paper's heatmaps;
+    inputs are cosines already), per member, with the level the latent joins and theory's
+    cosines for the same mu beside them. The inner latent is theory's inner latent; the outer
+    ones, interchangeable, are matched to theory's by their decoders."""
+    rows = []
+    for m, (replicate, mu) in enumerate(members):
+        theory = optima[mu].params
+        theory_dec, theory_enc = unit_rows(theory.decoder), unit_rows(theory.encoder)
+        decoder_FN, encoder_FN = decoder_MFN[m].double().numpy(), encoder_MFN[m].double().numpy()
+        outer = 1 + match_latents(decoder_FN[1:], theory_dec[1:])
+        for latent, trained in enumerate([0, *outer]):
+            level = 1 + int(np.searchsorted(LEVELS, latent, side="right"))
+            for feature in range(decoder_FN.shape[1]):
+                rows.append(
+                    {
+                        "mu": mu,
+                        "seed": replicate,
+                        "level": level,
+                        "latent": latent,
+                        "trained_latent": int(trained),
+                        "feature": feature,
+                        "decoder_cosine": float(decoder_FN[trained, feature]),
+                        "encoder_cosine": float(encoder_FN[trained, feature]),
+                        "decoder_cosine_theory": float(theory_dec[latent, feature]),
+                        "encoder_cosine_theory": float(theory_enc[latent, feature]),
+                    }
+                )
+    return pd.DataFrame(rows)
 
 
 def best_mu_interval(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -89,8 +90,8 @@ def train_saes(
 ) -> Fits:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
     restart (lowest held-out loss) and all restarts. `spec` gives the variant (architecture
-    with its k or l0, tied, decoder bias); its width and l1 are the configs' (l1 is 0 for every
-    architecture but relu-l1)."""
+    with its k, l0 or matryoshka levels and mu, tied, decoder bias); its width and l1 are the
+    configs' (l1 is 0 for every architecture but relu-l1 and matryoshka)."""
     spec = spec or SAESpec()
     members = [c for _ in range(fit.restarts) for c in configs]
     seed = fit.train.seed
@@ -130,6 +131,14 @@ def _sparsity(spec: SAESpec, l1_per_member: list[float]) -> dict:
     """The toy SAE config's sparsity hyperparameters for `spec`'s architecture."""
     if spec.architecture == "relu-l1":
         return {"l1": l1_per_member}
+    if spec.architecture == "matryoshka":  # the toolkit's matryoshka SAE on ReLU-L1 latents
+        return {
+            "l1": l1_per_member,
+            "inner": "relu-l1",
+            "levels": list(spec.levels or (spec.width,)),
+            "mu": spec.mu,
+            "level_sparsity": spec.level_sparsity,
+        }
     if any(l1_per_member):
         raise ValueError(f"l1 applies to relu-l1 only; {spec.architecture} has none")
     if spec.architecture == "jumprelu":
@@ -138,10 +147,19 @@ def _sparsity(spec: SAESpec, l1_per_member: list[float]) -> dict:
 
 
 def compare(world: FeatureModel, spec: SAESpec, trained: SAEParams, optimum: Optimum) -> dict:
-    """Trained (folded, latents matched to the optimum's) against theory's optimum, the loss
-    by `spec`'s architecture."""
+    """Trained (folded, latents matched to the optimum's, within their levels for a matryoshka
+    spec) against theory's optimum, the loss by `spec`'s architecture."""
     folded = trained.folded()
-    order = match_latents(folded.decoder, optimum.params.decoder)
+    # latents of one level are interchangeable, of different levels not
+    group_K = spec.loss_levels().prefix_JK.sum(0)
+    order = np.concatenate(
+        [
+            np.flatnonzero(group_K == g)[
+                match_latents(folded.decoder[group_K == g], optimum.params.decoder[group_K == g])
+            ]
+            for g in sorted(set(group_K), reverse=True)
+        ]
+    )
     matched = SAEParams(
         folded.encoder[order],
         folded.encoder_bias[order],
