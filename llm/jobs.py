@@ -143,8 +143,6 @@ def run_extract(config: ExtractConfig, out: str | Path) -> Run | RunView:
         )
         corpus = load_corpus(config.corpus)
         run = Run(out, config, kind="llm-extract") if me.is_main else None
-        if run is not None:
-            run.record_provenance(world_size=me.world_size)
         distributed.barrier()  # rank 0 has made the folder
         cache_dir = Path(out) / "activations"
         start = time.perf_counter()
@@ -192,7 +190,6 @@ def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) ->
         run = None
         if me.is_main:
             run = Run(out, config, seeds={"sae_init": seed, "training": seed}, kind="llm-train")
-            run.record_provenance(world_size=me.world_size)
             if restart:
                 discard_checkpoint(run.folder / "checkpoint.pt")
             record_cache(run, split.cache_dir, split.manifest)

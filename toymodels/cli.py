@@ -87,10 +87,21 @@ def train_command(args: argparse.Namespace) -> int:
 
 def _experiment_command(job: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
+        """Run the job; under torchrun every rank trains its share of each batch in one process
+        group held for the whole job, and rank 0 alone writes the run and prints it."""
         import importlib
 
+        from toymodels import distributed
+        from toymodels.resources import resolve_device
+
         module, function = job.split(":")
-        run = getattr(importlib.import_module(module), function)(args.config, args.out)
+        train = args.config.fit.train if hasattr(args.config, "fit") else args.config.train
+        device = distributed.local_device(resolve_device(train.device))
+        with distributed.session(device) as me:
+            run = getattr(importlib.import_module(module), function)(args.config, args.out)
+            distributed.barrier()  # the other ranks return once rank 0 has written the run
+        if not me.is_main:
+            return 0
         metrics = json.loads((run.folder / "metrics.json").read_text())
         summary = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         print(f"wrote {run.folder}: " + ", ".join(f"{k} = {v:.4g}" for k, v in summary.items()))

@@ -4,7 +4,9 @@ A run is a folder holding config.json, metrics.json, tables (CSV), checkpoints a
 (package versions, git commit, seeds, data hashes, command line). Every file is written atomically
 (temporary file then rename), so an interrupted job never leaves a half-written record; the
 temporaries a killed job leaves behind are removed by the next writer. One writer at a time:
-`RunLock` holds an OS lock on the folder, which the OS releases when the holder dies.
+`RunLock` holds an OS lock on the folder, which the OS releases when the holder dies. Under
+torchrun only rank 0 writes: on the other ranks a Run computes nothing different but writes
+nothing (its paths are the same), so a job's code is the same at any world size.
 """
 
 from __future__ import annotations
@@ -255,10 +257,16 @@ class Run:
         seeds: Mapping[str, int] | None = None,
         kind: str = "experiment",
     ) -> None:
+        from toymodels.distributed import world  # imports torch: only when a run is made
+
         self.folder = Path(folder)
         check_run_folder(self.folder, config)  # before anything in the folder changes
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock: RunLock | None = RunLock(self.folder).acquire()
+        me = world()
+        self.writes = me.is_main
+        self._lock: RunLock | None = None
+        if self.writes:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.folder).acquire()
         self.config = config
         self.manifest: dict[str, Any] = {
             "kind": kind,
@@ -269,12 +277,14 @@ class Run:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "packages": package_versions(),
+            "world_size": me.world_size,
             "seeds": dict(seeds or {}),
             "data_hashes": {},
             "files": {},
             "artefacts": {},
         }
-        atomic_write_json(self.folder / "config.json", _plain(config))
+        if self.writes:
+            atomic_write_json(self.folder / "config.json", _plain(config))
         self._write_manifest()
 
     def close(self) -> None:
@@ -318,15 +328,17 @@ class Run:
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.folder / name
-        atomic_write_json(path, obj)
-        self._record_file(path)
+        if self.writes:
+            atomic_write_json(path, obj)
+            self._record_file(path)
         return path
 
     def write_table(self, name: str, table: pd.DataFrame) -> Path:
         """A tidy table as CSV under tables/."""
         path = self.folder / "tables" / f"{name}.csv"
-        atomic_write_bytes(path, table.to_csv(index=False).encode())
-        self._record_file(path)
+        if self.writes:
+            atomic_write_bytes(path, table.to_csv(index=False).encode())
+            self._record_file(path)
         return path
 
     def path(self, *parts: str) -> Path:
@@ -340,11 +352,13 @@ class Run:
         self._record_file(Path(path))
 
     def _record_file(self, path: Path) -> None:
-        self.manifest["files"][str(path.relative_to(self.folder))] = sha256_file(path)
-        self._write_manifest()
+        if self.writes:
+            self.manifest["files"][str(path.relative_to(self.folder))] = sha256_file(path)
+            self._write_manifest()
 
     def _write_manifest(self) -> None:
-        atomic_write_json(self.folder / "manifest.json", self.manifest)
+        if self.writes:
+            atomic_write_json(self.folder / "manifest.json", self.manifest)
 
 
 class RunView:

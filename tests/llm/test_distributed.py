@@ -2,11 +2,7 @@
 one process makes with the same flags, and rank 0 alone writes each run."""
 
 import json
-import os
 import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +11,7 @@ from safetensors.torch import load_file
 
 from reports.cli import main
 from tests.llm.tiny_models import save_tiny_model, write_text_corpus
-
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+from tests.torchrun import TORCHRUN, torchrun
 
 
 def train_flags(cache: Path, out: Path) -> list[str]:
@@ -42,27 +37,6 @@ def train_flags(cache: Path, out: Path) -> list[str]:
         "--out",
         str(out),
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(argv: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
-    command = [
-        str(TORCHRUN),
-        "--nproc-per-node=2",
-        f"--master-port={free_port()}",
-        "-m",
-        "reports.cli",
-        *argv,
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
 
 
 def extract_flags(model: Path, text: Path, out: Path) -> list[str]:

@@ -1,14 +1,17 @@
 """Data-parallel training (gloo, 2 CPU processes) equals one process on the same global batch,
-and its checkpoints resume at any world size."""
+its checkpoints resume at any world size, and the toy experiments run under torchrun."""
 
+import json
 import os
-import socket
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from reports.cli import main
+from tests.torchrun import TORCHRUN, free_port, torchrun
 from toymodels import distributed
 from toymodels.sae import make_sae
 from toymodels.train import TrainConfig, train
@@ -91,12 +94,6 @@ def _rank_main(rank, world_size, port, jobs, folder):
             torch.save({"state": sae.state_dict(), "log": log}, Path(folder) / job / f"{rank}.pt")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(jobs, folder, world_size=2):
     """Run each (job, SAE, crash_at) in folder/<job> with world_size processes (one spawn for
     all: starting processes is the slow part); per finished job, what each rank ended with."""
@@ -163,3 +160,47 @@ def test_a_killed_two_process_run_resumes_in_one_and_vice_versa(two_processes):
     resumed, _ = run_training("topk", folder / "killed" / "checkpoint.pt", None)
     assert_same_state(resumed.state_dict(), uninterrupted.state_dict())
     assert_same_state(results["finished_by_two"][0]["state"], uninterrupted.state_dict())
+
+
+SCENARIOS = [
+    "toy",
+    "scenarios",
+    "--scenarios",
+    "correlated",
+    "hierarchical",
+    "--l1-values",
+    "0.01",
+    "--widths",
+    "1",
+    "--restarts",
+    "2",
+    "--d-in",
+    "8",
+    "--samples",
+    "32768",
+    "--batch-size",
+    "512",
+    "--held-out-samples",
+    "2048",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="no torchrun next to python")
+def test_a_toy_experiment_under_torchrun_equals_one_process(tmp_path):
+    """Every training of the job runs data-parallel in one process group; rank 0 alone writes
+    the run (world_size in its manifest) and prints it. Measured: the tables agree to about
+    1e-7 (float32 half-batch sums over 64 steps per restart)."""
+    assert main([*SCENARIOS, "--out", str(tmp_path / "one")]) == 0
+    result = torchrun([*SCENARIOS, "--out", str(tmp_path / "two")])
+    assert result.stdout.count("wrote ") == 1  # rank 0 only
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    manifests = [json.loads((run / "manifest.json").read_text()) for run in (one, two)]
+    assert [m["world_size"] for m in manifests] == [1, 2]
+    assert manifests[0]["files"].keys() == manifests[1]["files"].keys()
+    for name in ("losses", "components", "restarts"):
+        want = pd.read_csv(one / "tables" / f"{name}.csv")
+        got = pd.read_csv(two / "tables" / f"{name}.csv")
+        pd.testing.assert_frame_equal(got, want, rtol=1e-5, atol=1e-6)

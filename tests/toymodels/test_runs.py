@@ -1,16 +1,19 @@
 """Run folders you can trust: atomic files with the umask's permissions, stale temporaries
 removed, one writer at a time (checked with real processes)."""
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from toymodels.runs import (
     LOCK_OWNER_FILE,
+    Run,
     RunLock,
     atomic_write,
     atomic_write_bytes,
@@ -168,3 +171,21 @@ def test_taking_the_lock_removes_stale_temporaries(tmp_path):
     stale.write_bytes(b"half")
     with RunLock(tmp_path):
         assert not stale.exists()
+
+
+def test_under_torchrun_only_rank_zero_writes_the_run(tmp_path, monkeypatch):
+    """Rank 1 computes the same run but writes nothing and takes no lock; rank 0 writes it and
+    records the world size."""
+    table = pd.DataFrame({"a": [1, 2]})
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    follower = Run(tmp_path / "run", {"x": 1})
+    assert follower.write_table("t", table) == tmp_path / "run" / "tables" / "t.csv"
+    follower.write_metrics({"m": 1.0})
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv("RANK", "0")
+    with Run(tmp_path / "run", {"x": 1}) as writer:
+        writer.write_table("t", table)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and list(manifest["files"]) == ["tables/t.csv"]
+    follower.close()
