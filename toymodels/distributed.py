@@ -144,16 +144,44 @@ def whole_batch_firing(global_rows: int) -> Callable[[Tensor, int], tuple[Tensor
     return firing
 
 
-def average_changed_buffers(buffers: list[Tensor]) -> None:
-    """Floating buffers that differ between ranks (running thresholds fitted on local rows)
-    become their mean; ones equal everywhere stay bit-identical."""
-    if not is_distributed() or not buffers:
-        return
-    flat = torch.cat([b.reshape(-1).double() for b in buffers])
-    low, high, total = flat.clone(), flat.clone(), flat.clone()
-    dist.all_reduce(low, op=dist.ReduceOp.MIN)
-    dist.all_reduce(high, op=dist.ReduceOp.MAX)
-    dist.all_reduce(total)
-    merged = torch.where(low == high, flat, total / dist.get_world_size())
-    for buffer, part in zip(buffers, merged.split([b.numel() for b in buffers]), strict=True):
-        buffer.copy_(part.view_as(buffer).to(buffer.dtype))
+def whole_batch_keep(global_rows: int) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """For BatchTopKSAE.batch_keep: per member m, which of this rank's scores (M, B, F) the whole
+    global batch keeps under its budget of k_m x global_rows, and the smallest positive kept
+    score (inf if none), the same on every rank.
+
+    Each rank sends its top `length` scores per member (-inf padded to one length for the
+    all-gather): every score at or above the budget's cutoff is among them, since no rank holds
+    more than the budget above it, and so are all positive scores when fewer than the budget
+    are. Scores tied at the cutoff (identical rows give identical scores) are kept in rank
+    order, so exactly the budget is kept, as in one process."""
+    size, rank = dist.get_world_size(), dist.get_rank()
+    rows_per_rank = -(-global_rows // size)
+
+    def keep(scores_MBF: Tensor, k_M: Tensor) -> tuple[Tensor, Tensor]:
+        M, B, F = scores_MBF.shape
+        scores_MN = scores_MBF.reshape(M, B * F)
+        budget_M = k_M.to(scores_MN.device) * global_rows
+        length = min(int(budget_M.max()), rows_per_rank * F)
+        local_ML = scores_MN.topk(min(length, B * F), dim=-1).values
+        local_ML = torch.nn.functional.pad(
+            local_ML, (0, length - local_ML.shape[-1]), value=-torch.inf
+        )
+        ranked_MN = torch.cat(all_gather(local_ML), dim=-1).sort(dim=-1, descending=True).values
+        cutoff_M = ranked_MN.gather(-1, (budget_M - 1)[:, None])
+        tied_MN = scores_MN == cutoff_M
+        ties_M = tied_MN.sum(-1)
+        before_M = torch.stack(all_gather(ties_M))[:rank].sum(0)
+        room_M = budget_M - (ranked_MN > cutoff_M).sum(-1) - before_M
+        take_MN = tied_MN & (tied_MN.cumsum(-1) <= room_M[:, None])
+        kept_MN = (ranked_MN >= cutoff_M) & (ranked_MN > 0)
+        smallest_M = torch.where(kept_MN, ranked_MN, torch.inf).min(dim=-1).values
+        return ((scores_MN > cutoff_M) | take_MN).view(M, B, F), smallest_M
+
+    return keep
+
+
+def all_gather(tensor: Tensor) -> list[Tensor]:
+    """Every rank's tensor of one shape, in rank order."""
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return parts

@@ -162,7 +162,7 @@ def train(
         try:
             return _train(sae, data, config, device, checkpoint_path)
         finally:
-            sae.batch_firing = None  # the process group it reduces over closes here
+            sae.split_batches(None)  # the process group it reduces over closes here
 
 
 def _train(
@@ -193,8 +193,7 @@ def _train(
     if parallel:
         distributed.broadcast_state(sae)
         distributed.barrier()  # rank 0 may have just discarded the checkpoint
-        float_buffers = [b for b in sae.buffers() if b.is_floating_point()]
-        sae.batch_firing = distributed.whole_batch_firing(batch_size)
+        sae.split_batches(batch_size)
     dtype = sae.W_dec.dtype  # batches are cast to the SAE's precision
     # bf16 autocast runs the matmuls of the forward in bfloat16; autograd takes each gradient
     # back to its parameter's dtype, so Adam updates fp32 master weights.
@@ -238,7 +237,6 @@ def _train(
             rows = batch.shape[-2]
             distributed.all_reduce_gradients(sae, rows, batch_size)
             distributed.weighted_sum(parts, rows, batch_size)
-            distributed.average_changed_buffers(float_buffers)
         optimizer.step()
         step += 1
         sums = parts if sums is None else sums + parts

@@ -56,6 +56,8 @@ SAES = {
     # latents die within the run, so the aux-k loss and the dead-latent counters are exercised
     "topk-aux": ("topk", {"k": 1, "dead_after_samples": 64}),
     "relu-l1": ("relu-l1", {"l1": [0.01, 0.05], "n_members": 2}),
+    # the k*B budget is the global batch's; two members with different k
+    "batchtopk": ("batchtopk", {"k": [1, 3], "n_members": 2, "dead_after_samples": 64}),
 }
 
 

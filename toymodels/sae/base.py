@@ -177,7 +177,7 @@ class SAE(nn.Module):
         # (TrainConfig.l1_warmup_steps) and back to 1 when training ends.
         self.sparsity_scale = 1.0
         # Turns one process's (fired (M, F), rows) into the whole batch's when several processes
-        # each hold part of it; the data-parallel trainer sets it and back to None at the end.
+        # each hold part of it (split_batches).
         self.batch_firing: Callable[[Tensor, int], tuple[Tensor, int]] | None = None
         self._mask_changed()
         self.register_load_state_dict_post_hook(lambda module, _: module._mask_changed())
@@ -301,6 +301,17 @@ class SAE(nn.Module):
     def decoder_norms(self) -> Tensor:
         """||W_dec[m, i]||: (M, F)."""
         return self.W_dec.norm(dim=-1)
+
+    def split_batches(self, global_rows: int | None) -> None:
+        """Data-parallel training (toymodels.distributed) from now on: this process holds its
+        share of every global batch of `global_rows`, and decisions over the batch (which
+        latents fired, for the dead-latent counters) are taken over the whole of it; None ends
+        it (the process group closes)."""
+        from toymodels import distributed
+
+        self.batch_firing = (
+            None if global_rows is None else distributed.whole_batch_firing(global_rows)
+        )
 
     def record_firing(self, fired_MF: Tensor, rows: int) -> None:
         """Advance the dead-latent counters past a batch of `rows` samples in which the latents

@@ -7,10 +7,16 @@ t, i.e. when pre_i > t / ||W_dec[i]|| (inference_threshold), which makes the SAE
 function. With rank_by = "activation" (the hedging paper's) both the ranking and t are in units of
 the raw activation h_i, and a latent fires at inference when pre_i > t; folding decoder norms then
 changes which latents fire (as in the paper's code, whose files keep t after folding).
+
+Data-parallel (split_batches), the k*B budget is the global batch's: every process keeps its
+scores above the global batch's (k*B)-th largest, found from every process's top scores, and its
+share of the ties at it (toymodels.distributed.whole_batch_keep), so the processes keep what one
+process would and track the same t.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +53,15 @@ class BatchTopKSAE(TopKSAE):
         # The running threshold t on ranking scores (contributions h_i ||W_dec[i]||, or h_i with
         # rank_by = "activation"), one per member.
         self.register_buffer("contribution_threshold", torch.zeros(config.n_members))
+        # While batches are split across processes: which of this process's scores (M, B, F)
+        # the global batch keeps under k (M,), and the smallest positive kept score per member.
+        self.batch_keep: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None
+
+    def split_batches(self, global_rows: int | None) -> None:
+        from toymodels import distributed
+
+        super().split_batches(global_rows)
+        self.batch_keep = None if global_rows is None else distributed.whole_batch_keep(global_rows)
 
     def inference_threshold(self) -> Tensor:
         weights_MF = self.ranking_weights()
@@ -60,10 +75,15 @@ class BatchTopKSAE(TopKSAE):
         threshold_M = self.contribution_threshold
         if not self.training:
             return pre_MBF.relu() * (scores > threshold_M[:, None, None])
-        keep = keep_top(scores.reshape(M, B * F), self.k * B, self._k_max * B).view(M, B, F)
+        if self.batch_keep is None:
+            keep = keep_top(scores.reshape(M, B * F), self.k * B, self._k_max * B).view(M, B, F)
+            with torch.no_grad():
+                kept = torch.where((keep > 0) & (scores > 0), scores, torch.inf).flatten(1)
+                smallest = kept.min(dim=-1).values
+        else:
+            kept, smallest = self.batch_keep(scores, self.k)
+            keep = kept.to(scores.dtype)
         with torch.no_grad():
-            kept = torch.where((keep > 0) & (scores > 0), scores, torch.inf).flatten(1)
-            smallest = kept.min(dim=-1).values
             lr = self.config.threshold_lr
             updated = (1 - lr) * threshold_M + lr * smallest
             threshold_M.copy_(torch.where(torch.isfinite(smallest), updated, threshold_M))
