@@ -97,9 +97,8 @@ def _experiment_command(job: str) -> Callable[[argparse.Namespace], int]:
         module, function = job.split(":")
         train = args.config.fit.train if hasattr(args.config, "fit") else args.config.train
         device = distributed.local_device(resolve_device(train.device))
-        with distributed.session(device) as me:
+        with distributed.job(device) as me:
             run = getattr(importlib.import_module(module), function)(args.config, args.out)
-            distributed.barrier()  # the other ranks return once rank 0 has written the run
         if not me.is_main:
             return 0
         metrics = json.loads((run.folder / "metrics.json").read_text())

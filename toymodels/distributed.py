@@ -80,6 +80,15 @@ def session(device: torch.device | str = "cpu") -> Iterator[World]:
             dist.destroy_process_group()
 
 
+@contextmanager
+def job(device: torch.device | str = "cpu") -> Iterator[World]:
+    """A whole job under torchrun: one process group for all its trainings, and every rank
+    waits at the end until rank 0 has written the run."""
+    with session(device) as me:
+        yield me
+        barrier()
+
+
 def barrier() -> None:
     """Wait for every rank (nothing without a process group)."""
     if is_distributed():

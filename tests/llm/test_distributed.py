@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -129,3 +130,21 @@ def test_llm_train_under_torchrun_equals_one_process(extracted, tmp_path):
     resumed = load_file(tmp_path / "resumed" / "sae" / "sae_weights.safetensors")
     for name in two:
         assert torch.equal(resumed[name], two[name]), name
+
+
+def test_llm_hedging_under_torchrun_equals_one_process(extracted, tmp_path):
+    """Both architectures' stacks and the protocol's stages train data-parallel in one process
+    group; rank 0 alone writes the run and prints it."""
+    _, cache, _ = extracted
+    flags = ["llm", "hedging", "--cache", str(cache), "--widths", "8", "16", "--n-new", "4"]
+    flags += ["--samples", "640", "--batch-size", "64", "--k", "3", "--l1", "0.5"]
+    flags += ["--held-out-tokens", "500", "--device", "cpu", "--out"]
+    assert main([*flags, str(tmp_path / "one")]) == 0
+    result = torchrun([*flags, str(tmp_path / "two")])
+    assert result.stdout.count("hedging tables in") == 1
+    one, two = (
+        pd.read_csv(tmp_path / name / "tables" / "hedging_vs_width.csv") for name in ("one", "two")
+    )
+    pd.testing.assert_frame_equal(two, one, rtol=1e-4, atol=1e-6)
+    manifests = [json.loads((tmp_path / n / "manifest.json").read_text()) for n in ("one", "two")]
+    assert [m["world_size"] for m in manifests] == [1, 2]
