@@ -283,17 +283,20 @@ def _llm_stages(config: PipelineConfig, out: Path) -> list[Stage]:
             LLMHedgingConfig(
                 cache=cache, widths=(128, 256, 512),
                 n_new=32, seeds=3 if study else 1,
-                train=batches(50_000 if study else tokens // 2, 1024 if study else 512),
+                train=batches(100_000 if study else tokens // 2, 1024 if study else 512),
             ),
             run_llm_hedging,
         ),
-        # First-letter absorption of TopK SAEs of two widths x two k on the same cache: the
-        # study trains each on one pass over its tokens and samples 16,384 words (11.7% of
-        # Gemma 3's alphabetic vocabulary), the demo a quarter of both.
+        # First-letter absorption of TopK SAEs of widths x k on the same cache: the study
+        # trains three widths x three k (three levels per trend), each on one pass over its
+        # tokens, and samples 16,384 words (11.7% of Gemma 3's alphabetic vocabulary); the demo
+        # two x two on a quarter of both.
         Stage(
             "llm-absorption",
             AbsorptionSweepConfig(
-                cache=cache, widths=(1024, 4096) if study else (256, 1024), ks=(8, 32),
+                cache=cache,
+                widths=(1024, 2048, 4096) if study else (256, 1024),
+                ks=(8, 16, 32) if study else (8, 32),
                 train=batches(tokens, 1024 if study else 512),
                 n_words=16_384 if study else 4_096, n_icl_check=256 if study else 64,
             ),
