@@ -745,7 +745,9 @@ def _direction_starts(
     mean, the normal of a separating threshold for its states (a tied latent's encoder must
     separate them, so its direction cannot be just any of the others), halfway between that
     normal and the principal direction, the first tilted by 1e-4 toward the normal, the nearest
-    feature directions to the first three, and one random draw."""
+    feature directions to the first three, per latent the first with that latent's row
+    replaced by the principal direction of what the others' rows leave of its states, and one
+    random draw."""
     X, p = world.states, world.probabilities
     k, n = len(active), X.shape[1]
     fallback = np.ones(n) / np.sqrt(n)
@@ -770,6 +772,16 @@ def _direction_starts(
     # (the loss falls toward a direction where a state it must leave out ties with one it
     # fires on): start a hair's breadth on the separating side of the principal direction
     families.append(_unit_rows(families[0] + 1e-4 * normals, k, n))
+    # one latent on what the other latents' principal directions leave of its states, the
+    # others principal: a child latent beside a parent's takes the child's own direction (the
+    # principal one of a state holding both features leans to the parent, and so does its
+    # nearest feature direction)
+    for i, a in enumerate(on):
+        others = scipy.linalg.orth(np.delete(families[0], i, axis=0).T)
+        X_left = X - (X @ others) @ others.T
+        rows = families[0].copy()
+        rows[i] = _top_direction((X_left * (p * a)[:, None]).T @ X_left, rows[i])
+        families.append(rows)
     families.append(_unit_rows(rng.normal(size=(k, n)), k, n))
     return families
 
