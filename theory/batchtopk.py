@@ -47,8 +47,9 @@ from theory.optimum import (
     _fit_residuals,
     _region_bound,
     _regions,
+    firing_rows,
     global_optimum,
-    separable_sets,
+    separable_masks,
 )
 from theory.sae import SAEParams, SAESpec
 
@@ -124,10 +125,7 @@ def batchtopk_optimum(
 
 
 def _with_threshold(params: SAEParams, t: float) -> SAEParams:
-    k = len(params.encoder_bias)
-    return SAEParams(
-        params.encoder, params.encoder_bias, params.decoder, params.decoder_bias, np.full(k, t)
-    )
+    return dataclasses.replace(params, threshold=np.full(len(params.encoder_bias), t))
 
 
 def _finish(world: NumericFeatureModel, params: SAEParams, region: GatedRegion) -> SAEParams:
@@ -150,13 +148,12 @@ def _batchtopk_regions(
     p = world.probabilities
     k = spec.k
     residual_MD = _fit_residuals(world, spec.decoder_bias)
-    sets = [0] + [sum(1 << s for s, on in enumerate(mask) if on) for mask in separable_sets(world)]
-    masks = np.array(sets, dtype=np.int64)
+    masks = separable_masks(world)
     full = 2**S - 1
     regions = []
     for chosen in _regions(residual_MD, masks, spec.width, full, to_beat):
         chosen_masks = list(masks[list(chosen)])
-        active = ((np.array(chosen_masks)[:, None] >> np.arange(S)) & 1).astype(float)
+        active = firing_rows(chosen_masks, S)
         mass = float((active @ p).sum())
         bound = float(_region_bound(residual_MD, chosen_masks, 0, full))
         if mass <= k + MASS_TOL:

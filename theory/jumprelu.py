@@ -23,6 +23,8 @@ theory.optimum plus the region's penalty prunes the regions.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from theory.features import FeatureModel, NumericFeatureModel
@@ -34,7 +36,14 @@ from theory.gated import (
     silent_params,
     single_constraint,
 )
-from theory.optimum import Optimum, _fit_residuals, _region_bound, _regions, separable_sets
+from theory.optimum import (
+    Optimum,
+    _fit_residuals,
+    _region_bound,
+    _regions,
+    firing_rows,
+    separable_masks,
+)
 from theory.sae import SAEParams, SAESpec
 
 
@@ -77,12 +86,11 @@ def jumprelu_regions(
     `to_beat`."""
     S = len(world.states)
     residual_MD = _fit_residuals(world, spec.decoder_bias)
-    sets = [0] + [sum(1 << s for s, on in enumerate(mask) if on) for mask in separable_sets(world)]
-    masks = np.array(sets, dtype=np.int64)
+    masks = separable_masks(world)
     full = 2**S - 1
     regions = []
     for chosen in _regions(residual_MD, masks, spec.width, full, to_beat):
-        active = ((masks[list(chosen)][:, None] >> np.arange(S)) & 1).astype(float)
+        active = firing_rows(masks[list(chosen)], S)
         penalty = l0 * float((active @ world.probabilities).sum())
         bound = float(_region_bound(residual_MD, list(masks[list(chosen)]), 0, full)) + penalty
         if bound < to_beat:
@@ -114,7 +122,4 @@ def _with_thresholds(
     pre_SK = pre_activations(world, params)
     silent_SK = np.ones_like(pre_SK, dtype=bool) if active is None else active.T == 0
     highest = np.where(silent_SK, pre_SK, -np.inf).max(0)
-    threshold = np.maximum(highest, 0.0)
-    return SAEParams(
-        params.encoder, params.encoder_bias, params.decoder, params.decoder_bias, threshold
-    )
+    return dataclasses.replace(params, threshold=np.maximum(highest, 0.0))

@@ -145,6 +145,17 @@ def separable_sets(world: NumericFeatureModel) -> tuple[tuple[bool, ...], ...]:
     return _separable_sets(states.tobytes(), *states.shape)
 
 
+def separable_masks(world: NumericFeatureModel) -> np.ndarray:
+    """`separable_sets` as bit masks (bit s: state s), the empty set first."""
+    sets = [sum(1 << s for s, on in enumerate(mask) if on) for mask in separable_sets(world)]
+    return np.array([0, *sets], dtype=np.int64)
+
+
+def firing_rows(masks: np.ndarray, n_states: int) -> np.ndarray:
+    """(k, S) 0/1 rows of k bit masks: which states each latent fires on."""
+    return ((np.asarray(masks)[:, None] >> np.arange(n_states)) & 1).astype(float)
+
+
 # --- faces of the states' convex hull: where tied latents' limits live ---------------------------
 class _Face(NamedTuple):
     """A tied latent in the limit of unbounded gain: it fires on states of one face of the
@@ -1014,8 +1025,7 @@ def global_optimum(
     S, n = world.states.shape
     k = spec.width
     residual_MD = _fit_residuals(world, spec.decoder_bias)
-    sets = [0] + [sum(1 << s for s, on in enumerate(mask) if on) for mask in separable_sets(world)]
-    masks = np.array(sets, dtype=np.int64)
+    masks = separable_masks(world)
     rng = np.random.default_rng(seed)
     nobody = np.eye(n)[:1].repeat(k, 0)
     silent = _inner_solve(world, spec, nobody, np.zeros((k, S)), l1)
@@ -1032,7 +1042,7 @@ def global_optimum(
     regions, bounds = [regions[i] for i in order], bounds[order]
 
     def as_active(region: tuple[int, ...]) -> np.ndarray:
-        return ((masks[list(region)][:, None] >> np.arange(S)) & 1).astype(float)
+        return firing_rows(masks[list(region)], S)
 
     if k == 1 and not spec.tied:
         best = _width1_optimum(world, spec, [as_active(r) for r in regions], l1, best)

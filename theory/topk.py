@@ -32,7 +32,14 @@ from theory.gated import (
     silent_params,
     single_constraint,
 )
-from theory.optimum import Optimum, _fit_residuals, _region_bound, _regions, global_optimum
+from theory.optimum import (
+    Optimum,
+    _fit_residuals,
+    _region_bound,
+    _regions,
+    firing_rows,
+    global_optimum,
+)
 from theory.sae import SAEParams, SAESpec
 
 
@@ -80,7 +87,7 @@ def _topk_regions(world: NumericFeatureModel, spec: SAESpec, to_beat: float) -> 
     full = 2**S - 1
     regions = []
     for chosen in _regions(residual_MD, masks, width, full, to_beat):
-        active = ((masks[list(chosen)][:, None] >> np.arange(S)) & 1).astype(float)
+        active = firing_rows(masks[list(chosen)], S)
         if (active.sum(0) > k).any():
             continue
         bound = float(_region_bound(residual_MD, list(masks[list(chosen)]), 0, full))
