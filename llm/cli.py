@@ -119,10 +119,8 @@ def hedging_command(args: argparse.Namespace) -> int:
     """Under torchrun every stack trains data-parallel; rank 0 writes the run and prints."""
     from llm.hedging import run_llm_hedging
     from toymodels import distributed
-    from toymodels.resources import resolve_device
 
-    device = distributed.local_device(resolve_device(args.config.train.device))
-    with distributed.job(device) as me:
+    with distributed.job(args.config.train.device) as me:
         run = run_llm_hedging(args.config, args.out)
     if not me.is_main:
         return 0

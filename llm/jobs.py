@@ -128,7 +128,7 @@ def run_extract(config: ExtractConfig, out: str | Path) -> Run | RunView:
     from toymodels import distributed
 
     check_run_folder(out, config)
-    device = distributed.local_device(resolve_device(config.device))
+    device = distributed.process_device(config.device)
     with distributed.session(device) as me:
         model = load_model(config.model, device=str(device))
         if not config.layer < model.n_layers:
@@ -180,7 +180,7 @@ def run_train(config: SAETrainConfig, out: str | Path, restart: bool = False) ->
     check_run_folder(out, config)
     split = split_cache(config.cache, config.held_out_tokens)
     check_sae_memory(config.width, split.d_model, config.train.device)
-    device = distributed.local_device(resolve_device(config.train.device))
+    device = distributed.process_device(config.train.device)
     with distributed.session(device) as me:
         sae = make_sae(
             **config.sae_config(split.d_model),

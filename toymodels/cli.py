@@ -92,12 +92,10 @@ def _experiment_command(job: str) -> Callable[[argparse.Namespace], int]:
         import importlib
 
         from toymodels import distributed
-        from toymodels.resources import resolve_device
 
         module, function = job.split(":")
         train = args.config.fit.train if hasattr(args.config, "fit") else args.config.train
-        device = distributed.local_device(resolve_device(train.device))
-        with distributed.job(device) as me:
+        with distributed.job(train.device) as me:
             run = getattr(importlib.import_module(module), function)(args.config, args.out)
         if not me.is_main:
             return 0

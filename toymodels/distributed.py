@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from toymodels.resources import resolve_device
+
 
 class World(NamedTuple):
     """This process's place among the training processes."""
@@ -57,6 +59,12 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
+def process_device(name: str) -> torch.device:
+    """The device a job named (auto, cpu, cuda, cuda:N) as this process's: resolved on this
+    machine, a bare "cuda" taken as this process's GPU."""
+    return local_device(resolve_device(name))
+
+
 @contextmanager
 def session(device: torch.device | str = "cpu") -> Iterator[World]:
     """Open the process group for the environment's world (NCCL on a CUDA device, else gloo)
@@ -81,10 +89,10 @@ def session(device: torch.device | str = "cpu") -> Iterator[World]:
 
 
 @contextmanager
-def job(device: torch.device | str = "cpu") -> Iterator[World]:
-    """A whole job under torchrun: one process group for all its trainings, and every rank
-    waits at the end until rank 0 has written the run."""
-    with session(device) as me:
+def job(device: str = "cpu") -> Iterator[World]:
+    """A whole job on the named device (`process_device`) under torchrun: one process group
+    for all its trainings, and every rank waits at the end until rank 0 has written the run."""
+    with session(process_device(device)) as me:
         yield me
         barrier()
 

@@ -157,7 +157,7 @@ def train(
     gradients and logged losses are global-batch means, the dead-latent counters are those of
     the global batch, and rank 0 alone writes the checkpoint, which resumes at any world size.
     """
-    device = distributed.local_device(resolve_device(config.device))
+    device = distributed.process_device(config.device)
     with distributed.session(device):
         try:
             return _train(sae, data, config, device, checkpoint_path)
