@@ -211,17 +211,7 @@ def test_best_mu_interval_from_seeds():
     [
         SAESpec(architecture="topk", k=1),
         SAESpec(architecture="batchtopk", k=1),
-        pytest.param(
-            SAESpec(architecture="jumprelu", l0=0.01),
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the toy JumpReLU's L0 term reaches only the thresholds (straight-through "
-                "rectangle, as Gemma Scope): pre-activations follow the reconstruction alone, so "
-                "a latent keeps firing on every state or on the complementary (denser) ones; "
-                "best of 8 restarts misses by 5.7e-3 (independent), 7.0e-3 (hierarchical), "
-                "3.7e-4 (anticorrelated), lands on correlated (2e-5); bandwidth 0.05: the same",
-            ),
-        ),
+        SAESpec(architecture="jumprelu", l0=0.01),
     ],
     ids=["topk", "batchtopk", "jumprelu"],
 )

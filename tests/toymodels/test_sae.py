@@ -261,11 +261,30 @@ def test_dead_latent_counters_count_samples_since_firing():
     assert sae.dead_latents().tolist() == [[False, True, True]]
 
 
-def test_jumprelu_pseudo_gradient_raises_thresholds_under_the_l0_penalty():
-    sae = random_sae("jumprelu", 8, n_members=1, bandwidth=2.0)
+@pytest.mark.parametrize("to_pre", [True, False])
+def test_jumprelu_pseudo_gradient_raises_thresholds_under_the_l0_penalty(to_pre):
+    sae = random_sae("jumprelu", 8, n_members=1, bandwidth=2.0, l0_gradient_to_pre=to_pre)
     x = torch.randn(200, 7, dtype=torch.float64)
     sae.loss(x)["sparsity"].sum().backward()
     assert (sae.log_threshold.grad <= 0).all() and (sae.log_threshold.grad < 0).any()
+
+
+@pytest.mark.parametrize("to_pre", [True, False])
+def test_jumprelu_l0_pseudo_gradient_reaches_pre_activations_only_when_asked(to_pre):
+    # The L0 term alone: H(pre - theta) has d/d pre = +K((pre - theta) / eps) / eps, the
+    # mirror of its threshold estimate, so a pre-activation within the kernel is pushed down.
+    sae = random_sae("jumprelu", 8, n_members=1, bandwidth=2.0, l0_gradient_to_pre=to_pre)
+    with torch.no_grad():
+        sae.log_threshold.fill_(0.0)  # thresholds 1
+        sae.l0_coefficient.fill_(1.0)
+    pre = torch.tensor([[[0.5, 1.2, 3.0, -1.0, 1.0, 2.5]]], dtype=torch.float64)
+    pre.requires_grad_(True)
+    sae.sparsity_loss(pre, pre).sum().backward()
+    if to_pre:  # kernel width 2 around 1: height 1/2 on (0, 2)
+        expected = torch.tensor([[[0.5, 0.5, 0.0, 0.0, 0.5, 0.0]]], dtype=torch.float64)
+        torch.testing.assert_close(pre.grad, expected)
+    else:
+        assert pre.grad is None or (pre.grad == 0).all()
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

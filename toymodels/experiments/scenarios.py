@@ -87,11 +87,13 @@ def train_saes(
     configs: Sequence[tuple[int, float, int]],
     fit: FitConfig,
     spec: SAESpec | None = None,
+    sae_options: dict | None = None,
 ) -> Fits:
     """Train configs (world index, l1, width) x restarts as one stack; per config, the best
     restart (lowest held-out loss) and all restarts. `spec` gives the variant (architecture
     with its k, l0 or matryoshka levels and mu, tied, decoder bias); its width and l1 are the
-    configs' (l1 is 0 for every architecture but relu-l1 and matryoshka)."""
+    configs' (l1 is 0 for every architecture but relu-l1 and matryoshka). `sae_options` are
+    further fields of the architecture's SAE config (e.g. a JumpReLU's estimator)."""
     spec = spec or SAESpec()
     members = [c for _ in range(fit.restarts) for c in configs]
     seed = fit.train.seed
@@ -116,6 +118,7 @@ def train_saes(
         decoder_bias=spec.decoder_bias,
         generator=torch.Generator().manual_seed(seed),
         **_sparsity(spec, [l1 for _, l1, _ in members]),
+        **(sae_options or {}),
     )
     train(sae, data, fit.train)
     losses = held_out_loss(sae, held_out, fit.held_out_samples, seed=seed + 1)
