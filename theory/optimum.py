@@ -70,6 +70,7 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
+import scipy.linalg.lapack
 import scipy.optimize
 import scipy.spatial
 
@@ -334,6 +335,15 @@ def _region_bound(
 
 
 # --- the convex inner problem: codes and biases for fixed decoder directions ---------------------
+def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """np.linalg.solve through LAPACK's dgesv directly: at these sizes (tens of unknowns) numpy's
+    wrapper costs twice the solve, and the inner problem solves a few systems per call."""
+    _, _, x, info = scipy.linalg.lapack.dgesv(A, b)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"singular system (dgesv info {info})")
+    return x
+
+
 def _least_distance(
     G: np.ndarray, rhs: np.ndarray, C: np.ndarray, guess: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -354,9 +364,9 @@ def _least_distance(
     if m == 0:
         return np.zeros(0), np.zeros(len(C))
     for ridge in (RIDGE, RETRY_RIDGE):
-        found = _least_distance_ridged(
-            G + ridge * (np.trace(G) / m + 1e-6) * np.eye(m), rhs, C, guess
-        )
+        ridged = G.copy()
+        ridged.flat[:: m + 1] += ridge * (np.trace(G) / m + 1e-6)
+        found = _least_distance_ridged(ridged, rhs, C, guess)
         if found is not None:
             return found
     return _active_set(G, rhs, C)
@@ -370,13 +380,19 @@ def _least_distance_ridged(
         found = _tight_solve(G, rhs, C, guess)
         if found is not None:
             return found
-    psi0 = np.linalg.solve(G, rhs)
+    psi0 = _solve(G, rhs)
     slack = C @ psi0
     if len(C) == 0 or slack.min() >= 0:
         return psi0, np.zeros(len(C))
     m = len(G)
-    L = np.linalg.cholesky(G)
-    H = np.linalg.solve(L, C.T).T  # C L^-T
+    L, info = scipy.linalg.lapack.dpotrf(G, lower=1)  # its upper triangle is left as G's
+    if info != 0:
+        return None
+
+    def triangular(rhs: np.ndarray, transposed: int = 0) -> np.ndarray:  # L^-1 or L^-T
+        return scipy.linalg.lapack.dtrtrs(L, rhs, lower=1, trans=transposed)[0]
+
+    H = triangular(C.T).T  # C L^-T
     f = np.zeros(m + 1)
     f[-1] = 1.0
     # when the feasible set has no interior (a code forced to vanish) rounding can make the
@@ -386,7 +402,7 @@ def _least_distance_ridged(
         v = scipy.optimize.nnls(E, f, maxiter=50 * len(C))[0]
         r = E @ v - f
         if -r[-1] > 1e-12:
-            psi, lam = psi0 + np.linalg.solve(L.T, -r[:-1] / r[-1]), 2.0 * v / -r[-1]
+            psi, lam = psi0 + triangular(-r[:-1] / r[-1], 1), 2.0 * v / -r[-1]
             if _solves(G, rhs, C, psi, lam):
                 return psi, lam
             # an ill-conditioned G spoils the values but seldom which constraints are tight
@@ -462,13 +478,15 @@ def _tight_solve(
     """The minimiser with the `tight` constraints held at equality and its multipliers, if it
     satisfies every constraint with non-negative multipliers (so solves the programme)."""
     m, w = len(G), int(tight.sum())
+    tight_C = C[tight]
     kkt = np.zeros((m + w, m + w))
     kkt[:m, :m] = G
-    kkt[:m, m:] = C[tight].T
-    kkt[m:, :m] = C[tight]
-    target = np.concatenate([rhs, np.zeros(w)])
+    kkt[:m, m:] = tight_C.T
+    kkt[m:, :m] = tight_C
+    target = np.zeros(m + w)
+    target[:m] = rhs
     try:
-        solution = np.linalg.solve(kkt, target)
+        solution = _solve(kkt, target)
     except np.linalg.LinAlgError:
         return None
     psi, lam_tight = solution[:m], -2.0 * solution[m:]
@@ -590,7 +608,8 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
         G[n_code:, n_code:] = np.eye(n) * (p.sum() * bias_weight)
         rhs[n_code:] = (p @ X) * bias_weight
     scale = max(1.0, float(np.abs(X).max()))
-    any_tied = any(finite_tied)
+    tied_latents = np.flatnonzero(finite_tied)
+    any_tied = len(tied_latents) > 0
     tight = [None]  # the constraints tight at the previous call
 
     def lift(directions: np.ndarray) -> np.ndarray | None:
@@ -621,7 +640,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
                 T.T @ coupling,
                 T.T @ linear_v,
             )
-            for i in np.nonzero(finite_tied)[0]:
+            for i in tied_latents:
                 C[first_row[i] : first_row[i + 1] - 1, q[i] : q[i + 1]] = (
                     signed[i] @ T[i * (n + 1) : (i + 1) * (n + 1), q[i] : q[i + 1]]
                 )
@@ -633,7 +652,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
         # a finite tied latent whose direction does not separate its states can only be silent
         # (kappa = t = 0): its constraints have no interior, which the reduction cannot take
         keep, rows = np.ones(n_psi, bool), np.ones(len(C), bool)
-        for i in np.nonzero(finite_tied)[0]:
+        for i in tied_latents:
             along = X @ directions[i]
             on = active[i] > 0
             if on.any() and (~on).any() and along[on].min() < along[~on].max() - 1e-12 * scale:
@@ -648,7 +667,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
             )
         tight[0] = lam > 0
         theta = psi[:n_code] if T is None else T @ psi[:n_code]
-        codes_SK = (lifted * theta).reshape(S, k, n + 1).sum(2)
+        codes_SK = (Z @ theta.reshape(k, n + 1).T) * active.T
         bias = psi[n_code:] if spec.decoder_bias else np.zeros(n)
         pull_SKN = None
         if nested:
@@ -662,7 +681,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
             squares = (residual**2).sum(1)
             grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
         loss = float(p @ squares + l1 * linear @ psi[:n_code])
-        for i in np.nonzero(finite_tied)[0]:  # a tied code depends on e through kappa * e.x ...
+        for i in tied_latents:  # a tied code depends on e through kappa * e.x ...
             kappa = psi[q[i]]
             pulled = residual if pull_SKN is None else pull_SKN[:, i]
             weight = p * active[i] * (l1 * l1_weight_K[i] - 2.0 * pulled @ directions[i])
@@ -854,17 +873,20 @@ def _reduced(  # noqa: ANN202 (a closure for scipy)
     without limit latents) and its gradient."""
     k, n = len(active), world.states.shape[1]
     faces = faces or (None,) * k
+    plain = all(face is None for face in faces)
     solve = _region_solver(world, spec, active, l1, pre_constraints, faces)
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if not np.isfinite(y).all():  # a runaway line-search step: reject it
             return np.inf, np.zeros_like(y)
-        rows, parts = _rows(y, n, faces)
+        rows, parts = (y.reshape(k, n), None) if plain else _rows(y, n, faces)
         norms = np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-300)
         e = rows / norms
         inner = solve(e)
         g = inner.grad
         tangent = (g - (g * e).sum(1, keepdims=True) * e) / norms
+        if plain:  # no limit latents: the coordinates are the rows themselves
+            return inner.loss, tangent.ravel()
         pulled = [
             t if face is None else 2.0 * part * (face.generators @ t)
             for t, part, face in zip(tangent, parts, faces, strict=True)
