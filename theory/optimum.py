@@ -762,9 +762,14 @@ def _unit_rows(y: np.ndarray, k: int, n: int) -> np.ndarray:
     return unit_rows(rows)
 
 
-def _top_direction(second: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    vals, vecs = np.linalg.eigh(second)
-    return vecs[:, -1] * np.sign(vecs[:, -1].sum() or 1.0) if vals[-1] > 1e-15 else fallback
+def _top_directions(second_KNN: np.ndarray, fallback_KN: np.ndarray) -> np.ndarray:
+    """Top eigenvectors (K, n) of a stack of second moments, signed to a positive sum; the
+    fallback row where a moment vanishes."""
+    vals_KN, vecs_KNN = np.linalg.eigh(second_KNN)
+    top_KN = vecs_KNN[:, :, -1]
+    signs = np.sign(top_KN.sum(1))
+    top_KN = top_KN * np.where(signs == 0, 1.0, signs)[:, None]
+    return np.where((vals_KN[:, -1] > 1e-15)[:, None], top_KN, fallback_KN)
 
 
 def _direction_starts(
@@ -783,11 +788,12 @@ def _direction_starts(
     fallback = np.ones(n) / np.sqrt(n)
     on = active.astype(bool)
     only = on & (on.sum(0) == 1)
-    families = []
-    for sets in (only, on):
-        families.append(
-            np.stack([_top_direction((X * (p * a)[:, None]).T @ X, fallback) for a in sets])
-        )
+    weights_KS = np.concatenate([only, on]) * p
+    families = list(
+        _top_directions(
+            np.einsum("ks,si,sj->kij", weights_KS, X, X), np.tile(fallback, (2 * k, 1))
+        ).reshape(2, k, n)
+    )
     means = np.stack([(p * a) @ X for a in active])
     families.append(_unit_rows(means + 1e-12 * fallback, k, n))
     for rows in list(families):
@@ -806,11 +812,18 @@ def _direction_starts(
     # others principal: a child latent beside a parent's takes the child's own direction (the
     # principal one of a state holding both features leans to the parent, and so does its
     # nearest feature direction)
-    for i, a in enumerate(on):
-        others = scipy.linalg.orth(np.delete(families[0], i, axis=0).T)
-        X_left = X - (X @ others) @ others.T
+    left_KSN = []
+    for i in range(k):
+        u, singular, _ = np.linalg.svd(np.delete(families[0], i, axis=0).T, full_matrices=False)
+        others = u[:, singular > 1e-12 * max(singular.max(initial=0.0), 1e-300)]  # an orth basis
+        left_KSN.append(X - (X @ others) @ others.T)
+    left_KSN = np.array(left_KSN)
+    leftover = _top_directions(
+        np.einsum("ks,ksi,ksj->kij", on * p, left_KSN, left_KSN), families[0]
+    )
+    for i in range(k):
         rows = families[0].copy()
-        rows[i] = _top_direction((X_left * (p * a)[:, None]).T @ X_left, rows[i])
+        rows[i] = leftover[i]
         families.append(rows)
     families.append(_unit_rows(rng.normal(size=(k, n)), k, n))
     return families
