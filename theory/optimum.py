@@ -58,12 +58,19 @@ it (the hedging paper's 12-state multi-latent toy at width 3: about 25 million) 
 refused with a ValueError rather than searched for hours. A complete region's bound also
 counts the L1 term (`_with_sparsity`: a share of the loss bounded through the fired states'
 distance to the shared decoder bias); regions are searched in order of it and the search stops
-at the first whose bound cannot beat the best.
+at the first whose bound cannot beat the best. From PARALLEL_REGIONS regions on (Linux) the
+search is shared among the CPUs: process w takes regions w, w + W, ... with its own incumbent,
+and the best of theirs wins; each region draws its random start from its own index, so the
+answer does not depend on W.
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -90,6 +97,7 @@ REGION_SLACK = 1e-9  # regions that could beat the best by less (a rounding erro
 SPARSITY_SHARES = (0.1, 0.25, 0.5, 1.0)  # shares of the loss the L1 bound is taken on
 HUBER_STEPS = 60  # reweighted-mean steps of the L1 bound's minimisation over the decoder bias
 LIMIT_TILTS = (1e-6, 1e-7, 1e-8, 1e-9)  # decoder tilts tried when realising a limit latent
+PARALLEL_REGIONS = 500  # from this many regions the search is shared among the CPUs
 
 
 @dataclass(frozen=True)
@@ -874,20 +882,12 @@ def _rows(
     return np.array(rows), parts
 
 
-def _reduced(  # noqa: ANN202 (a closure for scipy)
-    world: NumericFeatureModel,
-    spec: SAESpec,
-    active: np.ndarray,
-    l1: float,
-    pre_constraints: np.ndarray | None = None,
-    faces: tuple[_Face | None, ...] | None = None,
-):
+def _reduced(solve, n: int, faces: tuple[_Face | None, ...]):  # noqa: ANN001, ANN202 (closures)
     """The region's loss as a function of the search coordinates (decoder rows, k * n flat,
-    without limit latents) and its gradient."""
-    k, n = len(active), world.states.shape[1]
-    faces = faces or (None,) * k
+    without limit latents) and its gradient, from the region's solver `solve` (see
+    `_region_solver`)."""
+    k = len(faces)
     plain = all(face is None for face in faces)
-    solve = _region_solver(world, spec, active, l1, pre_constraints, faces)
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if not np.isfinite(y).all():  # a runaway line-search step: reject it
@@ -939,13 +939,13 @@ def _search_region(
     `to_beat` ends the region's search. With `faces`, the tied latents that have one are
     taken in their limit of unbounded gain."""
     faces = faces or (None,) * len(active)
-    closed = _reduced(world, spec, active, l1, pre_constraints, faces)
+    solve = _region_solver(world, spec, active, l1, pre_constraints, faces)
+    closed = _reduced(solve, world.states.shape[1], faces)
     values = [closed(_coordinates(start, faces))[0] for start in starts]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
         directions = _minimise(closed, starts[j], faces)
-        inner = _inner_solve(world, spec, directions, active, l1, pre_constraints, faces)
-        found.append((directions, inner))
+        found.append((directions, solve(directions)))
         if found[-1][1].loss > to_beat - 1e-12:
             break
     return found
@@ -998,12 +998,13 @@ def _width1_optimum(
             break
         if r in settled:
             continue
-        closed = _reduced(world, spec, actives[r], l1)
+        solve = _region_solver(world, spec, actives[r], l1)
+        closed = _reduced(solve, world.states.shape[1], (None,))
         for value, e in points[r][:STARTS_PER_REGION]:
             if value > best.loss + TIE_TOL:
                 break
             directions = _minimise(closed, e)
-            inner = _inner_solve(world, spec, directions, actives[r], l1)
+            inner = solve(directions)
             best = _candidate(world, spec, directions, inner, best)
     return best
 
@@ -1061,7 +1062,6 @@ def global_optimum(
     k = spec.width
     residual_MD = _fit_residuals(world, spec.decoder_bias)
     masks = separable_masks(world)
-    rng = np.random.default_rng(seed)
     nobody = np.eye(n)[:1].repeat(k, 0)
     silent = _inner_solve(world, spec, nobody, np.zeros((k, S)), l1)
     best = _candidate(world, spec, nobody, silent, None)
@@ -1076,25 +1076,65 @@ def global_optimum(
     order = np.argsort(bounds, kind="stable")
     regions, bounds = [regions[i] for i in order], bounds[order]
 
-    def as_active(region: tuple[int, ...]) -> np.ndarray:
-        return firing_rows(masks[list(region)], S)
-
     if k == 1 and not spec.tied:
-        best = _width1_optimum(world, spec, [as_active(r) for r in regions], l1, best)
+        actives = [firing_rows(masks[list(r)], S) for r in regions]
+        best = _width1_optimum(world, spec, actives, l1, best)
         return Optimum(best.params, best.loss, best.active, len(regions))
+    workers = _workers(len(regions))
+    share = (world, spec, masks, regions, bounds, best, seed)
+    if workers == 1:
+        best, tried = _search_regions(*share, 0, 1)
+    else:
+        # each process takes every workers-th region, pruning with its own incumbent (a little
+        # weaker than one shared incumbent: a few more regions are searched)
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = [pool.submit(_search_regions, *share, w, workers) for w in range(workers)]
+            found = [job.result() for job in jobs]
+        tried = sum(count for _, count in found)
+        for candidate, _ in found:
+            if _better(candidate.loss, np.array(candidate.active, dtype=float), best, world):
+                best = candidate
+    return Optimum(best.params, best.loss, best.active, tried)
+
+
+def _workers(n_regions: int) -> int:
+    """Processes to search `n_regions` regions with: one below PARALLEL_REGIONS, otherwise the
+    CPUs this process may use (Linux only: elsewhere the start methods re-import the caller's
+    script, which need not guard its top level)."""
+    if n_regions < PARALLEL_REGIONS or not sys.platform.startswith("linux"):
+        return 1
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _search_regions(
+    world: NumericFeatureModel,
+    spec: SAESpec,
+    masks: np.ndarray,
+    regions: list[tuple[int, ...]],
+    bounds: np.ndarray,
+    best: Optimum,
+    seed: int,
+    first: int,
+    step: int,
+) -> tuple[Optimum, int]:
+    """Search regions[first::step] (bounds ascending) from the incumbent `best` until a bound
+    cannot beat it: the best found and how many regions were searched. Region r draws its
+    random start from (seed, r), so the answer does not depend on how regions are shared."""
+    S = world.states.shape[0]
     tried = 0
-    for region, bound in zip(regions, bounds, strict=True):
-        if bound > best.loss - REGION_SLACK:
+    for r in range(first, len(regions), step):
+        if bounds[r] > best.loss - REGION_SLACK:
             break  # regions come in order of their bound, and the best has improved
-        active = as_active(region)
+        active = firing_rows(masks[list(regions[r])], S)
         tried += 1
-        starts = _direction_starts(world, active, rng)
+        starts = _direction_starts(world, active, np.random.default_rng((seed, r)))
         for faces in _limit_variants(world, spec, active):
             for directions, inner in _search_region(
-                world, spec, active, l1, starts, best.loss, faces=faces
+                world, spec, active, float(spec.l1), starts, best.loss, faces=faces
             ):
                 best = _candidate(world, spec, directions, inner, best, faces)
-    return Optimum(best.params, best.loss, best.active, tried)
+    return best, tried
 
 
 def _regions(

@@ -17,7 +17,7 @@ from theory.matryoshka import (
     read_out_components,
 )
 from theory.numeric import _Layout, loss_and_gradient, numeric_optimum
-from theory.optimum import _reduced, global_optimum
+from theory.optimum import _reduced, _region_solver, global_optimum
 from theory.sae import SAESpec, codes, expected_loss
 
 # Random draws, tied included: a tied latent whose best code exists only in the limit of unbounded
@@ -111,7 +111,7 @@ def test_region_solver_gradient_sums_the_levels(model, data):
     along_KS = y.reshape(k, n) @ world.states.T
     cut_K = np.array([rng.choice(np.unique(a)) for a in along_KS]) - 1e-3
     active = (along_KS > cut_K[:, None]).astype(float)
-    fun = _reduced(world, spec, active, float(spec.l1))
+    fun = _reduced(_region_solver(world, spec, active, float(spec.l1)), n, (None,) * k)
     value, grad = fun(y)
     eps, scale = 1e-6, max(1.0, np.abs(grad).max())
     up, down = np.array([[fun(y + eps * e)[0], fun(y - eps * e)[0]] for e in np.eye(k * n)]).T
