@@ -361,6 +361,28 @@ def test_least_distance_solves_the_programme(shape, seed):
     )
 
 
+def test_single_state_tied_latents_are_searched_in_their_limit_with_exact_gradients():
+    """CI's draw: two tied latents fire on (0, 1) alone, one of them barely leaving out (1, 1)
+    (margin 1.5e-3, gain ~669). In that finite form the ridge that makes the region quadratic
+    definite caps the gain and the envelope gradient missed central differences by 1.9e-4. The
+    search never takes that form: a tied latent on one state is searched in its limit of
+    unbounded gain, which covers every finite form, and there the gradient is exact."""
+    world = independent([0.5, 0.5]).numeric()
+    assert world.states.tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    spec = SAESpec(2, 0.005, tied=True, decoder_bias=False)
+    active = np.array([[0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    rows = np.array([[-1.07243249, 0.98891216], [-0.00203272, 1.36336006]])
+    variants = optimum._limit_variants(world, spec, active)
+    assert len(variants) == 1 and all(face is not None for face in variants[0])
+    solve = optimum._region_solver(world, spec, active, spec.l1, faces=variants[0])
+    fun = optimum._reduced(solve, 2, variants[0])
+    y = optimum._coordinates(rows, variants[0])
+    _, grad = fun(y)
+    eps = 1e-6
+    central = [(fun(y + eps * e)[0] - fun(y - eps * e)[0]) / (2 * eps) for e in np.eye(len(y))]
+    np.testing.assert_allclose(grad, central, rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_regions_shared_among_processes_give_the_serial_optimum(monkeypatch, tied):
     # Three processes each take every third region with their own incumbent; the merged best
