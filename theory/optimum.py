@@ -331,15 +331,37 @@ def _region_bound(
     residual_MD: np.ndarray, masks: list[np.ndarray | int], unassigned: int, full: int
 ) -> np.ndarray:
     """Lower bound on the loss of every region that starts with latents firing on `masks`
-    (arrays broadcast) and has `unassigned` more latents."""
+    (arrays broadcast) and has `unassigned` more latents.
+
+    Group L holds the states fired by exactly the latents L of `masks` (and perhaps by
+    unassigned ones): reconstructed in b + span(decoders of L and of the unassigned), an affine
+    subspace of dimension |L| + m. The groups whose sets lie inside one U (the silent group,
+    reconstructed at b, among them) share b + span(U, the unassigned), of dimension |U| + m, so
+    together they cost at least the residual of their union there; the other groups hold
+    other states, so their own residuals add. The bound is the best of every group alone and,
+    for each U, that cluster with the rest alone. (The clusters cut the width-2 regions
+    searched on the 8-state model from 3,652 to 2,738, and the width-3 regions on the 12-state
+    toy that groups alone leave by 64%; chains of two clusters add nothing at width 2.)"""
     n = residual_MD.shape[1] - 1
-    total = 0.0
-    for L in itertools.product((False, True), repeat=len(masks)):
+    a = len(masks)
+    group_L = []
+    for L in range(2**a):
         group = full
-        for inside, mask in zip(L, masks, strict=True):
-            group = group & (mask if inside else ~mask)
-        total = total + residual_MD[group, min(sum(L) + unassigned, n)]
-    return total
+        for i, mask in enumerate(masks):
+            group = group & (mask if (L >> i) & 1 else ~mask)
+        group_L.append(group)
+    size_L = [L.bit_count() for L in range(2**a)]
+    alone_L = [residual_MD[group_L[L], min(size_L[L] + unassigned, n)] for L in range(2**a)]
+    best = sum(alone_L)
+    for U in range(1, 2**a):
+        union, rest = 0, 0.0
+        for L in range(2**a):
+            if L & ~U:
+                rest = rest + alone_L[L]
+            else:
+                union = union | group_L[L]
+        best = np.maximum(best, rest + residual_MD[union, min(size_L[U] + unassigned, n)])
+    return best
 
 
 # --- the convex inner problem: codes and biases for fixed decoder directions ---------------------

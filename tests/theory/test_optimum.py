@@ -3,6 +3,8 @@ numeric computations of the same quantities."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import scipy.optimize
@@ -11,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tests.theory.strategies import feature_models, sae_specs
+from tests.theory.strategies import feature_models, sae_params, sae_specs
 from theory import closed_forms, optimum
 from theory.features import SCENARIOS, from_table, independent, scenario
 from theory.numeric import numeric_optimum
@@ -117,6 +119,27 @@ def test_separable_sets_of_the_square():
     sets = separable_sets(independent([0.3, 0.3]).numeric())
     assert len(sets) == 13
     assert (False, True, True, False) not in sets and (True, False, False, True) not in sets
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from([2, 3]).flatmap(lambda n: feature_models(n_features=n)), st.data())
+def test_region_bound_never_exceeds_the_loss_of_an_sae_in_its_region(model, data):
+    """The branch and bound's lower bound, for every prefix of an SAE's latents (the rest
+    unassigned), is at most that SAE's loss without the L1 term: for random parameters and for
+    a local optimum of the loss at l1 = 0, where the subspace fits are nearly tight."""
+    spec = data.draw(sae_specs(widths=(1, 2, 3)))
+    world, n, k = model.numeric(), model.n_features, spec.width
+    fitted = dataclasses.replace(spec, l1=0.0)
+    drawn = data.draw(sae_params(spec, n))
+    local = numeric_optimum(model, fitted, n_starts=1, seed=data.draw(st.integers(0, 99))).params
+    residual_MD = optimum._fit_residuals(world, spec.decoder_bias)
+    full = 2 ** len(world.probabilities) - 1
+    for params in (drawn, local):
+        masks = (codes(world, params) > 0).T.astype(np.int64) @ (1 << np.arange(full.bit_length()))
+        loss = float(expected_loss(world, params, 0.0))
+        for a in range(1, k + 1):
+            bound = optimum._region_bound(residual_MD, list(masks[:a]), k - a, full)
+            assert bound <= loss + 1e-9 * max(1.0, loss)
 
 
 # --- closed forms ----------------------------------------------------------------------------
