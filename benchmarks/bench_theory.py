@@ -7,6 +7,7 @@ machine the CPU time is the steadier figure; searches of many regions use every 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py [--models 100]
         [--guarantee-models 60]
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py --gated-only --models 20
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/bench_theory.py --larger-only
 """
 
 from __future__ import annotations
@@ -218,7 +219,11 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=100)
     parser.add_argument("--guarantee-models", type=int, default=60)
     parser.add_argument("--gated-only", action="store_true", help="only the gated rows")
+    parser.add_argument("--larger-only", action="store_true", help="only issue 12's speed cases")
     args = parser.parse_args()
+    if args.larger_only:
+        print(json.dumps(larger_cases(), indent=2))
+        return
     gated = {
         f"two_feature_width2_{name}": exact_vs_numeric(args.models, 2, 2, spec_of)
         for name, spec_of in GATED.items()

@@ -53,7 +53,9 @@ far. That bound ignores the L1 term and relaxes the shared decoder bias and dire
 that the same set L of latents fire on (with m latents still unassigned) are reconstructed in
 an affine subspace of dimension |L| + m, so they cost at least the residual of the best such
 subspace (the trailing eigenvalues of their weighted covariance; without a decoder bias,
-linear subspaces and the uncentred second moment). Where more than MAX_REGIONS regions survive
+linear subspaces and the uncentred second moment), and the groups whose sets lie inside one set
+U of latents share a subspace of dimension |U| + m, so their union costs at least its residual
+there (`_region_bound` takes the best of these). Where more than MAX_REGIONS regions survive
 it (the hedging paper's 12-state multi-latent toy at width 3: about 25 million) the model is
 refused with a ValueError rather than searched for hours. A complete region's bound also
 counts the L1 term (`_with_sparsity`: a share of the loss bounded through the fired states'
