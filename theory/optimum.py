@@ -56,7 +56,7 @@ subspace (the trailing eigenvalues of their weighted covariance; without a decod
 linear subspaces and the uncentred second moment), and the groups whose sets lie inside one set
 U of latents share a subspace of dimension |U| + m, so their union costs at least its residual
 there (`_region_bound` takes the best of these). Where more than MAX_REGIONS regions survive
-it (the hedging paper's 12-state multi-latent toy at width 3: about 25 million) the model is
+it (the hedging paper's 12-state multi-latent toy at width 3: about 11 million) the model is
 refused with a ValueError rather than searched for hours. A complete region's bound also
 counts the L1 term (`_with_sparsity`: a share of the loss bounded through the fired states'
 distance to the shared decoder bias); regions are searched in order of it and the search stops
@@ -342,8 +342,8 @@ def _region_bound(
     together they cost at least the residual of their union there; the other groups hold
     other states, so their own residuals add. The bound is the best of every group alone and,
     for each U, that cluster with the rest alone. (The clusters cut the width-2 regions
-    searched on the 8-state model from 3,652 to 2,738, and the width-3 regions on the 12-state
-    toy that groups alone leave by 64%; chains of two clusters add nothing at width 2.)"""
+    searched on the 8-state model from 3,652 to 2,738, and the width-3 tuples listed on the
+    12-state toy from 24.8 to 11.0 million; chains of two clusters add nothing at width 2.)"""
     n = residual_MD.shape[1] - 1
     a = len(masks)
     group_L = []
