@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.theory.strategies import feature_models
 from theory.architectures import architecture_codes, architecture_loss
 from theory.batchtopk import batchtopk_loss, kept_fractions
-from theory.features import SCENARIOS, from_table, scenario
+from theory.features import SCENARIOS, from_table, independent, scenario
 from theory.jumprelu import jumprelu_codes, jumprelu_loss
 from theory.numeric import numeric_optimum
 from theory.optimum import global_optimum
@@ -63,6 +63,12 @@ def check_against_numeric(model, spec):
 @given(feature_models(n_features=2), gated_specs((1, 2, 3)))
 def test_exact_optimum_beats_numeric_on_two_features(model, spec):
     check_against_numeric(model, spec)
+
+
+def test_wide_topk_survives_a_search_that_meets_only_rejected_steps():
+    """CI's draw: TopK k 1 at width 3 on the uniform square. A line search there met only
+    infinite trial steps and ended on one; the region's closing solve then raised on NaN rows."""
+    check_against_numeric(independent([0.5, 0.5]), SAESpec(3, architecture="topk", k=1))
 
 
 @FAST
