@@ -45,6 +45,7 @@ from theory.gated import (
 from theory.optimum import (
     Optimum,
     _fit_residuals,
+    _Fits,
     _region_bound,
     _regions,
     firing_rows,
@@ -147,15 +148,15 @@ def _batchtopk_regions(
     S = len(world.states)
     p = world.probabilities
     k = spec.k
-    residual_MD = _fit_residuals(world, spec.decoder_bias)
+    fits = _fit_residuals(world, spec.decoder_bias)
     masks = separable_masks(world)
     full = 2**S - 1
     regions = []
-    for chosen in _regions(residual_MD, masks, spec.width, full, to_beat):
+    for chosen in _regions(fits, masks, spec.width, full, to_beat):
         chosen_masks = list(masks[list(chosen)])
         active = firing_rows(chosen_masks, S)
         mass = float((active @ p).sum())
-        bound = float(_region_bound(residual_MD, chosen_masks, 0, full))
+        bound = float(_region_bound(fits, chosen_masks, 0, full))
         if mass <= k + MASS_TOL:
             regions.append(GatedRegion(world, active, _slack(active), 0.0, bound, ("slack", None)))
         if abs(mass - k) <= MASS_TOL:
@@ -167,7 +168,7 @@ def _batchtopk_regions(
         for s, i in np.argwhere(active.T == 0):
             if mass + p[s] <= k + MASS_TOL:
                 continue
-            regions.append(_binding(world, residual_MD, chosen_masks, active, (s, i), k, mass))
+            regions.append(_binding(world, fits, chosen_masks, active, (s, i), k, mass))
     return [r for r in regions if r.bound < to_beat]
 
 
@@ -193,7 +194,7 @@ def _pairwise(active: np.ndarray, skip: tuple[int, int] | None = None) -> np.nda
 
 def _binding(
     world: NumericFeatureModel,
-    residual_MD: np.ndarray,
+    fits: _Fits,
     chosen_masks: list[int],
     active: np.ndarray,
     pair: tuple[int, int],
@@ -228,9 +229,9 @@ def _binding(
     with_masks = list(chosen_masks)
     with_masks[i_star] = with_masks[i_star] | (1 << s_star)
     full = 2**S - 1
-    bound = fraction * float(_region_bound(residual_MD, with_masks, 0, full)) + (
-        1 - fraction
-    ) * float(_region_bound(residual_MD, chosen_masks, 0, full))
+    bound = fraction * float(_region_bound(fits, with_masks, 0, full)) + (1 - fraction) * float(
+        _region_bound(fits, chosen_masks, 0, full)
+    )
     return GatedRegion(
         cells, cell_active, np.stack(rows), 0.0, bound, ("binding", (s_star, i_star))
     )

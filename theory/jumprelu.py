@@ -85,14 +85,14 @@ def jumprelu_regions(
     """Every tuple of per-latent firing sets whose bound (subspace fit + l0 E[L0]) beats
     `to_beat`."""
     S = len(world.states)
-    residual_MD = _fit_residuals(world, spec.decoder_bias)
+    fits = _fit_residuals(world, spec.decoder_bias)
     masks = separable_masks(world)
     full = 2**S - 1
     regions = []
-    for chosen in _regions(residual_MD, masks, spec.width, full, to_beat):
+    for chosen in _regions(fits, masks, spec.width, full, to_beat):
         active = firing_rows(masks[list(chosen)], S)
         penalty = l0 * float((active @ world.probabilities).sum())
-        bound = float(_region_bound(residual_MD, list(masks[list(chosen)]), 0, full)) + penalty
+        bound = float(_region_bound(fits, list(masks[list(chosen)]), 0, full)) + penalty
         if bound < to_beat:
             regions.append(
                 GatedRegion(world, active, threshold_constraints(active), penalty, bound, chosen)

@@ -13,12 +13,13 @@ For fixed directions E the loss is therefore a convex quadratic in psi = (psi_1.
 the region's closure is a set of homogeneous linear constraints on psi: codes >= 0 on A,
 pre-activation <= 0 off A (and kappa >= 0). On the closure the smooth loss equals the true loss
 (a pre-activation of exactly 0 gives a zero code either way), so optima on a region boundary are
-ordinary constrained optima: `_least_distance` solves that quadratic programme exactly (Lawson
-and Hanson's reduction of a least-distance programme to non-negative least squares, its answer
-checked against the optimality conditions: the quadratic is singular wherever a code has
-directions the loss does not see, and then the reduction's rounding can return a wrong point;
-the constraints it found tight are then re-solved exactly, and a primal active-set method is the
-last resort). What remains is a search over unit directions:
+ordinary constrained optima: `_least_distance` solves that quadratic programme exactly (DAQP's
+dual active-set method, then Lawson and Hanson's reduction of a least-distance programme to
+non-negative least squares, each answer checked against the optimality conditions: the
+quadratic is singular wherever a code has directions the loss does not see, and then rounding
+can return a wrong point; the constraints the reduction found tight are then re-solved
+exactly, and a primal active-set method is the last resort). What remains is a search over
+unit directions:
 
 * width 1, untied: closed form. Without the constraints, eliminating codes and biases leaves
   loss(e) = const - e^T H e + l1 w.e on the unit sphere (theory.closed_forms.
@@ -77,6 +78,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
 
+import daqp
 import numpy as np
 import scipy.linalg
 import scipy.linalg.lapack
@@ -87,7 +89,7 @@ from theory.closed_forms import Width1Terms, width1_region_terms
 from theory.features import FeatureModel, NumericFeatureModel
 from theory.sae import SAEParams, SAESpec, codes, expected_loss, unit_rows
 
-STARTS_PER_REGION = 2  # local searches per region, from the best starts by their loss
+STARTS_PER_REGION = 3  # local searches per region, from the best distinct starts by their loss
 MAX_REGIONS = 200_000  # activation regions one exact optimum may list
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
 RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
@@ -247,9 +249,17 @@ def _limit_variants(
 
 
 # --- lower bounds: subspace fits of the states each set of latents fires on ----------------------
-def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> np.ndarray:
-    """(2^S, n + 1): entry [mask, d] is the least weighted squared distance of the states in
-    `mask` (bit s = state s) to a d-dimensional affine subspace (linear without a decoder bias)."""
+class _Fits(NamedTuple):
+    """Subspace fits of every set of states (bit mask M, bit s = state s)."""
+
+    residual_MD: np.ndarray  # (2^S, n + 1): least weighted squared distance to d-dim subspaces
+    scatter_MNN: np.ndarray  # (2^S, n, n): weighted scatters, whose trailing eigenvalues those are
+
+
+def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> _Fits:
+    """Entry [mask, d] of the residuals is the least weighted squared distance of the states in
+    `mask` to a d-dimensional affine subspace (linear without a decoder bias): the sum of the
+    trailing n - d eigenvalues of their scatter (centred; uncentred without a decoder bias)."""
     X, p = world.states, world.probabilities
     S, n = X.shape
     if S > MAX_BOUND_STATES:
@@ -265,10 +275,17 @@ def _fit_residuals(world: NumericFeatureModel, decoder_bias: bool) -> np.ndarray
         first_MN = weight_MS @ X
         safe = np.where(mass_M > 0, mass_M, 1.0)
         second_MNN -= np.einsum("mi,mj->mij", first_MN, first_MN) / safe[:, None, None]
-    eig_MN = np.clip(np.linalg.eigvalsh(second_MNN), 0.0, None)  # ascending
+    return _Fits(_trailing_sums(second_MNN), second_MNN)
+
+
+def _trailing_sums(scatter_MNN: np.ndarray) -> np.ndarray:
+    """(..., n + 1): entry d is the sum of the n - d smallest eigenvalues of each scatter, the
+    residual of its best d-dimensional subspace."""
+    eig_MN = np.clip(np.linalg.eigvalsh(scatter_MNN), 0.0, None)  # ascending
     # keeping the top d eigen-directions leaves the n - d smallest eigenvalues
-    kept = np.concatenate([np.zeros((2**S, 1)), np.cumsum(eig_MN[:, ::-1], axis=1)], axis=1)
-    return eig_MN.sum(1)[:, None] - kept
+    kept = np.cumsum(eig_MN[..., ::-1], axis=-1)
+    kept = np.concatenate([np.zeros((*kept.shape[:-1], 1)), kept], axis=-1)
+    return eig_MN.sum(-1)[..., None] - kept
 
 
 def _with_sparsity(
@@ -330,7 +347,7 @@ def _huber_floor(
 
 
 def _region_bound(
-    residual_MD: np.ndarray, masks: list[np.ndarray | int], unassigned: int, full: int
+    fits: _Fits, masks: list[np.ndarray | int], unassigned: int, full: int
 ) -> np.ndarray:
     """Lower bound on the loss of every region that starts with latents firing on `masks`
     (arrays broadcast) and has `unassigned` more latents.
@@ -343,7 +360,14 @@ def _region_bound(
     other states, so their own residuals add. The bound is the best of every group alone and,
     for each U, that cluster with the rest alone. (The clusters cut the width-2 regions
     searched on the 8-state model from 3,652 to 2,738, and the width-3 tuples listed on the
-    12-state toy from 24.8 to 11.0 million; chains of two clusters add nothing at width 2.)"""
+    12-state toy from 24.8 to 11.0 million; chains of two clusters add nothing at width 2.)
+
+    With every latent assigned (m = 0) the silent group is reconstructed at b itself, a point
+    of the cluster's subspace: it costs its own scatter Sigma_0 about its mean plus its mass
+    times the squared distance of that mean to the subspace, so the cluster costs at least
+    tr(Sigma_0) plus the residual of the scatter less Sigma_0 (the silent states collapsed onto
+    their mean), never less than the plain union's residual."""
+    residual_MD = fits.residual_MD
     n = residual_MD.shape[1] - 1
     a = len(masks)
     group_L = []
@@ -362,7 +386,13 @@ def _region_bound(
                 rest = rest + alone_L[L]
             else:
                 union = union | group_L[L]
-        best = np.maximum(best, rest + residual_MD[union, min(size_L[U] + unassigned, n)])
+        dim = min(size_L[U] + unassigned, n)
+        if unassigned == 0 and dim < n:
+            collapsed_NN = fits.scatter_MNN[union] - fits.scatter_MNN[group_L[0]]
+            cluster = alone_L[0] + _trailing_sums(collapsed_NN)[..., dim]
+        else:
+            cluster = residual_MD[union, dim]
+        best = np.maximum(best, rest + cluster)
     return best
 
 
@@ -383,9 +413,9 @@ def _least_distance(
     2 (G psi - rhs) = C^T lam.
 
     `guess` (bool, one per constraint) names the constraints thought to be tight, e.g. those of
-    a nearby problem: the equality-constrained minimiser with exactly those tight is the answer
-    when it is feasible with non-negative multipliers (the problem is convex), which one linear
-    solve checks. Otherwise:
+    a nearby problem. DAQP's dual active-set method (Arnstrom, Bemporad and Axehill, IEEE TAC
+    2022) starts from them; its answer is checked against the optimality conditions. Where
+    rounding defeats it (under 1% of the calls of a width-2 search), or G is too singular:
 
     With G = L L^T (plus a tiny ridge: G is only semi-definite when codes have directions the
     loss does not see) and u = L^T (psi - psi0), psi0 the unconstrained minimiser, this is the
@@ -407,14 +437,22 @@ def _least_distance(
 def _least_distance_ridged(
     G: np.ndarray, rhs: np.ndarray, C: np.ndarray, guess: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """`_least_distance` for a definite G, or None where rounding defeats it."""
-    if guess is not None and guess.any():
-        found = _tight_solve(G, rhs, C, guess)
-        if found is not None:
-            return found
+    """`_least_distance` for a definite G, or None where rounding defeats it: DAQP's dual
+    active-set method first (warm-started from the guessed tight set; its answer checked),
+    then the reduction to non-negative least squares."""
+    if len(C) == 0:
+        return _solve(G, rhs), np.zeros(0)
+    sense = np.zeros(len(C), np.int32) if guess is None else guess.astype(np.int32)
+    psi, _, status, info = daqp.solve(
+        2.0 * G, -2.0 * rhs, C, np.full(len(C), 1e30), np.zeros(len(C)), sense, primal_tol=1e-12
+    )
+    if status == 1:  # optimal; DAQP's multipliers of lower bounds are <= 0
+        lam = np.clip(-info["lam"], 0.0, None)
+        if _solves(G, rhs, C, psi, lam):
+            return psi, lam
     psi0 = _solve(G, rhs)
     slack = C @ psi0
-    if len(C) == 0 or slack.min() >= 0:
+    if slack.min() >= 0:
         return psi0, np.zeros(len(C))
     m = len(G)
     L, info = scipy.linalg.lapack.dpotrf(G, lower=1)  # its upper triangle is left as G's
@@ -449,16 +487,15 @@ def _solves(
 ) -> bool:
     """Whether (psi, lam) satisfies the programme's optimality conditions up to rounding: a tiny
     r[-1] in the reduction magnifies NNLS's rounding into a wrong answer."""
-    size = max(1.0, np.abs(psi).max())
-    gradient = 2.0 * (G @ psi - rhs)
-    stationary = np.abs(gradient - C.T @ lam).max() <= 1e-8 * max(
-        1.0, np.abs(2.0 * G @ psi).max(), np.abs(2.0 * rhs).max()
-    )
+    G_psi = G @ psi
+    scale = max(1.0, 2.0 * float(np.abs(G_psi).max()), 2.0 * float(np.abs(rhs).max()))
+    if np.abs(2.0 * (G_psi - rhs) - C.T @ lam).max() > 1e-8 * scale:
+        return False  # not stationary
+    size = max(1.0, float(np.abs(psi).max()))
     slack = C @ psi
     return bool(
-        stationary
-        and slack.min() >= -1e-9 * size
-        and np.abs(lam * slack).max() <= 1e-9 * size * max(1.0, lam.max())
+        slack.min() >= -1e-9 * size
+        and np.abs(lam * slack).max() <= 1e-9 * size * max(1.0, float(lam.max()))
     )
 
 
@@ -865,7 +902,12 @@ def _direction_starts(
         q_NK, r_KK = np.linalg.qr(families[1].T)
         families.append((q_NK * np.where(np.diag(r_KK) < 0, -1.0, 1.0)).T)
     families.append(_unit_rows(rng.normal(size=(k, n)), k, n))
-    return families
+    # families often coincide (a state set's principal direction is a feature direction): keep
+    # the first of each, so that the searches from the best starts start apart
+    distinct = {}
+    for rows in families:
+        distinct.setdefault(tuple(np.round(unit_rows(rows), 9).ravel()), rows)
+    return list(distinct.values())
 
 
 @lru_cache(maxsize=4096)
@@ -970,9 +1012,11 @@ def _search_region(
     faces: tuple[_Face | None, ...] | None = None,
 ) -> list[tuple[np.ndarray, _Inner]]:
     """Local optima over unit decoder directions of a region's closure, from the best
-    STARTS_PER_REGION starts (by their loss); a start whose local optimum does not beat
-    `to_beat` ends the region's search. With `faces`, the tied latents that have one are
-    taken in their limit of unbounded gain."""
+    STARTS_PER_REGION distinct starts (by their loss). Untied, a start whose local optimum does
+    not beat `to_beat` ends the region's search; tied, every one is searched (a tied direction
+    sets the encoder too, and regions hold more basins: CI's draw, width 2 at l1 0.3, had its
+    optimum only from the third start, after a first that missed the incumbent by 3%). With
+    `faces`, the tied latents that have one are taken in their limit of unbounded gain."""
     faces = faces or (None,) * len(active)
     solve = _region_solver(world, spec, active, l1, pre_constraints, faces)
     closed = _reduced(solve, world.states.shape[1], faces)
@@ -981,7 +1025,7 @@ def _search_region(
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
         directions = _minimise(closed, starts[j], faces)
         found.append((directions, solve(directions)))
-        if found[-1][1].loss > to_beat - 1e-12:
+        if found[-1][1].loss > to_beat - 1e-12 and not spec.tied:
             break
     return found
 
@@ -1095,23 +1139,23 @@ def global_optimum(
     l1 = float(spec.l1)
     S, n = world.states.shape
     k = spec.width
-    residual_MD = _fit_residuals(world, spec.decoder_bias)
+    fits = _fit_residuals(world, spec.decoder_bias)
     masks = separable_masks(world)
     nobody = np.eye(n)[:1].repeat(k, 0)
     silent = _inner_solve(world, spec, nobody, np.zeros((k, S)), l1)
     best = _candidate(world, spec, nobody, silent, None)
     full = 2**S - 1
     group_K = spec.loss_levels().prefix_JK.sum(0)  # latents of one level are interchangeable
-    regions = _regions(residual_MD, masks, k, full, best.loss, group_K)
-    fits = np.array(
-        [_region_bound(residual_MD, list(masks[list(r)]), 0, full) for r in regions], dtype=float
+    regions = _regions(fits, masks, k, full, best.loss, group_K)
+    subspace = np.array(
+        [_region_bound(fits, list(masks[list(r)]), 0, full) for r in regions], dtype=float
     )
     fired = np.array([np.bitwise_or.reduce(masks[list(r)]) for r in regions], dtype=np.int64)
-    bounds = _with_sparsity(world, spec, fits, fired)
+    bounds = _with_sparsity(world, spec, subspace, fired)
     order = np.argsort(bounds, kind="stable")
     regions, bounds = [regions[i] for i in order], bounds[order]
 
-    if k == 1 and not spec.tied:
+    if k == 1 and True:
         actives = [firing_rows(masks[list(r)], S) for r in regions]
         best = _width1_optimum(world, spec, actives, l1, best)
         return Optimum(best.params, best.loss, best.active, len(regions))
@@ -1173,7 +1217,7 @@ def _search_regions(
 
 
 def _regions(
-    residual_MD: np.ndarray,
+    fits: _Fits,
     masks: np.ndarray,
     k: int,
     full: int,
@@ -1200,7 +1244,7 @@ def _regions(
         same = chosen and group_K[len(chosen)] == group_K[len(chosen) - 1]
         options = np.arange((chosen[-1] if same else len(masks) - 1) + 1)
         bounds = _region_bound(
-            residual_MD, [masks[c] for c in chosen] + [masks[options]], k - len(chosen) - 1, full
+            fits, [masks[c] for c in chosen] + [masks[options]], k - len(chosen) - 1, full
         )
         for j in np.nonzero(bounds < to_beat - 1e-12)[0]:
             grow([*chosen, int(options[j])])

@@ -82,15 +82,15 @@ def topk_optimum(
 def _topk_regions(world: NumericFeatureModel, spec: SAESpec, to_beat: float) -> list[GatedRegion]:
     S = len(world.states)
     width, k = spec.width, spec.k
-    residual_MD = _fit_residuals(world, spec.decoder_bias)
+    fits = _fit_residuals(world, spec.decoder_bias)
     masks = np.arange(2**S)  # any set of states: a latent can lose the ranking anywhere
     full = 2**S - 1
     regions = []
-    for chosen in _regions(residual_MD, masks, width, full, to_beat):
+    for chosen in _regions(fits, masks, width, full, to_beat):
         active = firing_rows(masks[list(chosen)], S)
         if (active.sum(0) > k).any():
             continue
-        bound = float(_region_bound(residual_MD, list(masks[list(chosen)]), 0, full))
+        bound = float(_region_bound(fits, list(masks[list(chosen)]), 0, full))
         regions.append(GatedRegion(world, active, _topk_constraints(active, k), 0.0, bound, chosen))
     return regions
 
