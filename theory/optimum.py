@@ -680,6 +680,8 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     tied_latents = np.flatnonzero(finite_tied)
     any_tied = len(tied_latents) > 0
     tight = [None]  # the constraints tight at the previous call
+    l1_pull = 0.5 * l1 * linear_v
+    active_SK, p_S1 = np.ascontiguousarray(active.T), p[:, None]
 
     def lift(directions: np.ndarray) -> np.ndarray | None:
         """T: lifted coefficients (k (n + 1)) from psi's code part, or None when it is I."""
@@ -698,7 +700,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
     def solve(directions: np.ndarray) -> _Inner:
         R = np.repeat(directions, n + 1, axis=0)
         code_G = (R @ R.T) * W
-        code_rhs = (Y_weighted * R).sum(1) - 0.5 * l1 * linear_v
+        code_rhs = (Y_weighted * R).sum(1) - l1_pull
         coupling = coupling_v[:, None] * R  # d^2 / d theta d b
         linear = linear_v
         T = lift(directions)
@@ -720,14 +722,14 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
             G[n_code:, :n_code] = coupling.T
         # a finite tied latent whose direction does not separate its states can only be silent
         # (kappa = t = 0): its constraints have no interior, which the reduction cannot take
-        keep, rows = np.ones(n_psi, bool), np.ones(len(C), bool)
+        keep, rows = (np.ones(n_psi, bool), np.ones(len(C), bool)) if any_tied else (None, None)
         for i in tied_latents:
             along = X @ directions[i]
             on = active[i] > 0
             if on.any() and (~on).any() and along[on].min() < along[~on].max() - 1e-12 * scale:
                 keep[q[i] : q[i + 1]] = False
                 rows[first_row[i] : first_row[i + 1]] = False
-        if keep.all():
+        if keep is None or keep.all():
             psi, lam = _least_distance(G, rhs, C, tight[0])
         else:
             psi, lam = np.zeros(n_psi), np.zeros(len(C))
@@ -736,7 +738,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
             )
         tight[0] = lam > 0
         theta = psi[:n_code] if T is None else T @ psi[:n_code]
-        codes_SK = (Z @ theta.reshape(k, n + 1).T) * active.T
+        codes_SK = (Z @ theta.reshape(k, n + 1).T) * active_SK
         bias = psi[n_code:] if spec.decoder_bias else np.zeros(n)
         pull_SKN = None
         if nested:
@@ -748,7 +750,7 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
         else:
             residual = X - bias - codes_SK @ directions
             squares = (residual**2).sum(1)
-            grad = -2.0 * codes_SK.T @ (p[:, None] * residual)
+            grad = -2.0 * codes_SK.T @ (p_S1 * residual)
         loss = float(p @ squares + l1 * linear @ psi[:n_code])
         for i in tied_latents:  # a tied code depends on e through kappa * e.x ...
             kappa = psi[q[i]]
