@@ -446,6 +446,8 @@ def _least_distance_ridged(
     if len(C) == 0:
         return _solve(G, rhs), np.zeros(0)
     sense = np.zeros(len(C), np.int32) if guess is None else guess.astype(np.int32)
+    # DAQP reads upper bounds of 1e30 and above as absent (np.inf gave NaN answers once a
+    # warm-started constraint was active)
     psi, _, status, info = daqp.solve(
         2.0 * G, -2.0 * rhs, C, np.full(len(C), 1e30), np.zeros(len(C)), sense, primal_tol=1e-12
     )
@@ -725,14 +727,14 @@ def _region_solver(  # noqa: ANN202 (the solver closure)
             G[n_code:, :n_code] = coupling.T
         # a finite tied latent whose direction does not separate its states can only be silent
         # (kappa = t = 0): its constraints have no interior, which the reduction cannot take
-        keep, rows = (np.ones(n_psi, bool), np.ones(len(C), bool)) if any_tied else (None, None)
+        keep, rows = np.ones(n_psi, bool), np.ones(len(C), bool)
         for i in tied_latents:
             along = X @ directions[i]
             on = active[i] > 0
             if on.any() and (~on).any() and along[on].min() < along[~on].max() - 1e-12 * scale:
                 keep[q[i] : q[i + 1]] = False
                 rows[first_row[i] : first_row[i + 1]] = False
-        if keep is None or keep.all():
+        if keep.all():
             psi, lam = _least_distance(G, rhs, C, tight[0])
         else:
             psi, lam = np.zeros(n_psi), np.zeros(len(C))
