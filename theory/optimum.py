@@ -91,7 +91,8 @@ from theory.closed_forms import Width1Terms, width1_region_terms
 from theory.features import FeatureModel, NumericFeatureModel
 from theory.sae import SAEParams, SAESpec, codes, expected_loss, unit_rows
 
-STARTS_PER_REGION = 3  # local searches per region, from the best distinct starts by their loss
+STARTS_PER_REGION = 3  # local searches per region, from the best distinct starts
+ROUGH_STEPS = 3  # L-BFGS steps that rank a tied region's starts (see _search_region)
 MAX_REGIONS = 200_000  # activation regions one exact optimum may list
 TIE_TOL = 1e-10  # losses closer than this are the same optimum
 RIDGE = 1e-12  # relative ridge that makes the region quadratic definite (codes' free directions)
@@ -989,22 +990,28 @@ def _reduced(solve, n: int, faces: tuple[_Face | None, ...]):  # noqa: ANN001, A
     return fun
 
 
-def _minimise(fun, start: np.ndarray, faces: tuple[_Face | None, ...] | None = None) -> np.ndarray:  # noqa: ANN001
-    """Unit decoder directions (k, n) of a local minimum of `fun` from decoder rows `start`."""
-    k, n = start.shape
-    faces = faces or (None,) * k
-    y0 = _coordinates(start, faces)
+def _descend(fun, y0: np.ndarray, maxiter: int = 200) -> tuple[np.ndarray, float]:  # noqa: ANN001
+    """L-BFGS-B on `fun` from search coordinates y0: the end point and its loss (the start where
+    a line search that only met rejected, infinite, steps ends on one: seen with TopK k 1 at
+    width 3 on 2 features, where NNLS then raised on the NaN rows)."""
     with np.errstate(over="ignore", invalid="ignore"):  # trial steps far out are rejected
         res = scipy.optimize.minimize(
             fun,
             y0,
             jac=True,
             method="L-BFGS-B",  # measured 1.3x faster than scipy's BFGS here, same optima
-            options={"gtol": 1e-7, "ftol": 1e-15, "maxiter": 200},
+            options={"gtol": 1e-7, "ftol": 1e-15, "maxiter": maxiter},
         )
-    # a line search that only met rejected (infinite) steps can end on one: keep the start
-    # (seen: TopK k 1 at width 3 on 2 features, where NNLS then raised on the NaN rows)
-    y = res.x if np.isfinite(res.x).all() and np.isfinite(res.fun) else y0
+    if np.isfinite(res.x).all() and np.isfinite(res.fun):
+        return res.x, float(res.fun)
+    return y0, float(fun(y0)[0])
+
+
+def _minimise(fun, start: np.ndarray, faces: tuple[_Face | None, ...] | None = None) -> np.ndarray:  # noqa: ANN001
+    """Unit decoder directions (k, n) of a local minimum of `fun` from decoder rows `start`."""
+    k, n = start.shape
+    faces = faces or (None,) * k
+    y = _descend(fun, _coordinates(start, faces))[0]
     return _unit_rows(_rows(y, n, faces)[0], k, n)
 
 
@@ -1019,18 +1026,26 @@ def _search_region(
     faces: tuple[_Face | None, ...] | None = None,
 ) -> list[tuple[np.ndarray, _Inner]]:
     """Local optima over unit decoder directions of a region's closure, from the best
-    STARTS_PER_REGION distinct starts (by their loss). Untied, a start whose local optimum does
-    not beat `to_beat` ends the region's search; tied, every one is searched (a tied direction
-    sets the encoder too, and regions hold more basins: CI's draw, width 2 at l1 0.3, had its
-    optimum only from the third start, after a first that missed the incumbent by 3%). With
-    `faces`, the tied latents that have one are taken in their limit of unbounded gain."""
+    STARTS_PER_REGION distinct starts. Untied, starts are ranked by their loss, and a start
+    whose local optimum does not beat `to_beat` ends the region's search. Tied, a direction
+    sets the encoder too and regions hold more basins, which a start's own loss does not tell
+    apart: every start takes ROUGH_STEPS L-BFGS steps, and the best STARTS_PER_REGION of those
+    go on to their local optima (CI's draws, width 2 at l1 0.3: the optimum's basin came from
+    the start with the worst loss, and from none of the three best). With `faces`, the tied
+    latents that have one are taken in their limit of unbounded gain."""
+    n = world.states.shape[1]
     faces = faces or (None,) * len(active)
     solve = _region_solver(world, spec, active, l1, pre_constraints, faces)
-    closed = _reduced(solve, world.states.shape[1], faces)
-    values = [closed(_coordinates(start, faces))[0] for start in starts]
+    closed = _reduced(solve, n, faces)
+    points = [_coordinates(start, faces) for start in starts]
+    if spec.tied:
+        points, values = zip(*(_descend(closed, y, ROUGH_STEPS) for y in points), strict=True)
+    else:
+        values = [closed(y)[0] for y in points]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
-        directions = _minimise(closed, starts[j], faces)
+        y = _descend(closed, points[j])[0]
+        directions = _unit_rows(_rows(y, n, faces)[0], len(active), n)
         found.append((directions, solve(directions)))
         if found[-1][1].loss > to_beat - 1e-12 and not spec.tied:
             break
@@ -1162,7 +1177,7 @@ def global_optimum(
     order = np.argsort(bounds, kind="stable")
     regions, bounds = [regions[i] for i in order], bounds[order]
 
-    if k == 1 and True:
+    if k == 1:
         actives = [firing_rows(masks[list(r)], S) for r in regions]
         best = _width1_optimum(world, spec, actives, l1, best)
         return Optimum(best.params, best.loss, best.active, len(regions))
