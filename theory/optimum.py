@@ -963,6 +963,11 @@ def _rows(
     return np.array(rows), parts
 
 
+def _directions(y: np.ndarray, n: int, faces: tuple[_Face | None, ...]) -> np.ndarray:
+    """Unit decoder directions (k, n) of search coordinates y."""
+    return _unit_rows(_rows(y, n, faces)[0], len(faces), n)
+
+
 def _reduced(solve, n: int, faces: tuple[_Face | None, ...]):  # noqa: ANN001, ANN202 (closures)
     """The region's loss as a function of the search coordinates (decoder rows, k * n flat,
     without limit latents) and its gradient, from the region's solver `solve` (see
@@ -1011,8 +1016,7 @@ def _minimise(fun, start: np.ndarray, faces: tuple[_Face | None, ...] | None = N
     """Unit decoder directions (k, n) of a local minimum of `fun` from decoder rows `start`."""
     k, n = start.shape
     faces = faces or (None,) * k
-    y = _descend(fun, _coordinates(start, faces))[0]
-    return _unit_rows(_rows(y, n, faces)[0], k, n)
+    return _directions(_descend(fun, _coordinates(start, faces))[0], n, faces)
 
 
 def _search_region(
@@ -1044,8 +1048,7 @@ def _search_region(
         values = [closed(y)[0] for y in points]
     found = []
     for j in np.argsort(values, kind="stable")[:STARTS_PER_REGION]:
-        y = _descend(closed, points[j])[0]
-        directions = _unit_rows(_rows(y, n, faces)[0], len(active), n)
+        directions = _directions(_descend(closed, points[j])[0], n, faces)
         found.append((directions, solve(directions)))
         if found[-1][1].loss > to_beat - 1e-12 and not spec.tied:
             break
