@@ -122,7 +122,8 @@ def gated_optimum(
         if interior is None:
             continue
         tried += 1
-        starts = _direction_starts(region.cells, region.active, rng)
+        # the separator starts stay: the gated guarantee was measured with them
+        starts = _direction_starts(region.cells, region.active, rng, separators=True)
         if spec.width == 1 and len(region.cells.states) == len(world.states):
             starts += [e for _, e in _width1_points(region.cells, inner_spec, region.active, 0.0)]
         found = _search_region(

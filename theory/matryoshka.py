@@ -140,7 +140,7 @@ def basin_optimum(
     features = np.eye(n)[[parent, *read_out]]
     best, tried = None, 0
     for active in basin_regions(world, parent, read_out):
-        starts = [*_direction_starts(world, active, rng), features]
+        starts = [*_direction_starts(world, active, rng, spec.tied), features]
         for directions, inner in _search_region(
             world, spec, active, float(spec.l1), starts, np.inf
         ):

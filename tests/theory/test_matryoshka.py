@@ -21,7 +21,7 @@ from theory.numeric import _Layout, loss_and_gradient, numeric_optimum
 from theory.optimum import (
     _coordinates,
     _limit_variants,
-    _reduced,
+    _Reduced,
     _region_solver,
     global_optimum,
 )
@@ -124,7 +124,7 @@ def test_region_solver_gradient_sums_the_levels(model, data):
     active = (along_KS > cut_K[:, None]).astype(float)
     faces = data.draw(st.sampled_from(_limit_variants(world, spec, active)))
     solve = _region_solver(world, spec, active, float(spec.l1), faces=faces)
-    fun = _reduced(solve, n, faces)
+    fun = _Reduced(solve, n, faces)
     y = _coordinates(rows, faces)
     value, grad = fun(y)
     eps, scale = 1e-6, max(1.0, np.abs(grad).max())

@@ -398,7 +398,7 @@ def test_single_state_tied_latents_are_searched_in_their_limit_with_exact_gradie
     variants = optimum._limit_variants(world, spec, active)
     assert len(variants) == 1 and all(face is not None for face in variants[0])
     solve = optimum._region_solver(world, spec, active, spec.l1, faces=variants[0])
-    fun = optimum._reduced(solve, 2, variants[0])
+    fun = optimum._Reduced(solve, 2, variants[0])
     y = optimum._coordinates(rows, variants[0])
     _, grad = fun(y)
     eps = 1e-6
