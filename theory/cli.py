@@ -1,4 +1,4 @@
-"""`sae-hedging derive`: exact optimum of a small SAE on a two- or three-feature model."""
+"""`sae-hedging derive`: the optimum of a small SAE on a feature model (exact, or numeric)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from theory.config import add_config_arguments
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "derive",
-        help="exact optimal SAE on a feature model (theory)",
-        description="Exact optimum of a small SAE on a feature model, in the feature basis.",
+        help="exact optimal SAE on a feature model (theory; --method numeric: no guarantee)",
+        description="Optimum of a small SAE on a feature model, in the feature basis: exact by "
+        "region enumeration, or numeric (the best of several local searches, no guarantee).",
     )
     add_config_arguments(parser, "theory.derive:DeriveConfig")
     parser.add_argument("--json", action="store_true", help="print JSON (default: a summary)")
@@ -26,7 +27,7 @@ def derive_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record, indent=2))
         return 0
-    print(f"expected loss {record['expected_loss']:.6g}")
+    print(f"expected loss {record['expected_loss']:.6g} ({record['method']})")
     for i, (enc, dec, fires) in enumerate(
         zip(record["encoder"], record["decoder"], record["fires_on"], strict=True)
     ):

@@ -11,8 +11,10 @@ import sympy as sp
 
 from theory.architectures import architecture_codes, architecture_optimum
 from theory.closed_forms import top_eigen_angle, top_eigen_ratio, width1_region_terms
+from theory.config import require_choice, require_positive_int
 from theory.features import FeatureModel, WorldConfig
 from theory.matryoshka import balancing_mu
+from theory.numeric import numeric_optimum
 from theory.optimum import Optimum
 from theory.predictions import evaluate_catalogue
 from theory.sae import SAESpec
@@ -31,6 +33,19 @@ class DeriveConfig:
     balance: bool = False
     """Matryoshka with a one-latent inner level: also the balancing mu in [0, 1] (the parent is
     feature 0, the read-out children features 1..width-1; theory.matryoshka.balancing_mu)."""
+    method: str = "exact"
+    """exact: the global optimum with a guarantee (region enumeration); numeric: the best of
+    `starts` local searches of the same exact loss, no guarantee (theory.numeric), for models
+    the exact search refuses as too large."""
+    starts: int = 32
+    """Starting points of the numeric method."""
+
+    def __post_init__(self) -> None:
+        require_choice("method", self.method, METHODS)
+        require_positive_int("starts", self.starts)
+
+
+METHODS = ("exact", "numeric")
 
 
 def run_derive(config: DeriveConfig) -> dict:
@@ -45,7 +60,7 @@ def run_derive(config: DeriveConfig) -> dict:
         )
     if config.balance and config.sae.architecture != "matryoshka":
         raise ValueError(f"balance needs architecture matryoshka, got {config.sae.architecture!r}")
-    record = derive(model, config.sae, config.symbolic, config.seed)
+    record = derive(model, config.sae, config.symbolic, config.seed, config.method, config.starts)
     if config.balance:
         start = time.perf_counter()
         read_out = tuple(range(1, config.sae.width))
@@ -62,7 +77,14 @@ def run_derive(config: DeriveConfig) -> dict:
     return record
 
 
-def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int = 0) -> dict:
+def derive(
+    model: FeatureModel,
+    spec: SAESpec,
+    symbolic: bool = False,
+    seed: int = 0,
+    method: str = "exact",
+    starts: int = 32,
+) -> dict:
     """Optimum parameters in the state coordinates (the feature basis unless the features have
     cosines; untied: decoder rows unit norm; tied: encoder = decoder), its exact expected loss,
     the states each latent fires on (strictly positive code), the catalogue's predictions for a
@@ -71,11 +93,25 @@ def derive(model: FeatureModel, spec: SAESpec, symbolic: bool = False, seed: int
     With additive noise the optimum is that of the noiseless states (the exact search needs
     finitely many) and "noise" adds what is exact or small-noise about the noisy world. A
     matryoshka SAE on more than 16 states gets the optimum of the basin that starts at the true
-    features (theory.matryoshka.matryoshka_optimum)."""
+    features (theory.matryoshka.matryoshka_optimum). `method` "numeric" takes the best of
+    `starts` local searches instead (an upper bound on the optimum, no guarantee;
+    "regions_tried" is then null)."""
+    require_choice("method", method, METHODS)
     start = time.perf_counter()
     clean = model.noiseless()
-    optimum = architecture_optimum(clean, spec, seed=seed)
+    if method == "numeric":
+        numeric = numeric_optimum(clean, spec, n_starts=starts, seed=seed)
+        firing_SK = architecture_codes(clean.numeric(), numeric.params, spec) > 0
+        active = tuple(tuple(bool(on) for on in row) for row in firing_SK.T)
+        optimum = Optimum(numeric.params, numeric.loss, active, 0)
+    else:
+        optimum = architecture_optimum(clean, spec, seed=seed)
     record = optimum_record(clean, spec, optimum, symbolic)
+    if method == "numeric":
+        record["regions_tried"] = None
+        record["method"] = f"numeric: the best of {starts} local searches, no guarantee"
+    else:
+        record["method"] = "exact"
     record["model"] = model.describe()
     record["predictions"] = evaluate_catalogue(model, float(spec.l1), spec.decoder_bias)
     if model.has_additive_noise:

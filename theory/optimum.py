@@ -1291,10 +1291,15 @@ def _regions(
                 found.append(tuple(chosen))
             return
         if len(found) > MAX_REGIONS:
+            # every region's bound is at least the residual of the best k-dimensional subspace
+            # of all states (its cluster of every latent), so that residual bounds every SAE
+            floor = fits.residual_MD[full, min(k, fits.residual_MD.shape[1] - 1)]
             raise ValueError(
                 f"more than {MAX_REGIONS} activation regions survive the lower bound; this "
                 "model and width are too large for the exact optimum (theory.numeric."
-                "numeric_optimum searches it without a guarantee)"
+                "numeric_optimum, derive --method numeric, searches it without a guarantee; "
+                "every SAE of this width has "
+                f"loss >= {floor:.6g} here, the residual of the best {k}-dimensional subspace)"
             )
         same = chosen and group_K[len(chosen)] == group_K[len(chosen) - 1]
         options = np.arange((chosen[-1] if same else len(masks) - 1) + 1)

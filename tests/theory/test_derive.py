@@ -175,6 +175,8 @@ def test_generalised_world_bad_values_are_one_line_and_status_2(capsys, args, ne
         (["--scenario", "correlated", "--architecture", "jumprelu", "--l0", "-1"], "l0 must"),
         (["--scenario", "correlated", "--l0", "0.1"], "l0 = 0.1 applies to jumprelu only"),
         (["--scenario", "correlated", "--architecture", "topk", "--tied"], "tied topk"),
+        (["--scenario", "correlated", "--method", "sampled"], "allowed: exact, numeric"),
+        (["--scenario", "correlated", "--method", "numeric", "--starts", "0"], "starts must"),
     ],
 )
 def test_invalid_input_is_one_line_and_status_2(capsys, args, needle):
@@ -229,3 +231,21 @@ def test_derive_solves_each_architecture(capsys, args):
     if spec.architecture == "jumprelu":  # the realised threshold separates the firing states
         assert record["fires_on"] == [["10", "11"]] and record["threshold"][0] > 0
     assert ("kept_fraction" in record) == (spec.architecture == "batchtopk")
+
+
+@pytest.mark.parametrize("arch", [["--l1", "0.02"], ["--architecture", "topk", "--k", "1"]])
+def test_numeric_method_is_labelled_and_never_beats_the_exact_optimum(capsys, arch):
+    # the numeric record has the exact record's keys, says it has no guarantee, and its loss
+    # is the loss of its own parameters, never below the exact optimum (here it finds it)
+    args = ["--scenario", "hierarchical", "--width", "2", *arch, "--json"]
+    _, exact_out, _ = _derive(capsys, *args)
+    code, numeric_out, _ = _derive(capsys, *args, "--method", "numeric", "--starts", "8")
+    assert code == 0
+    exact, numeric = json.loads(exact_out), json.loads(numeric_out)
+    assert exact["method"] == "exact" and "no guarantee" in numeric["method"]
+    assert numeric["regions_tried"] is None and exact["regions_tried"] > 0
+    assert set(numeric) == set(exact)
+    assert numeric["expected_loss"] >= exact["expected_loss"] - 1e-9
+    assert numeric["expected_loss"] == pytest.approx(exact["expected_loss"], abs=1e-6)
+    if "--l1" in arch:  # TopK has no sparsity penalty: a code shifted onto 00 ties
+        assert sorted(numeric["fires_on"]) == sorted(exact["fires_on"])

@@ -442,3 +442,21 @@ def test_regions_shared_among_processes_give_the_serial_optimum(monkeypatch, tie
     assert shared.loss == pytest.approx(serial.loss, abs=1e-12)
     assert sorted(shared.active) == sorted(serial.active)  # latents are interchangeable
     assert shared.regions_tried >= serial.regions_tried  # pruning per process is weaker
+
+
+def test_refusal_names_the_subspace_floor_that_bounds_every_sae(monkeypatch):
+    # Too many regions: refused, naming a certified lower bound, the residual of the best
+    # k-dimensional affine subspace of the states (computed here from the covariance), which
+    # must not exceed the exact optimum found once the limit is lifted.
+    model = from_table({"000": 0.5, "100": 0.2, "010": 0.15, "001": 0.1, "110": 0.05})
+    spec = SAESpec(2, 2e-2)
+    exact = global_optimum(model, spec)
+    monkeypatch.setattr(optimum, "MAX_REGIONS", 5)
+    with pytest.raises(ValueError, match="more than 5 activation regions") as refused:
+        global_optimum(model, spec)
+    floor = float(str(refused.value).split("loss >= ")[1].split(" ")[0])
+    world = model.numeric()
+    centred = world.states - world.probabilities @ world.states
+    covariance = centred.T @ (world.probabilities[:, None] * centred)
+    assert floor == pytest.approx(np.linalg.eigvalsh(covariance)[0], rel=1e-5)  # ascending
+    assert 0 < floor <= exact.loss
