@@ -22,7 +22,7 @@ from theory.sae import SAESpec
 
 @dataclass(frozen=True)
 class DeriveConfig:
-    """`derive`: the exact optimum of one small SAE on one feature model."""
+    """`derive`: the optimum of one small SAE on one feature model (exact, or numeric)."""
 
     world: WorldConfig = field(default_factory=WorldConfig)
     sae: SAESpec = field(default_factory=SAESpec)
@@ -99,19 +99,17 @@ def derive(
     require_choice("method", method, METHODS)
     start = time.perf_counter()
     clean = model.noiseless()
-    if method == "numeric":
+    if method == "exact":
+        optimum = architecture_optimum(clean, spec, seed=seed)
+        record = optimum_record(clean, spec, optimum, symbolic)
+        record["method"] = "exact"
+    else:
         numeric = numeric_optimum(clean, spec, n_starts=starts, seed=seed)
         firing_SK = architecture_codes(clean.numeric(), numeric.params, spec) > 0
-        active = tuple(tuple(bool(on) for on in row) for row in firing_SK.T)
-        optimum = Optimum(numeric.params, numeric.loss, active, 0)
-    else:
-        optimum = architecture_optimum(clean, spec, seed=seed)
-    record = optimum_record(clean, spec, optimum, symbolic)
-    if method == "numeric":
-        record["regions_tried"] = None
+        optimum = Optimum(numeric.params, numeric.loss, tuple(map(tuple, firing_SK.T.tolist())), 0)
+        record = optimum_record(clean, spec, optimum, symbolic)
         record["method"] = f"numeric: the best of {starts} local searches, no guarantee"
-    else:
-        record["method"] = "exact"
+        record["regions_tried"] = None
     record["model"] = model.describe()
     record["predictions"] = evaluate_catalogue(model, float(spec.l1), spec.decoder_bias)
     if model.has_additive_noise:
