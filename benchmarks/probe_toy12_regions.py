@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 from theory.features import hierarchical, independent, product  # noqa: E402
 from theory.numeric import numeric_optimum  # noqa: E402
 from theory.optimum import (  # noqa: E402
+    _affine_design,
     _candidate,
     _direction_starts,
     _fit_residuals,
@@ -55,7 +56,7 @@ def affine_relaxation(world, fired_KS: np.ndarray) -> tuple[float, int]:  # noqa
     """Residual and rank of the least-squares fit of the states on [1, fired_i * (x, 1) for
     each latent i]: the region's reconstruction loss with every decoder freed from rank one."""
     X, sqrt_p = world.states, np.sqrt(world.probabilities)[:, None]
-    Z = np.hstack([X, np.ones((len(X), 1))])
+    Z = _affine_design(X)
     design = np.hstack([np.ones((len(X), 1))] + [Z * fired[:, None] for fired in fired_KS])
     coef, *_ = np.linalg.lstsq(sqrt_p * design, sqrt_p * X, rcond=None)
     residual = float(((sqrt_p * (X - design @ coef)) ** 2).sum())
